@@ -1,0 +1,230 @@
+"""The Faust app: a thin adapter between Kafka, the pure aggregator and the sink.
+
+Per batch (``stream.take_events``) the agent
+
+1. hands the raw messages to :class:`pipeline.aggregate.Aggregator`, which
+   validates, dedups and pre-aggregates them against read-only table views;
+2. writes each touched table key once (pair-window states, new event ids) so
+   the changelog gets one record per key per batch, not one per event;
+3. sends dead letters to the DLQ topic (original bytes as the value, the reason
+   in headers) and waits for their delivery;
+4. writes the touched pair windows and dead letters to ClickHouse off the loop;
+
+and only then lets Faust ack the batch, so committed offsets never run ahead
+of what the sink holds. Everything written is idempotent (see
+``pipeline.aggregate`` and ``pipeline.sinks.schema``), so at-least-once
+re-delivery after a crash gives the same results.
+
+Dedup scope: an id is recognised as a duplicate when its copies reach the same
+worker's tables, which holds when copies share a Kafka key (our producers key
+every message by event id). Copies with different keys landing on partitions
+owned by different workers are counted once per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event
+
+from pipeline.aggregate import (
+    OFFSET_SLOT,
+    Aggregator,
+    BatchOutcome,
+    Counts,
+    Message,
+    PairKey,
+    PairState,
+)
+from pipeline.settings import Settings
+from pipeline.sinks import AsyncSink, DeadLetterRow, PairWindowRow, SinkBatch
+from pipeline.windows import to_utc
+from schemas.registry import Registry
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+@dataclass
+class PipelineStats:
+    """Live counters of this worker process (not persisted)."""
+
+    counts: Counts = field(default_factory=Counts)
+    batches: int = 0
+    #: highest source offset fully processed and flushed, per partition
+    flushed_offsets: dict[int, int] = field(default_factory=dict)
+    fatal: BaseException | None = None
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def encode_key(key: PairKey) -> str:
+    """Table key for a pair window: JSON text, so it survives the changelog."""
+    return orjson.dumps(key).decode()
+
+
+class _PairTableView(Mapping[PairKey, PairState]):
+    """Read-only tuple-keyed view of the pair-window table for the aggregator."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __getitem__(self, key: PairKey) -> PairState:
+        value = self._table.get(encode_key(key))
+        if value is None:
+            raise KeyError(key)
+        return list(value)
+
+    def get(self, key: PairKey, default: Any = None) -> Any:
+        value = self._table.get(encode_key(key))
+        return default if value is None else value
+
+    def __iter__(self) -> Iterator[PairKey]:
+        raise NotImplementedError("the aggregator only reads single keys")
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def sink_batch(outcome: BatchOutcome, stream: str, now: datetime) -> SinkBatch:
+    """The rows one batch makes for ClickHouse (absolute states, versioned)."""
+    pairs = [
+        PairWindowRow(
+            window=label, window_start=to_utc(start), src=src, dst=dst, stream=stream,
+            partition=partition, counts=tuple(state[:OFFSET_SLOT]),  # type: ignore[arg-type]
+            version=state[OFFSET_SLOT] + 1, updated_at=now,
+        )
+        for (partition, label, start, src, dst), state in outcome.pair_states.items()
+    ]
+    dead = [
+        DeadLetterRow(stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, now)
+        for d in outcome.dead_letters
+    ]
+    return SinkBatch(pairs, dead)
+
+
+def faust_app(settings: Settings, **overrides: Any) -> faust.App:
+    """A Faust app configured from settings (in-memory table store; state is
+    rebuilt from changelog topics)."""
+    options: dict[str, Any] = {
+        "broker": settings.broker,
+        "store": "memory://",
+        "topic_partitions": settings.partitions,
+        "web_enabled": settings.web_enabled,
+        "web_bind": settings.web_host,
+        "web_port": settings.web_port,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.heartbeat_interval_s,
+        "broker_rebalance_timeout": settings.rebalance_timeout_s,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+    }
+    options.update(overrides)
+    return faust.App(settings.app_id, **options)
+
+
+class Pipeline:
+    """Builds the Faust app, its topics, tables and agent around a sink."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        sink: AsyncSink,
+        clock: Clock = utc_now,
+        **app_overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.clock = clock
+        self.stats = PipelineStats()
+        self.aggregator = Aggregator(registry, settings.windows)
+        self.app = faust_app(settings, **app_overrides)
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.topic = self.app.topic(settings.topic, partitions=settings.partitions, **raw)
+        self.dlq = self.app.topic(settings.dlq_topic, partitions=settings.partitions, **raw)
+        # str keys and list values must round-trip through the changelog unchanged
+        state = faust.Schema(key_serializer="json", value_serializer="json")
+        self.pair_table = self.app.Table(
+            "pair-windows", partitions=settings.partitions, schema=state
+        )
+        self.seen_table = self.app.Table("event-ids", partitions=settings.partitions, schema=state)
+        self._pair_view = _PairTableView(self.pair_table)
+        self.app.agent(self.topic, name="reciprocity.pairs")(self._agent)
+
+    async def _agent(self, stream: faust.StreamT[bytes]) -> None:
+        settings = self.settings
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            try:
+                await self.process(events)
+            except Exception as exc:
+                # The batch is not acked; crashing the app makes the worker exit
+                # so a restart resumes from the last committed offsets.
+                log.exception("batch failed; stopping the worker")
+                self.stats.fatal = exc
+                self.stats.progress.set()
+                await self.app.crash(exc)
+                raise
+
+    async def process(self, events: Sequence[Any]) -> None:
+        """Process one batch of Faust events end to end (see module docstring)."""
+        messages = [
+            Message(e.message.partition, e.message.offset, e.value, e.message.key)
+            for e in events
+        ]
+        outcome = self.aggregator.process(messages, self._pair_view, self.seen_table)
+        last_event = {e.message.partition: e for e in events}
+        self._persist_tables(outcome, last_event)
+        await self._send_dead_letters(outcome)
+        await self.sink.write(sink_batch(outcome, self.settings.effective_stream_id, self.clock()))
+        stats = self.stats
+        stats.counts.add(outcome.counts)
+        stats.batches += 1
+        stats.flushed_offsets.update(outcome.last_offsets)
+        stats.progress.set()
+
+    def _persist_tables(self, outcome: BatchOutcome, last_event: Mapping[int, Any]) -> None:
+        # Faust routes a changelog record to the partition of the "current event";
+        # with batches we set it per source partition so each key's changelog
+        # stays in the partition its updates come from.
+        current = -1
+        for key, state in sorted(outcome.pair_states.items(), key=lambda kv: kv[0][0]):
+            if key[0] != current:
+                current = key[0]
+                _current_event.set(weakref.ref(last_event[current]))
+            self.pair_table[encode_key(key)] = state
+        current = -1
+        for event_id, position in sorted(outcome.first_seen.items(), key=lambda kv: kv[1]):
+            if position[0] != current:
+                current = position[0]
+                _current_event.set(weakref.ref(last_event[current]))
+            self.seen_table[event_id] = list(position)
+
+    async def _send_dead_letters(self, outcome: BatchOutcome) -> None:
+        if not outcome.dead_letters:
+            return
+        pending = []
+        for d in outcome.dead_letters:
+            headers = [
+                ("dlq.reason", d.reason.encode()),
+                ("dlq.error", d.error.encode()),
+                ("dlq.topic", self.settings.topic.encode()),
+                ("dlq.partition", str(d.partition).encode()),
+                ("dlq.offset", str(d.offset).encode()),
+                ("dlq.item", str(d.item).encode()),
+            ]
+            pending.append(await self.dlq.send(key=d.key, value=d.raw, headers=headers))
+        # delivery confirmed before the batch is acked: nothing lost
+        await asyncio.gather(*pending)

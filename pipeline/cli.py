@@ -1,0 +1,247 @@
+"""The ``reciprocity`` command line. The only place that reads the environment.
+
+Exit codes: 0 success, 1 the pipeline failed while running, 2 bad usage or
+configuration (the message says which file, entry or option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from pipeline.settings import Settings, mask_url
+from schemas.registry import RegistryError, load_registry
+
+log = logging.getLogger("reciprocity")
+
+
+class UsageError(Exception):
+    """Bad options or configuration; printed without a traceback, exit code 2."""
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = dict(extra)
+    if getattr(args, "broker", None):
+        overrides["broker"] = args.broker
+    if getattr(args, "topic", None):
+        overrides["topic"] = args.topic
+    if getattr(args, "registry", None):
+        overrides["registry"] = args.registry
+    store = getattr(args, "store", None)
+    clickhouse = getattr(args, "clickhouse", None)
+    if store and clickhouse:
+        raise UsageError("give either --store DIR or --clickhouse URL, not both")
+    if store:
+        overrides["clickhouse_url"] = f"chdb://{Path(store).resolve()}"
+    elif clickhouse:
+        overrides["clickhouse_url"] = clickhouse
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"invalid settings: {problems}") from None
+
+
+def _print_summary(summary: Any, out: Any = sys.stdout) -> None:
+    c = summary.counts
+    rows = [
+        ("events read", c.events),
+        ("valid", c.valid),
+        ("duplicates", c.duplicates),
+        ("dead-lettered", c.dead_lettered),
+        ("engagements", c.engagements),
+        ("same-org", c.same_org),
+        ("unmapped", c.unmapped),
+        ("pair rows", summary.pair_rows),
+    ]
+    for name, value in rows:
+        out.write(f"{name:<14} {value:>10}\n")
+    out.write(f"{'seconds':<14} {summary.seconds:>10.1f}\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import file_stream_id, run_file, run_worker
+    from pipeline.sinks import open_backend
+
+    if args.input is None and args.until_drained:
+        raise UsageError("--until-drained needs --input FILE")
+    if args.input is not None and not Path(args.input).is_file():
+        raise UsageError(f"--input {args.input}: no such file")
+    extra: dict[str, Any] = {}
+    if args.input is not None:
+        extra["stream_id"] = file_stream_id(Path(args.input))
+    settings = _settings(args, **extra)
+    registry = load_registry(settings.registry)
+    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    try:
+        if args.input is not None:
+            summary = asyncio.run(
+                run_file(settings, registry, backend, Path(args.input), args.until_drained,
+                         external_broker=bool(args.broker))
+            )
+            _print_summary(summary)
+            return 0
+        log.warning("worker %s: %s -> %s", settings.app_id, settings.broker,
+                    mask_url(settings.clickhouse_url.get_secret_value()))
+        asyncio.run(_run_forever(settings, registry, backend, run_worker))
+        return 0
+    finally:
+        backend.close()
+
+
+async def _run_forever(settings: Settings, registry: Any, backend: Any, run_worker: Any) -> None:
+    import signal
+
+    from pipeline.broker import ensure_topics
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
+                  settings.partitions)
+    await run_worker(settings, registry, backend, stop_event=stop)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.report import pair_rows
+    from pipeline.runner import run_file
+    from pipeline.sinks import open_backend
+    from producers.simulator import build_institution, simulate_events
+    from schemas.event import encode_event
+    from schemas.registry import dump_registry
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="reciprocity-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    inst = build_institution(seed=args.seed, n_orgs=args.orgs)
+    (workdir / "registry.yaml").write_text(dump_registry(inst.registry), encoding="utf-8")
+    start = (time.time() // 86400 - 3) * 86400
+    events_path = workdir / "events.jsonl"
+    with open(events_path, "wb") as handle:
+        for event in simulate_events(inst, args.events, start, days=3, seed=args.seed):
+            handle.write(encode_event(event) + b"\n")
+    settings = _settings(args, registry=str(workdir / "registry.yaml"),
+                         clickhouse_url=f"chdb://{(workdir / 'store').resolve()}",
+                         stream_id="demo")
+    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    try:
+        summary = asyncio.run(run_file(settings, inst.registry, backend, events_path))
+        rows = pair_rows(backend, "1d")
+    finally:
+        backend.close()
+    print(f"demo institution: {len(inst.registry.orgs)} orgs, "
+          f"{len(inst.registry.org_of_account)} accounts; files in {workdir}")
+    _print_summary(summary)
+    totals: dict[tuple[str, str], int] = {}
+    for row in rows:
+        totals[(row["src"], row["dst"])] = totals.get((row["src"], row["dst"]), 0) + row["engagements"]
+    print("\nmost engaged pairs (given -> returned):")
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:8]
+    for (src, dst), given in ranked:
+        back = totals.get((dst, src), 0)
+        flag = "  <- never returned" if back == 0 else ""
+        print(f"  {src:>8} -> {dst:<8} {given:>5}   returned {back:>5}{flag}")
+    print(f"\nreciprocity report pairs --store {workdir / 'store'} --window 1d")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import PAIR_FIELDS, pair_rows, write_rows
+    from pipeline.sinks import open_backend
+    from pipeline.windows import parse_window
+
+    try:
+        parse_window(args.window)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.store and not args.clickhouse:
+        raise UsageError("report needs --store DIR or --clickhouse URL")
+    if args.store and not Path(args.store).is_dir():
+        raise UsageError(f"--store {args.store}: no such directory")
+    settings = _settings(args)
+    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    try:
+        rows = pair_rows(backend, args.window)
+    finally:
+        backend.close()
+    write_rows(rows, PAIR_FIELDS, args.format, sys.stdout)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reciprocity",
+        description="Live reciprocity analytics for institutions' social accounts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (embedded with --input, else a worker)")
+    run.add_argument("--registry", help="organization registry YAML [RECIPROCITY_REGISTRY]")
+    run.add_argument("--input", help="contract-v1 JSONL file to produce and process")
+    run.add_argument("--until-drained", action="store_true",
+                     help="stop once every event of --input is processed and stored")
+    run.add_argument("--store", help="embedded store directory (chdb)")
+    run.add_argument("--clickhouse", help="ClickHouse URL [RECIPROCITY_CLICKHOUSE_URL]")
+    run.add_argument("--broker", help="Kafka URL kafka://host:port [RECIPROCITY_BROKER]; "
+                     "with --input, use this broker instead of an embedded one")
+    run.add_argument("--topic", help="input topic [RECIPROCITY_TOPIC]")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="run a small simulated institution and show what it found")
+    demo.add_argument("--events", type=int, default=5000, help="events to simulate (5000)")
+    demo.add_argument("--orgs", type=int, default=12, help="orgs in the institution (12)")
+    demo.add_argument("--seed", type=int, default=7, help="simulation seed (7)")
+    demo.add_argument("--dir", help="directory for the generated files and the store "
+                      "(default: a new temp dir)")
+    demo.set_defaults(func=cmd_demo)
+
+    report = sub.add_parser("report", help="print results from the store")
+    rsub = report.add_subparsers(dest="report", required=True)
+    pairs = rsub.add_parser("pairs", help="one row per directed pair window")
+    group = pairs.add_mutually_exclusive_group()
+    group.add_argument("--store", help="embedded store directory")
+    group.add_argument("--clickhouse", help="ClickHouse URL")
+    pairs.add_argument("--window", default="1h", help="window size: 1h or 1d (default 1h)")
+    pairs.add_argument("--format", choices=("table", "jsonl"), default="table")
+    pairs.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("RECIPROCITY_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # the reader (head, less) went away: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (UsageError, RegistryError, ValueError) as exc:
+        print(f"reciprocity: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from pipeline.runner import PipelineFailed
+
+        if isinstance(exc, PipelineFailed):
+            print(f"reciprocity: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

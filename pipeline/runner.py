@@ -1,0 +1,213 @@
+"""Running the pipeline: the long-lived worker and the embedded, drain-and-stop run.
+
+``run_worker`` starts a Faust worker in this process around a :class:`Pipeline`
+and returns when told to stop (a signal, a predicate on the live stats, or a
+fatal sink error). ``run_file`` is ``reciprocity run --input``: it starts what
+it needs (an embedded Tansu broker unless one is given), produces the file,
+processes it until every message is flushed to the store, and stops everything
+it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from faust.worker import Worker
+
+from pipeline.aggregate import Counts
+from pipeline.app import Pipeline, PipelineStats
+from pipeline.broker import EmbeddedBroker, ensure_topics
+from pipeline.settings import Settings
+from pipeline.sinks import AsyncSink, Backend
+from producers.file_source import jsonl_lines
+from producers.kafka_writer import KafkaEventWriter, ProduceCounts
+from schemas.registry import Registry
+
+log = logging.getLogger(__name__)
+
+StopWhen = Callable[[PipelineStats], bool]
+
+
+class PipelineFailed(RuntimeError):
+    """The worker stopped on an error it could not recover from."""
+
+
+#: Group timings that suit the Tansu broker (a JoinGroup there completes only
+#: after half the session timeout).
+EMBEDDED_TIMINGS = {"session_timeout_s": 6.0, "heartbeat_interval_s": 1.0,
+                    "rebalance_timeout_s": 20.0}
+
+
+async def run_worker(
+    settings: Settings,
+    registry: Registry,
+    backend: Backend,
+    stop_when: StopWhen | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> PipelineStats:
+    """Run a worker until ``stop_when(stats)`` holds, ``stop_event`` is set or a
+    fatal error happens (then :class:`PipelineFailed` is raised)."""
+    sink = AsyncSink(backend)
+    await sink.ensure_schema()
+    pipeline = Pipeline(settings, registry, sink)
+    stats = pipeline.stats
+    stop_event = stop_event or asyncio.Event()
+    worker = Worker(
+        pipeline.app, loop=asyncio.get_running_loop(), loglevel=settings.log_level,
+        override_logging=False, quiet=True, redirect_stdouts=False,
+    )
+    started = asyncio.ensure_future(worker.start())
+    try:
+        while not stop_event.is_set():
+            if stats.fatal is not None:
+                raise PipelineFailed(f"pipeline stopped: {stats.fatal!r}") from stats.fatal
+            if started.done() and started.exception() is not None:
+                raise PipelineFailed(f"worker failed to start: {started.exception()!r}")
+            if stop_when is not None and stop_when(stats):
+                break
+            stats.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stats.progress.wait(), 0.2)
+    finally:
+        with contextlib.suppress(Exception):
+            await worker.stop()
+        started.cancel()
+        with contextlib.suppress(BaseException):
+            await started
+        await sink.close()
+    return stats
+
+
+def drained(targets: dict[int, int]) -> StopWhen:
+    """Stop once every partition's flushed offset reaches its last produced offset."""
+
+    def check(stats: PipelineStats) -> bool:
+        done = stats.flushed_offsets
+        return all(done.get(p, -1) >= last for p, last in targets.items())
+
+    return check
+
+
+@dataclass
+class RunSummary:
+    lines: int = 0
+    produced: ProduceCounts = field(default_factory=ProduceCounts)
+    counts: Counts = field(default_factory=Counts)
+    pair_rows: int = 0
+    seconds: float = 0.0
+    stream: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "lines": self.lines,
+            "produced": self.produced.produced,
+            **self.counts.as_dict(),
+            "pair_rows": self.pair_rows,
+            "seconds": round(self.seconds, 3),
+            "stream": self.stream,
+        }
+
+
+def file_stream_id(path: Path) -> str:
+    """Identity of a file's events in the store: re-running the same file
+    replaces its rows (idempotent); a different file adds its own."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file:{digest.hexdigest()[:16]}"
+
+
+def produce_lines(settings: Settings, lines: Iterable[bytes]) -> tuple[int, ProduceCounts]:
+    """Produce raw lines to the input topic; returns (lines, delivery counts)."""
+    writer = KafkaEventWriter(settings.bootstrap_servers, settings.topic)
+    n = 0
+    try:
+        for line in lines:
+            writer.send(line)
+            n += 1
+        return n, writer.flush()
+    finally:
+        writer.close()
+
+
+async def run_lines(
+    settings: Settings,
+    registry: Registry,
+    backend: Backend,
+    lines: Iterable[bytes],
+    until_drained: bool = True,
+    stop_event: asyncio.Event | None = None,
+) -> RunSummary:
+    """Produce ``lines`` to the configured broker while a worker processes them.
+
+    With ``until_drained`` the worker stops once every produced message is
+    processed and flushed; otherwise it runs on until ``stop_event``.
+    """
+    started = time.monotonic()
+    summary = RunSummary(stream=settings.effective_stream_id)
+    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
+                  settings.partitions)
+    loop = asyncio.get_running_loop()
+    production = loop.run_in_executor(None, produce_lines, settings, lines)
+    targets: dict[int, int] | None = None
+
+    def stop_when(stats: PipelineStats) -> bool:
+        nonlocal targets
+        if not until_drained or not production.done():
+            return False
+        if targets is None:
+            summary.lines, summary.produced = production.result()
+            targets = dict(summary.produced.last_offsets)
+        return drained(targets)(stats)
+
+    stats = await run_worker(settings, registry, backend, stop_when, stop_event)
+    if not production.done():
+        await production
+    summary.lines, summary.produced = production.result()
+    summary.counts = stats.counts
+    summary.pair_rows = count_pair_rows(backend, settings.effective_stream_id)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def count_pair_rows(backend: Backend, stream: str) -> int:
+    """Distinct (window, start, src, dst) rows the store holds for a stream."""
+    from pipeline.report import quote
+
+    rows = backend.query(
+        "SELECT count() FROM (SELECT window, window_start, src, dst "
+        f"FROM {backend.database}.pair_windows WHERE stream = {quote(stream)} "
+        "GROUP BY window, window_start, src, dst)"
+    )
+    return int(rows[0][0]) if rows else 0
+
+
+async def run_file(
+    settings: Settings,
+    registry: Registry,
+    backend: Backend,
+    input_path: Path,
+    until_drained: bool = True,
+    external_broker: bool = False,
+) -> RunSummary:
+    """``reciprocity run --input``: embedded broker unless ``external_broker``."""
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop_event.set)
+    lines = jsonl_lines(input_path)
+    if external_broker:
+        return await run_lines(settings, registry, backend, lines, until_drained, stop_event)
+    with EmbeddedBroker() as broker:
+        embedded = settings.model_copy(update={"broker": broker.url, **EMBEDDED_TIMINGS})
+        return await run_lines(embedded, registry, backend, lines, until_drained, stop_event)

@@ -1,0 +1,79 @@
+"""Sinks: where window rows land. One contract (:class:`Backend`), two backends.
+
+- ``clickhouse://...`` a real ClickHouse server (:mod:`pipeline.sinks.clickhouse`)
+- ``chdb:///path`` the embedded engine, the default (:mod:`pipeline.sinks.embedded`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from pipeline.sinks.base import Backend, DeadLetterRow, PairWindowRow, SinkBatch
+
+__all__ = ["AsyncSink", "Backend", "DeadLetterRow", "PairWindowRow", "SinkBatch", "open_backend"]
+
+log = logging.getLogger(__name__)
+
+
+def open_backend(url: str) -> Backend:
+    """Open the backend a URL names. Raises ``ValueError`` for unknown schemes."""
+    if url.startswith("chdb://"):
+        from pipeline.sinks.embedded import ChdbBackend
+
+        return ChdbBackend(url)
+    if url.startswith(("clickhouse://", "clickhouses://")):
+        from pipeline.sinks.clickhouse import ClickHouseServerBackend
+
+        return ClickHouseServerBackend(url)
+    raise ValueError("ClickHouse URL must start with clickhouse://, clickhouses:// or chdb://")
+
+
+class AsyncSink:
+    """Runs a blocking backend on one dedicated thread, off the event loop.
+
+    :meth:`write` retries a failing batch with exponential backoff
+    (``retry_delays`` seconds between attempts) and raises the last error when
+    they are exhausted; the caller then must not ack the batch's offsets.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        retry_delays: tuple[float, ...] = (0.2, 0.5, 1, 2, 5, 10, 20),
+    ) -> None:
+        self.backend = backend
+        self.retry_delays = retry_delays
+        self.failures = 0
+        self.batches = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+
+    async def run(self, fn: object, *args: object) -> object:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
+
+    async def ensure_schema(self) -> None:
+        await self.run(self.backend.ensure_schema)
+
+    async def write(self, batch: SinkBatch) -> None:
+        if not batch:
+            return
+        for attempt, delay in enumerate((*self.retry_delays, None)):
+            try:
+                await self.run(self.backend.write, batch)
+            except Exception as exc:
+                self.failures += 1
+                if delay is None:
+                    raise
+                log.warning("sink write failed (attempt %d), retrying in %ss: %s",
+                            attempt + 1, delay, exc)
+                await asyncio.sleep(delay)
+            else:
+                self.batches += 1
+                return
+
+    async def close(self) -> None:
+        """Stop the sink thread once pending writes finish. The backend stays
+        open: whoever opened it closes it."""
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)

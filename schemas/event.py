@@ -1,0 +1,202 @@
+"""Social event contract v1: the model and its validating decoder.
+
+One UTF-8 JSON object per Kafka message (see ``event.v1.schema.json`` beside
+this file, which says the same thing for non-Python clients). The decoder is
+hand-written rather than generated from the schema because it runs on every
+message: ``tests/unit/schemas/test_event.py`` checks that it accepts and
+rejects exactly what the JSON Schema does on a corpus of cases.
+
+Bad input is data, never an exception that escapes: :func:`decode_event`
+returns either an :class:`Event` or an :class:`Invalid` carrying the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+CONTRACT_VERSION: Final = 1
+
+KINDS: Final = ("follow", "unfollow", "like", "share", "reply", "mention", "thanks", "post")
+#: Kinds that are engagements between two accounts; unfollow and post are not.
+ENGAGEMENT_KINDS: Final = ("follow", "like", "share", "reply", "mention", "thanks")
+#: Kinds whose ``mentions`` array yields one ``mention`` engagement per account.
+MENTIONING_KINDS: Final = frozenset({"post", "reply"})
+
+_KIND_SET: Final = frozenset(KINDS)
+_MAX_ID_LEN: Final = 512
+# Event times outside this range are almost certainly unit mistakes
+# (milliseconds or microseconds sent as seconds) and are rejected.
+_MIN_TS: Final = 0.0  # 1970-01-01T00:00:00Z
+_MAX_TS: Final = 7258118400.0  # 2200-01-01T00:00:00Z
+
+# DLQ reason codes: stable strings, part of the operational contract.
+REASON_INVALID_JSON: Final = "invalid_json"
+REASON_INVALID_EVENT: Final = "invalid_event"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid contract-v1 event. ``ts`` is event time in UTC epoch seconds."""
+
+    id: str
+    ts: float
+    kind: str
+    actor: str
+    target: str | None = None
+    mentions: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    subject: str | None = None
+    platform: str | None = None
+
+    @property
+    def time(self) -> datetime:
+        """Event time as a timezone-aware UTC datetime."""
+        return datetime.fromtimestamp(self.ts, tz=UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract-v1 JSON object for this event (``ts`` as RFC 3339 UTC)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "ts": format_ts(self.ts),
+            "kind": self.kind,
+            "actor": self.actor,
+        }
+        if self.target is not None:
+            out["target"] = self.target
+        if self.mentions:
+            out["mentions"] = list(self.mentions)
+        if self.features:
+            out["features"] = list(self.features)
+        if self.subject is not None:
+            out["subject"] = self.subject
+        if self.platform is not None:
+            out["platform"] = self.platform
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why a message is not a valid event: a stable ``reason`` code and a message."""
+
+    reason: str
+    error: str
+
+
+def format_ts(ts: float) -> str:
+    """RFC 3339 UTC with a ``Z`` suffix; microseconds only when non-zero."""
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    text = moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_ts(value: object) -> float:
+    """Parse a contract ``ts``: RFC 3339 with an offset, or epoch seconds.
+
+    Raises ``ValueError`` naming the problem; naive timestamps (no offset) are
+    refused because their time zone would be a guess.
+    """
+    if isinstance(value, bool):
+        raise ValueError("ts must be RFC 3339 text or epoch seconds, not a boolean")
+    if isinstance(value, int | float):
+        ts = float(value)
+        if not math.isfinite(ts):
+            raise ValueError("ts must be finite")
+    elif isinstance(value, str):
+        text = value.strip()
+        # RFC 3339 allows a lower-case "t"/"z" and a space separator.
+        if len(text) > 10 and text[10] in "t ":
+            text = text[:10] + "T" + text[11:]
+        if text.endswith(("z", "Z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"ts {value!r} is not RFC 3339") from None
+        if moment.tzinfo is None or len(text) < 19:
+            raise ValueError(f"ts {value!r} has no UTC offset (RFC 3339 requires one)")
+        ts = moment.timestamp()
+    else:
+        raise ValueError(f"ts must be RFC 3339 text or epoch seconds, got {type(value).__name__}")
+    if not _MIN_TS <= ts < _MAX_TS:
+        raise ValueError(f"ts {value!r} is outside 1970..2200 (milliseconds sent as seconds?)")
+    return ts
+
+
+def _required_str(obj: dict[str, Any], field: str) -> str:
+    value = obj.get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string")
+    if len(value) > _MAX_ID_LEN:
+        raise ValueError(f"{field} is longer than {_MAX_ID_LEN} characters")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], field: str) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string when present")
+    return value
+
+
+def _optional_ids(obj: dict[str, Any], field: str) -> tuple[str, ...]:
+    value = obj.get(field)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"{field} must be an array of strings")
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{field} must hold non-empty strings only")
+    return tuple(value)
+
+
+def event_from_obj(obj: object) -> Event | Invalid:
+    """Validate one decoded JSON value against contract v1."""
+    if not isinstance(obj, dict):
+        return Invalid(REASON_INVALID_EVENT, f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        event_id = _required_str(obj, "id")
+        if "ts" not in obj:
+            raise ValueError("ts is required")
+        ts = parse_ts(obj["ts"])
+        kind = obj.get("kind")
+        if kind not in _KIND_SET:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+        actor = _required_str(obj, "actor")
+        target = _optional_str(obj, "target")
+        if target is None and kind != "post":
+            raise ValueError(f"target is required for kind {kind}")
+        return Event(
+            id=event_id,
+            ts=ts,
+            kind=kind,
+            actor=actor,
+            target=target,
+            mentions=_optional_ids(obj, "mentions"),
+            features=_optional_ids(obj, "features"),
+            subject=_optional_str(obj, "subject"),
+            platform=_optional_str(obj, "platform"),
+        )
+    except ValueError as exc:
+        return Invalid(REASON_INVALID_EVENT, str(exc))
+
+
+def decode_event(raw: bytes) -> Event | Invalid:
+    """Decode and validate one Kafka message value (UTF-8 JSON object)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(REASON_INVALID_JSON, str(exc))
+    return event_from_obj(obj)
+
+
+def encode_event(event: Event) -> bytes:
+    """Serialize an event as a contract-v1 message value."""
+    return orjson.dumps(event.to_json())

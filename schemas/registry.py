@@ -1,0 +1,247 @@
+"""Organization registry: which accounts and entities belong to which org.
+
+The registry is a YAML file validated once at start::
+
+    orgs:
+      - id: uni
+        name: Example University
+      - id: med
+        name: Medical School
+        parent: uni            # optional; must name another org, no cycles
+        community: internal    # optional: internal | external
+    accounts:                  # account id -> org id ...
+      uni_main: uni
+      med_news:                # ... or with platform identities
+        org: med
+        identities: ["did:plc:abc", "med@mastodon.social"]
+    entities:                  # entity id (researcher, project) -> org id
+      dr_smith: med
+
+``accounts`` and ``entities`` may also be lists of ``{id, org}`` objects.
+Every problem found is reported at once, each naming the file, the entry and
+the problem; nothing is half-loaded.
+
+Events whose accounts are not in the registry are valid input, not errors:
+the pipeline counts them as ``unmapped`` and they produce no pair rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+COMMUNITIES: Final = ("internal", "external")
+
+
+class RegistryError(ValueError):
+    """The registry file is unusable; ``problems`` lists every problem found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {source}: {p}" for p in problems)
+        super().__init__(f"invalid registry {source} ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    name: str
+    parent: str | None = None
+    community: str | None = None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A validated registry. Lookups are plain dict reads (hot path)."""
+
+    orgs: Mapping[str, Org]
+    org_of_account: Mapping[str, str]
+    org_of_entity: Mapping[str, str]
+    account_of_identity: Mapping[str, str] = field(default_factory=dict)
+
+    def ancestors(self, org_id: str) -> Iterator[str]:
+        """The org's parents, nearest first (validated acyclic)."""
+        parent = self.orgs[org_id].parent
+        while parent is not None:
+            yield parent
+            parent = self.orgs[parent].parent
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate a registry YAML file.
+
+    Raises :class:`RegistryError` listing every problem (file unreadable, YAML
+    syntax, duplicate ids, unknown parent, parent cycle, bad community,
+    account or entity of an unknown org).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(source, [f"cannot read: {exc}"]) from exc
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise RegistryError(source, [f"not valid YAML: {exc}"]) from exc
+    return parse_registry(doc, source)
+
+
+def _pairs(section: object, name: str, problems: list[str]) -> list[tuple[str, str, Any]]:
+    """Normalize ``accounts``/``entities`` to (label, id, spec) triples."""
+    if section is None:
+        return []
+    if isinstance(section, dict):
+        return [(f"{name}[{k!r}]", k, v) for k, v in section.items()]
+    if isinstance(section, list):
+        out = []
+        for i, item in enumerate(section):
+            if not isinstance(item, dict) or "id" not in item:
+                problems.append(f"{name}[{i}]: expected an object with id and org")
+                continue
+            out.append((f"{name}[{i}] ({item['id']!r})", item["id"], item))
+        return out
+    problems.append(f"{name}: expected a mapping of id -> org or a list")
+    return []
+
+
+def parse_registry(doc: object, source: str = "<registry>") -> Registry:
+    """Validate an already-parsed registry document (see :func:`load_registry`)."""
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        raise RegistryError(source, ["top level must be a mapping with orgs, accounts, entities"])
+    for key in doc:
+        if key not in ("orgs", "accounts", "entities"):
+            problems.append(f"unknown top-level key {key!r}")
+
+    orgs: dict[str, Org] = {}
+    raw_orgs = doc.get("orgs") or []
+    if not isinstance(raw_orgs, list):
+        problems.append("orgs: expected a list")
+        raw_orgs = []
+    for i, item in enumerate(raw_orgs):
+        if not isinstance(item, dict):
+            problems.append(f"orgs[{i}]: expected an object with id and name")
+            continue
+        org_id, name = item.get("id"), item.get("name", item.get("id"))
+        label = f"orgs[{i}] ({org_id!r})"
+        if not isinstance(org_id, str) or not org_id:
+            problems.append(f"orgs[{i}]: id must be a non-empty string")
+            continue
+        if org_id in orgs:
+            problems.append(f"{label}: duplicate org id")
+            continue
+        community = item.get("community")
+        if community is not None and community not in COMMUNITIES:
+            problems.append(f"{label}: community must be internal or external, got {community!r}")
+        parent = item.get("parent")
+        if parent is not None and not isinstance(parent, str):
+            problems.append(f"{label}: parent must be an org id")
+            parent = None
+        unknown = set(item) - {"id", "name", "parent", "community"}
+        if unknown:
+            problems.append(f"{label}: unknown field(s) {', '.join(sorted(unknown))}")
+        orgs[org_id] = Org(org_id, str(name), parent, community)
+
+    for i, org in enumerate(orgs.values()):
+        if org.parent is not None and org.parent not in orgs:
+            problems.append(f"orgs[{i}] ({org.id!r}): unknown parent {org.parent!r}")
+    for org in orgs.values():
+        chain = [org.id]
+        parent = org.parent
+        while parent is not None and parent in orgs:
+            if parent == org.id:
+                problems.append(f"orgs ({org.id!r}): parent cycle {' -> '.join([*chain, parent])}")
+                break
+            if parent in chain:
+                break  # a cycle further up; reported for its own members
+            chain.append(parent)
+            parent = orgs[parent].parent
+
+    org_of_account: dict[str, str] = {}
+    account_of_identity: dict[str, str] = {}
+    for label, acc_id, spec in _pairs(doc.get("accounts"), "accounts", problems):
+        org_id, identities = spec, []
+        if isinstance(spec, dict):
+            org_id, identities = spec.get("org"), spec.get("identities") or []
+        if not isinstance(acc_id, str) or not acc_id:
+            problems.append(f"{label}: account id must be a non-empty string")
+            continue
+        if acc_id in org_of_account:
+            problems.append(f"{label}: duplicate account id")
+            continue
+        if org_id not in orgs:
+            problems.append(f"{label}: account of unknown org {org_id!r}")
+            continue
+        org_of_account[acc_id] = str(org_id)
+        if not isinstance(identities, list):
+            problems.append(f"{label}: identities must be a list")
+            continue
+        for ident in identities:
+            if ident in account_of_identity and account_of_identity[ident] != acc_id:
+                problems.append(
+                    f"{label}: identity {ident!r} already belongs to {account_of_identity[ident]!r}"
+                )
+            account_of_identity[str(ident)] = acc_id
+
+    org_of_entity: dict[str, str] = {}
+    for label, ent_id, org_id in _pairs(doc.get("entities"), "entities", problems):
+        if isinstance(org_id, dict):
+            org_id = org_id.get("org")
+        if not isinstance(ent_id, str) or not ent_id:
+            problems.append(f"{label}: entity id must be a non-empty string")
+            continue
+        if ent_id in org_of_entity:
+            problems.append(f"{label}: duplicate entity id")
+            continue
+        if org_id not in orgs:
+            problems.append(f"{label}: entity of unknown org {org_id!r}")
+            continue
+        org_of_entity[ent_id] = str(org_id)
+
+    if problems:
+        raise RegistryError(source, problems)
+    return Registry(orgs, org_of_account, org_of_entity, account_of_identity)
+
+
+def dump_registry(registry: Registry) -> str:
+    """Serialize a registry back to YAML (used by the simulator)."""
+    doc: dict[str, Any] = {
+        "orgs": [
+            {k: v for k, v in (("id", o.id), ("name", o.name), ("parent", o.parent),
+                               ("community", o.community)) if v is not None}
+            for o in registry.orgs.values()
+        ],
+        "accounts": dict(registry.org_of_account),
+        "entities": dict(registry.org_of_entity),
+    }
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
