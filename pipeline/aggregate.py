@@ -32,6 +32,7 @@ from pipeline.engagements import Resolution, raw_engagements, resolve
 from pipeline.windows import window_label, window_start
 from schemas.event import (
     ENGAGEMENT_KINDS,
+    REASON_INVALID_EVENT,
     REASON_INVALID_JSON,
     Event,
     Invalid,
@@ -119,6 +120,11 @@ def split_message(value: bytes) -> list[tuple[Event | Invalid, bytes]] | Invalid
     except orjson.JSONDecodeError as exc:
         return Invalid(REASON_INVALID_JSON, str(exc))
     if isinstance(doc, list):
+        # Only a non-empty array of objects is the packed form; anything else is
+        # one bad message, dead-lettered whole with its original bytes.
+        if not doc or not all(isinstance(item, dict) for item in doc):
+            return Invalid(REASON_INVALID_EVENT,
+                           "expected a JSON object or a non-empty array of event objects")
         return [(event_from_obj(item), orjson.dumps(item)) for item in doc]
     return [(event_from_obj(doc), value)]
 

@@ -64,6 +64,7 @@ async def run_worker(
         pipeline.app, loop=asyncio.get_running_loop(), loglevel=settings.log_level,
         override_logging=False, quiet=True, redirect_stdouts=False,
     )
+    worker.spinner = None  # a terminal spinner would mangle our own output
     started = asyncio.ensure_future(worker.start())
     try:
         while not stop_event.is_set():
