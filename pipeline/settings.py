@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(
         60.0, gt=0, description="RECIPROCITY_REBALANCE_TIMEOUT_S: rebalance timeout."
     )
+    commit_interval_s: float = Field(
+        2.8, gt=0, description="RECIPROCITY_COMMIT_INTERVAL_S: how often consumed offsets commit."
+    )
     log_level: str = Field("WARNING", description="RECIPROCITY_LOG_LEVEL: log level.")
 
     @field_validator("windows", mode="before")

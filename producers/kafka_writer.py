@@ -62,8 +62,9 @@ class KafkaEventWriter:
         self.topic = topic
         self.counts = ProduceCounts()
         self._lock = threading.Lock()
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="reciprocity-producer",
-                                       **options)
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap, client_id="reciprocity-producer", **options
+        )
 
     def send(self, value: bytes, key: bytes | None = None) -> None:
         """Queue one message; ``key`` defaults to the event id found in ``value``."""

@@ -79,7 +79,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -93,7 +93,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -190,19 +190,20 @@ def parse_registry(doc: object, source: str = "<registry>") -> Registry:
     org_of_account: dict[str, str] = {}
     account_of_identity: dict[str, str] = {}
     for label, acc_id, spec in _pairs(doc.get("accounts"), "accounts", problems):
-        org_id, identities = spec, []
+        account_org: Any = spec
+        identities: Any = []
         if isinstance(spec, dict):
-            org_id, identities = spec.get("org"), spec.get("identities") or []
+            account_org, identities = spec.get("org"), spec.get("identities") or []
         if not isinstance(acc_id, str) or not acc_id:
             problems.append(f"{label}: account id must be a non-empty string")
             continue
         if acc_id in org_of_account:
             problems.append(f"{label}: duplicate account id")
             continue
-        if org_id not in orgs:
-            problems.append(f"{label}: account of unknown org {org_id!r}")
+        if account_org not in orgs:
+            problems.append(f"{label}: account of unknown org {account_org!r}")
             continue
-        org_of_account[acc_id] = str(org_id)
+        org_of_account[acc_id] = str(account_org)
         if not isinstance(identities, list):
             problems.append(f"{label}: identities must be a list")
             continue

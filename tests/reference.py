@@ -29,7 +29,8 @@ def _epoch(ts: object) -> float:
 
 
 def recompute(events_path: Path, registry_path: Path, windows: dict[str, int]) -> dict:
-    """Returns {"valid", "duplicates", "invalid_lines", "pairs": {(label, start_iso, src, dst): Counter}}."""
+    """Counts of a file: valid, duplicates, invalid_lines and
+    pairs {(label, start_iso, src, dst): Counter of kinds}."""
     doc = yaml.safe_load(registry_path.read_text())
     accounts = doc["accounts"]
     org_of = {a: (v["org"] if isinstance(v, dict) else v) for a, v in accounts.items()}

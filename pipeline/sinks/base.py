@@ -20,7 +20,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 def check_identifier(name: str) -> str:
     """Refuse database names that are not plain identifiers (they go into DDL)."""
     if not _IDENTIFIER.match(name):
-        raise ValueError(f"database name {name!r} must be a plain identifier [A-Za-z_][A-Za-z0-9_]*")
+        raise ValueError(
+            f"database name {name!r} must be a plain identifier [A-Za-z_][A-Za-z0-9_]*"
+        )
     return name
 
 

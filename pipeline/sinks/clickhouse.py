@@ -60,19 +60,17 @@ class ClickHouseServerBackend(Backend):
                  *r.counts, r.version, r.updated_at)
                 for r in batch.pair_windows
             ]
-            self._client.execute(
-                f"INSERT INTO {self.database}.pair_windows ({', '.join(PAIR_WINDOW_COLUMNS)}) VALUES",
-                rows,
-            )
+            cols = ", ".join(PAIR_WINDOW_COLUMNS)
+            table = f"{self.database}.pair_windows"
+            self._client.execute(f"INSERT INTO {table} ({cols}) VALUES", rows)
         if batch.dead_letters:
-            rows = [
+            dead_rows = [
                 (d.stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, d.received_at)
                 for d in batch.dead_letters
             ]
-            self._client.execute(
-                f"INSERT INTO {self.database}.dead_letters ({', '.join(DEAD_LETTER_COLUMNS)}) VALUES",
-                rows,
-            )
+            cols = ", ".join(DEAD_LETTER_COLUMNS)
+            table = f"{self.database}.dead_letters"
+            self._client.execute(f"INSERT INTO {table} ({cols}) VALUES", dead_rows)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self._client.execute(sql)]

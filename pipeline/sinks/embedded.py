@@ -66,9 +66,8 @@ class ChdbBackend(Backend):
                 }
             )
             cols = ", ".join(PAIR_WINDOW_COLUMNS)
-            self._session.query(
-                f"INSERT INTO {self.database}.pair_windows ({cols}) SELECT {cols} FROM Python(pairs)"
-            )
+            table = f"{self.database}.pair_windows"  # validated identifier
+            self._session.query(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(pairs)")  # noqa: S608
         if batch.dead_letters:
             dls = batch.dead_letters
             dead = pa.table(  # noqa: F841 - read by name by chdb's Python() table function
@@ -84,9 +83,8 @@ class ChdbBackend(Backend):
                 }
             )
             cols = ", ".join(DEAD_LETTER_COLUMNS)
-            self._session.query(
-                f"INSERT INTO {self.database}.dead_letters ({cols}) SELECT {cols} FROM Python(dead)"
-            )
+            table = f"{self.database}.dead_letters"  # validated identifier
+            self._session.query(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(dead)")  # noqa: S608
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         result = self._session.query(

@@ -67,10 +67,10 @@ def clickhouse_server(workdir: Path, timeout_s: float = 30.0) -> Iterator[tuple[
                     f"clickhouse-server exited ({proc.returncode}): "
                     + (workdir / "log" / "stdout.log").read_text(errors="replace")[-2000:]
                 )
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/ping", timeout=1) as r:
-                    if r.read().strip() == b"Ok.":
-                        break
+            ping = f"http://127.0.0.1:{http}/ping"
+            with contextlib.suppress(OSError), urllib.request.urlopen(ping, timeout=1) as r:
+                if r.read().strip() == b"Ok.":
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"clickhouse-server not ready on {http} in {timeout_s}s")
             time.sleep(0.1)

@@ -11,8 +11,10 @@ from schemas.registry import dump_registry
 
 MALFORMED = [
     b"{not json",
-    b'{"id": "bad-kind", "ts": "2026-03-02T10:00:00Z", "kind": "poke", "actor": "a", "target": "b"}',
-    b'{"id": "no-offset", "ts": "2026-03-02T10:00:00", "kind": "like", "actor": "a", "target": "b"}',
+    b'{"id": "bad-kind", "ts": "2026-03-02T10:00:00Z", "kind": "poke", "actor": "a", '
+    b'"target": "b"}',
+    b'{"id": "no-offset", "ts": "2026-03-02T10:00:00", "kind": "like", "actor": "a", '
+    b'"target": "b"}',
     b'{"ts": 1772445600, "kind": "like", "actor": "a", "target": "b"}',
     b'{"id": "no-target", "ts": 1772445600, "kind": "share", "actor": "a"}',
     b"\xff\xfe not utf-8",
@@ -21,7 +23,9 @@ MALFORMED = [
 ]
 
 
-def write_case(directory: Path, n_events: int = 3000, seed: int = 11) -> tuple[Path, Path, list[bytes]]:
+def write_case(
+    directory: Path, n_events: int = 3000, seed: int = 11
+) -> tuple[Path, Path, list[bytes]]:
     """Write events.jsonl (with malformed lines and duplicate ids) and registry.yaml.
 
     Returns (events path, registry path, the malformed lines as written).

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian 12 machine, then run them:
+# lint (ruff), types (mypy), and the layered test suite (unit, functional,
+# integration against a real Tansu broker and clickhouse-server, end to end).
+# The tests start and stop the broker and ClickHouse server themselves, on free
+# loopback ports. Run as root or with sudo available (apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+if ! command -v clickhouse-server >/dev/null 2>&1; then
+  echo "== installing clickhouse-server (Debian package) for integration tests"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null 2>&1 || {
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq clickhouse-server clickhouse-client
+  }
+fi
+
+echo "== installing the project and its test dependencies"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"
+"$PYTHON" -m ruff check .
+echo "== mypy"
+"$PYTHON" -m mypy
+echo "== pytest"
+"$PYTHON" -m pytest -q "$@"
