@@ -7,11 +7,11 @@ password) are ``SecretStr`` and print masked.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.windows import parse_window
 
@@ -29,7 +29,10 @@ def mask_url(url: str) -> str:
 class Settings(BaseSettings):
     """Pipeline settings. Field descriptions name the env var and default."""
 
-    model_config = SettingsConfigDict(env_prefix="RECIPROCITY_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RECIPROCITY_", frozen=True, extra="forbid",
+        hide_input_in_errors=True,  # a rejected URL may carry a password
+    )
 
     broker: str = Field(
         "kafka://127.0.0.1:9092",
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
         ),
     )
     registry: str = Field("registry.yaml", description="RECIPROCITY_REGISTRY: registry YAML.")
-    windows: tuple[int, ...] = Field(
+    windows: Annotated[tuple[int, ...], NoDecode] = Field(
         (3600, 86400),
         description="RECIPROCITY_WINDOWS: tumbling window sizes, comma-separated (default 1h,1d).",
     )
@@ -93,6 +96,8 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         sizes = tuple(parse_window(v) if isinstance(v, str) else int(v) for v in value)
+        if any(size <= 0 for size in sizes):
+            raise ValueError("window sizes must be positive")
         if not sizes:
             raise ValueError("at least one window size is required")
         if len(set(sizes)) != len(sizes):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SPEC = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_SPEC = re.compile(r"^\s*([0-9]+)\s*([smhdw])\s*$")
 
 
 def parse_window(spec: str) -> int:
@@ -23,6 +23,8 @@ def parse_window(spec: str) -> int:
 
 def window_label(size_s: int) -> str:
     """The canonical label of a window size: the largest unit that divides it."""
+    if size_s <= 0:
+        raise ValueError(f"window size must be positive, got {size_s}")
     for unit, seconds in sorted(_UNITS.items(), key=lambda kv: -kv[1]):
         if size_s % seconds == 0:
             return f"{size_s // seconds}{unit}"

@@ -13,6 +13,7 @@ returns either an :class:`Event` or an :class:`Invalid` carrying the reason.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -33,6 +34,12 @@ _MAX_ID_LEN: Final = 512
 # (milliseconds or microseconds sent as seconds) and are rejected.
 _MIN_TS: Final = 0.0  # 1970-01-01T00:00:00Z
 _MAX_TS: Final = 7258118400.0  # 2200-01-01T00:00:00Z
+
+# RFC 3339 date-time (section 5.6), ASCII digits, a "T" separator, an offset.
+_RFC3339 = re.compile(
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
 
 # DLQ reason codes: stable strings, part of the operational contract.
 REASON_INVALID_JSON: Final = "invalid_json"
@@ -107,19 +114,19 @@ def parse_ts(value: object) -> float:
         if not math.isfinite(ts):
             raise ValueError("ts must be finite")
     elif isinstance(value, str):
-        text = value.strip()
-        # RFC 3339 allows a lower-case "t"/"z" and a space separator.
-        if len(text) > 10 and text[10] in "t ":
-            text = text[:10] + "T" + text[11:]
-        if text.endswith(("z", "Z")):
-            text = text[:-1] + "+00:00"
+        match = _RFC3339.match(value)
+        if match is None:
+            dated = re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value) is not None
+            if dated and re.search(r"([Zz]|[+-][0-9]{2}:?[0-9]{2})$", value) is None:
+                raise ValueError(f"ts {value!r} has no UTC offset (RFC 3339 requires one)")
+            raise ValueError(f"ts {value!r} is not RFC 3339 (e.g. 2026-03-02T10:00:00Z)")
+        date, time, fraction, offset = match.groups()
+        offset = "+00:00" if offset in ("Z", "z") else offset
+        micros = f".{(fraction or '')[:6]:0<6}"
         try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"ts {value!r} is not RFC 3339") from None
-        if moment.tzinfo is None or len(text) < 19:
-            raise ValueError(f"ts {value!r} has no UTC offset (RFC 3339 requires one)")
-        ts = moment.timestamp()
+            ts = datetime.fromisoformat(f"{date}T{time}{micros}{offset}").timestamp()
+        except ValueError as exc:
+            raise ValueError(f"ts {value!r} is not RFC 3339: {exc}") from None
     else:
         raise ValueError(f"ts must be RFC 3339 text or epoch seconds, got {type(value).__name__}")
     if not _MIN_TS <= ts < _MAX_TS:

@@ -80,6 +80,13 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a plain value, got {type(key).__name__}",
+                key_node.start_mark,
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -144,6 +151,7 @@ def parse_registry(doc: object, source: str = "<registry>") -> Registry:
             problems.append(f"unknown top-level key {key!r}")
 
     orgs: dict[str, Org] = {}
+    position: dict[str, int] = {}  # org id -> its index in the file's orgs list
     raw_orgs = doc.get("orgs") or []
     if not isinstance(raw_orgs, list):
         problems.append("orgs: expected a list")
@@ -171,10 +179,11 @@ def parse_registry(doc: object, source: str = "<registry>") -> Registry:
         if unknown:
             problems.append(f"{label}: unknown field(s) {', '.join(sorted(unknown))}")
         orgs[org_id] = Org(org_id, str(name), parent, community)
+        position[org_id] = i
 
-    for i, org in enumerate(orgs.values()):
+    for org in orgs.values():
         if org.parent is not None and org.parent not in orgs:
-            problems.append(f"orgs[{i}] ({org.id!r}): unknown parent {org.parent!r}")
+            problems.append(f"orgs[{position[org.id]}] ({org.id!r}): unknown parent {org.parent!r}")
     for org in orgs.values():
         chain = [org.id]
         parent = org.parent
@@ -236,13 +245,21 @@ def parse_registry(doc: object, source: str = "<registry>") -> Registry:
 
 def dump_registry(registry: Registry) -> str:
     """Serialize a registry back to YAML (used by the simulator)."""
+    identities: dict[str, list[str]] = {}
+    for ident, account in registry.account_of_identity.items():
+        identities.setdefault(account, []).append(ident)
     doc: dict[str, Any] = {
         "orgs": [
             {k: v for k, v in (("id", o.id), ("name", o.name), ("parent", o.parent),
                                ("community", o.community)) if v is not None}
             for o in registry.orgs.values()
         ],
-        "accounts": dict(registry.org_of_account),
+        "accounts": {
+            account: (
+                {"org": org, "identities": identities[account]} if account in identities else org
+            )
+            for account, org in registry.org_of_account.items()
+        },
         "entities": dict(registry.org_of_entity),
     }
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
 def totals(url: str) -> int:
@@ -50,7 +50,8 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen, log
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"worker exited early ({proc.returncode}): {log.read_text()[-3000:]}")
+            tail = log.read_text()[-3000:]
+            raise AssertionError(f"worker exited early ({proc.returncode}): {tail}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
         time.sleep(0.5)

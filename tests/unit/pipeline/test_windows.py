@@ -81,7 +81,6 @@ def test_window_label_rejects_fractions() -> None:
         window_label(1.5)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="window_label(0) returns '0w' instead of raising")
 @pytest.mark.parametrize("size", [0, -3600])
 def test_window_label_rejects_non_positive(size: int) -> None:
     with pytest.raises(ValueError):

@@ -368,14 +368,12 @@ def test_dump_registry_is_unicode_text(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(strict=True, reason="dump_registry drops account identities")
 def test_dump_registry_keeps_identities(tmp_path: Path) -> None:
     original = load_registry(write(tmp_path, VALID_MAPPING))
     again = load_registry(write(tmp_path, dump_registry(original), "dumped.yaml"))
     assert again.account_of_identity == original.account_of_identity
 
 
-@pytest.mark.xfail(strict=True, reason="unknown-parent label indexes surviving orgs, not file")
 def test_unknown_parent_names_the_file_index(tmp_path: Path) -> None:
     path = write(tmp_path, """\
         orgs:
@@ -387,8 +385,6 @@ def test_unknown_parent_names_the_file_index(tmp_path: Path) -> None:
     assert "orgs[2] ('med'): unknown parent 'ghost'" in error.problems
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="unhashable YAML key escapes as TypeError, not RegistryError")
 def test_unhashable_yaml_key_is_a_registry_error(tmp_path: Path) -> None:
     path = write(tmp_path, "orgs: []\naccounts:\n  ? [a, b]\n  : uni\n")
     load_error(path)
