@@ -164,6 +164,9 @@ class Pipeline:
         )
         self.seen_table = self.app.Table("event-ids", partitions=settings.partitions, schema=state)
         self._pair_view = _PairTableView(self.pair_table)
+        # Faust's send buffer stalls the stream and warns past 100 queued records;
+        # one batch legitimately queues a changelog record per touched key.
+        self.app.producer.buffer.max_messages = max(1000, settings.batch_max)
         self.app.agent(self.topic, name="reciprocity.pairs")(self._agent)
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:

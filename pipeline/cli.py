@@ -134,14 +134,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args, registry=str(workdir / "registry.yaml"),
                          clickhouse_url=f"chdb://{(workdir / 'store').resolve()}",
                          stream_id="demo")
+    print(f"demo institution: {len(inst.registry.orgs)} orgs, "
+          f"{len(inst.registry.org_of_account)} accounts; streaming {args.events} events "
+          f"at {args.rate:g}/s through Kafka -> Faust -> ClickHouse (embedded)", flush=True)
+    last_print = [0.0]
+
+    def progress(stats: Any) -> None:
+        now = time.monotonic()
+        if now - last_print[0] >= 2 and stats.counts.events:
+            last_print[0] = now
+            c = stats.counts
+            print(f"  live: {c.events:>7} events processed, {c.engagements:>7} engagements, "
+                  f"{c.dead_lettered} dead-lettered", flush=True)
+
     backend = open_backend(settings.clickhouse_url.get_secret_value())
     try:
-        summary = asyncio.run(run_file(settings, inst.registry, backend, events_path))
+        summary = asyncio.run(run_file(settings, inst.registry, backend, events_path,
+                                       rate=args.rate, on_progress=progress))
         rows = pair_rows(backend, "1d")
     finally:
         backend.close()
-    print(f"demo institution: {len(inst.registry.orgs)} orgs, "
-          f"{len(inst.registry.org_of_account)} accounts; files in {workdir}")
+    print(f"\nfiles and store in {workdir}")
     _print_summary(summary)
     totals: dict[tuple[str, str], int] = {}
     for row in rows:
@@ -203,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=5000, help="events to simulate (5000)")
     demo.add_argument("--orgs", type=int, default=12, help="orgs in the institution (12)")
     demo.add_argument("--seed", type=int, default=7, help="simulation seed (7)")
+    demo.add_argument("--rate", type=float, default=1000.0,
+                      help="events per second offered to Kafka (1000)")
     demo.add_argument("--dir", help="directory for the generated files and the store "
                       "(default: a new temp dir)")
     demo.set_defaults(func=cmd_demo)
@@ -235,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reciprocity: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from pipeline.broker import BrokerError
         from pipeline.runner import PipelineFailed
+        from producers.kafka_writer import DeliveryError
 
-        if isinstance(exc, PipelineFailed):
+        if isinstance(exc, PipelineFailed | BrokerError | DeliveryError):
             print(f"reciprocity: {exc}", file=sys.stderr)
             return 1
         raise

@@ -15,10 +15,12 @@ import contextlib
 import hashlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from faust.worker import Worker
 
@@ -135,14 +137,31 @@ def file_stream_id(path: Path) -> str:
     return f"file:{digest.hexdigest()[:16]}"
 
 
-def produce_lines(settings: Settings, lines: Iterable[bytes]) -> tuple[int, ProduceCounts]:
-    """Produce raw lines to the input topic; returns (lines, delivery counts)."""
+def produce_lines(
+    settings: Settings,
+    lines: Iterable[bytes],
+    rate: float | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[int, ProduceCounts]:
+    """Produce raw lines to the input topic; returns (lines sent, delivery counts).
+
+    Blocking (run it in a thread). ``rate`` paces sending to about that many
+    lines per second; ``cancel`` stops early, after flushing what was sent.
+    Raises :class:`~producers.kafka_writer.DeliveryError` if any line was lost.
+    """
     writer = KafkaEventWriter(settings.bootstrap_servers, settings.topic)
     n = 0
+    started = time.monotonic()
     try:
         for line in lines:
+            if cancel is not None and cancel.is_set():
+                break
             writer.send(line)
             n += 1
+            if rate and n % 50 == 0:
+                ahead = started + n / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
         return n, writer.flush()
     finally:
         writer.close()
@@ -155,22 +174,29 @@ async def run_lines(
     lines: Iterable[bytes],
     until_drained: bool = True,
     stop_event: asyncio.Event | None = None,
+    rate: float | None = None,
+    on_progress: Callable[[PipelineStats], None] | None = None,
 ) -> RunSummary:
     """Produce ``lines`` to the configured broker while a worker processes them.
 
     With ``until_drained`` the worker stops once every produced message is
     processed and flushed; otherwise it runs on until ``stop_event``.
+    ``rate`` paces production (lines/s); ``on_progress`` sees the live stats
+    a few times a second.
     """
     started = time.monotonic()
     summary = RunSummary(stream=settings.effective_stream_id)
     ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
                   settings.partitions)
     loop = asyncio.get_running_loop()
-    production = loop.run_in_executor(None, produce_lines, settings, lines)
+    cancel = threading.Event()
+    production = loop.run_in_executor(None, produce_lines, settings, lines, rate, cancel)
     targets: dict[int, int] | None = None
 
     def stop_when(stats: PipelineStats) -> bool:
         nonlocal targets
+        if on_progress is not None:
+            on_progress(stats)
         if not until_drained or not production.done():
             return False
         if targets is None:
@@ -178,9 +204,12 @@ async def run_lines(
             targets = dict(summary.produced.last_offsets)
         return drained(targets)(stats)
 
-    stats = await run_worker(settings, registry, backend, stop_when, stop_event)
-    if not production.done():
-        await production
+    try:
+        stats = await run_worker(settings, registry, backend, stop_when, stop_event)
+    finally:
+        cancel.set()  # stopped early (signal, failure): stop producing too
+        with contextlib.suppress(Exception):
+            await production
     summary.lines, summary.produced = production.result()
     summary.counts = stats.counts
     summary.pair_rows = count_pair_rows(backend, settings.effective_stream_id)
@@ -208,8 +237,10 @@ async def run_file(
     input_path: Path,
     until_drained: bool = True,
     external_broker: bool = False,
+    **run_options: Any,
 ) -> RunSummary:
-    """``reciprocity run --input``: embedded broker unless ``external_broker``."""
+    """``reciprocity run --input``: embedded broker unless ``external_broker``.
+    ``run_options`` go to :func:`run_lines` (``rate``, ``on_progress``)."""
     stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -217,7 +248,9 @@ async def run_file(
             loop.add_signal_handler(sig, stop_event.set)
     lines = jsonl_lines(input_path)
     if external_broker:
-        return await run_lines(settings, registry, backend, lines, until_drained, stop_event)
+        return await run_lines(settings, registry, backend, lines, until_drained, stop_event,
+                               **run_options)
     with EmbeddedBroker() as broker:
         embedded = settings.model_copy(update={"broker": broker.url, **EMBEDDED_TIMINGS})
-        return await run_lines(embedded, registry, backend, lines, until_drained, stop_event)
+        return await run_lines(embedded, registry, backend, lines, until_drained, stop_event,
+                               **run_options)
