@@ -184,8 +184,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.store and not Path(args.store).is_dir():
         raise UsageError(f"--store {args.store}: no such directory")
     settings = _settings(args)
-    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    url = settings.clickhouse_url.get_secret_value()
+    backend = open_backend(url)
     try:
+        if not backend.has_table("pair_windows"):
+            raise UsageError(f"{mask_url(url)} holds no reciprocity results "
+                             f"(no {backend.database}.pair_windows table): run the pipeline first")
         rows = pair_rows(backend, args.window)
     finally:
         backend.close()
@@ -252,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from pipeline.broker import BrokerError
         from pipeline.runner import PipelineFailed
+        from pipeline.sinks import StoreError
         from producers.kafka_writer import DeliveryError
 
-        if isinstance(exc, PipelineFailed | BrokerError | DeliveryError):
+        if isinstance(exc, PipelineFailed | BrokerError | DeliveryError | StoreError):
             print(f"reciprocity: {exc}", file=sys.stderr)
             return 1
         raise

@@ -10,9 +10,12 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.sinks.base import Backend, DeadLetterRow, PairWindowRow, SinkBatch
+from pipeline.sinks.base import Backend, DeadLetterRow, PairWindowRow, SinkBatch, StoreError
 
-__all__ = ["AsyncSink", "Backend", "DeadLetterRow", "PairWindowRow", "SinkBatch", "open_backend"]
+__all__ = [
+    "AsyncSink", "Backend", "DeadLetterRow", "PairWindowRow", "SinkBatch", "StoreError",
+    "open_backend",
+]
 
 log = logging.getLogger(__name__)
 

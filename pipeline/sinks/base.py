@@ -62,10 +62,23 @@ class SinkBatch:
         return bool(self.pair_windows or self.dead_letters)
 
 
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (locked, unreachable, missing tables)."""
+
+
 class Backend(ABC):
     """A ClickHouse store: schema, idempotent batch writes, and reads for reports."""
 
     database: str
+
+    def has_table(self, name: str) -> bool:
+        """Whether our database holds table ``name`` (plain identifier)."""
+        check_identifier(name)
+        rows = self.query(
+            "SELECT count() FROM system.tables "  # noqa: S608 - validated identifiers
+            f"WHERE database = '{self.database}' AND name = '{name}'"
+        )
+        return bool(rows) and int(rows[0][0]) > 0
 
     @abstractmethod
     def ensure_schema(self) -> None:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 import pyarrow as pa
 
-from pipeline.sinks.base import Backend, SinkBatch, check_identifier
+from pipeline.sinks.base import Backend, SinkBatch, StoreError, check_identifier
 from pipeline.sinks.schema import DEAD_LETTER_COLUMNS, PAIR_WINDOW_COLUMNS, ddl
 
 DEFAULT_DATABASE = "reciprocity"
@@ -39,7 +39,13 @@ class ChdbBackend(Backend):
         self.path = store_path(url)
         self.path.mkdir(parents=True, exist_ok=True)
         self.database = check_identifier(DEFAULT_DATABASE)
-        self._session: Any = session.Session(str(self.path))
+        try:
+            self._session: Any = session.Session(str(self.path))
+        except Exception as exc:
+            raise StoreError(
+                f"cannot open the store {self.path}: {exc} (only one process at a time "
+                "may open an embedded store; is a reciprocity run still using it?)"
+            ) from exc
 
     def ensure_schema(self) -> None:
         for statement in ddl(self.database):
