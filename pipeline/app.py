@@ -44,6 +44,7 @@ from pipeline.aggregate import (
     PairKey,
     PairState,
 )
+from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
 from pipeline.sinks import AsyncSink, DeadLetterRow, PairWindowRow, SinkBatch
 from pipeline.windows import to_utc
@@ -131,6 +132,9 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "broker_commit_interval": settings.commit_interval_s,
+        # Never wait for unacked events on rebalance or stop: a failed batch stays
+        # unacked on purpose, and commits only ever cover acked (flushed) events.
+        "stream_wait_empty": False,
     }
     options.update(overrides)
     return faust.App(settings.app_id, **options)
@@ -164,10 +168,23 @@ class Pipeline:
         )
         self.seen_table = self.app.Table("event-ids", partitions=settings.partitions, schema=state)
         self._pair_view = _PairTableView(self.pair_table)
+        self.guard = SequenceGuard()
+        # mode types receivers as a union of callables that mypy cannot match to a method
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
         # Faust's send buffer stalls the stream and warns past 100 queued records;
         # one batch legitimately queues a changelog record per touched key.
         self.app.producer.buffer.max_messages = max(1000, settings.batch_max)
         self.app.agent(self.topic, name="reciprocity.pairs")(self._agent)
+        self.app.timer(interval=settings.stats_interval_s, name="reciprocity.stats")(
+            self._log_stats
+        )
+
+    async def _log_stats(self) -> None:
+        """Periodic progress line: what an operator tails to see the worker is alive."""
+        stats = self.stats
+        log.info("batches=%d %s flushed_offsets=%s sink_failures=%d", stats.batches,
+                 " ".join(f"{k}={v}" for k, v in stats.counts.as_dict().items()),
+                 dict(sorted(stats.flushed_offsets.items())), self.sink.failures)
 
     async def _agent(self, stream: faust.StreamT[bytes]) -> None:
         settings = self.settings
@@ -178,22 +195,26 @@ class Pipeline:
             try:
                 await self.process(events)
             except Exception as exc:
-                # The batch is not acked; crashing the app makes the worker exit
-                # so a restart resumes from the last committed offsets.
+                # Keep the failed batch unacked for good (take_events acks what it
+                # yielded once we move on), so no commit ever passes it; then park
+                # until the runner stops the worker. A restart resumes from the
+                # last commit and, all writes being idempotent, loses nothing.
+                for event in events:
+                    event.message.incref()
                 log.exception("batch failed; stopping the worker")
                 self.stats.fatal = exc
                 self.stats.progress.set()
-                await self.app.crash(exc)
-                raise
+                await asyncio.Event().wait()
 
     async def process(self, events: Sequence[Any]) -> None:
         """Process one batch of Faust events end to end (see module docstring)."""
+        applied = self._in_sequence(events)
         messages = [
             Message(e.message.partition, e.message.offset, e.value, e.message.key)
-            for e in events
+            for e in applied
         ]
         outcome = self.aggregator.process(messages, self._pair_view, self.seen_table)
-        last_event = {e.message.partition: e for e in events}
+        last_event = {e.message.partition: e for e in applied}
         self._persist_tables(outcome, last_event)
         await self._send_dead_letters(outcome)
         await self.sink.write(sink_batch(outcome, self.settings.effective_stream_id, self.clock()))
@@ -202,6 +223,37 @@ class Pipeline:
         stats.batches += 1
         stats.flushed_offsets.update(outcome.last_offsets)
         stats.progress.set()
+
+    def _in_sequence(self, events: Sequence[Any]) -> list[Any]:
+        """The events to apply: in offset order, redeliveries dropped.
+
+        Raises :class:`OffsetHoleError` before anything is applied when the
+        stream skipped offsets; the worker then stops, and a restart resumes
+        from the last commit, which is never past the hole.
+        """
+        applied: list[Any] = []
+        guard = self.guard
+        for event in events:
+            partition, offset = event.message.partition, event.message.offset
+            verdict = guard.check(partition, offset)
+            if verdict is Verdict.APPLY:
+                applied.append(event)
+            elif verdict is Verdict.HOLE:
+                raise OffsetHoleError(
+                    f"offsets {guard.expected[partition]}..{offset - 1} of "
+                    f"{self.settings.topic}[{partition}] never reached the stream "
+                    "(faust-streaming#596); stopping so a restart re-reads them"
+                )
+        return applied
+
+    async def _on_partitions_revoked(
+        self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:
+        """Revoked partitions: whoever gets them next starts their sequence anew."""
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        for tp in revoked:
+            if tp.topic == self.settings.topic:
+                self.guard.forget(tp.partition)
 
     def _persist_tables(self, outcome: BatchOutcome, last_event: Mapping[int, Any]) -> None:
         # Faust routes a changelog record to the partition of the "current event";

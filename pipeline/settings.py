@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         2.8, gt=0, description="RECIPROCITY_COMMIT_INTERVAL_S: how often consumed offsets commit."
     )
+    stats_interval_s: float = Field(
+        10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
+    )
     log_level: str = Field("WARNING", description="RECIPROCITY_LOG_LEVEL: log level.")
 
     @field_validator("windows", mode="before")

@@ -1,0 +1,41 @@
+"""SequenceGuard: offsets applied in order; redeliveries stale; holes reported."""
+
+from __future__ import annotations
+
+from pipeline.sequence import SequenceGuard, Verdict
+
+A, S, H = Verdict.APPLY, Verdict.STALE, Verdict.HOLE
+
+
+def run(guard: SequenceGuard, offsets: list[int], partition: int = 0) -> list[Verdict]:
+    return [guard.check(partition, o) for o in offsets]
+
+
+def test_contiguous_offsets_apply() -> None:
+    guard = SequenceGuard()
+    assert run(guard, [5, 6, 7]) == [A, A, A]  # the first offset seen starts the sequence
+    assert guard.expected == {0: 8}
+
+
+def test_redelivered_offsets_are_stale() -> None:
+    guard = SequenceGuard()
+    run(guard, [0, 1, 2])
+    assert run(guard, [1, 2, 3]) == [S, S, A]
+
+
+def test_a_hole_is_reported_and_does_not_advance() -> None:
+    guard = SequenceGuard()
+    assert run(guard, [0, 1, 2, 6]) == [A, A, A, H]
+    assert guard.expected[0] == 3
+    assert guard.check(0, 7) is H  # still a hole: nothing past it is ever applied
+    assert guard.check(0, 3) is A
+
+
+def test_partitions_are_independent_and_forgettable() -> None:
+    guard = SequenceGuard()
+    run(guard, [0, 1], partition=0)
+    run(guard, [10, 11], partition=1)
+    assert guard.check(1, 20) is H
+    assert guard.check(0, 2) is A
+    guard.forget(1)
+    assert guard.check(1, 30) is A  # after reassignment the sequence restarts
