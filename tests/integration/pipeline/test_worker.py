@@ -1,26 +1,24 @@
 """The Faust worker against a real Tansu broker and a real store.
 
 Checks what only a real broker shows: the dead-letter topic's records
-(original bytes, reason headers), and that re-consuming a topic from offset 0
-with the same app id (what happens after a crash before a commit) leaves the
-store exactly as it was.
+(original bytes, reason headers), and that producing the same events again
+into the same topic (a producer retrying a whole file) changes nothing.
+Redelivery after a crash is covered by test_crash_recovery.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaConsumer
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.report import pair_rows
-from pipeline.runner import EMBEDDED_TIMINGS, drained, run_lines, run_worker
+from pipeline.runner import EMBEDDED_TIMINGS, run_lines
 from pipeline.settings import Settings
 from pipeline.sinks import open_backend
 from producers.file_source import jsonl_lines
@@ -74,23 +72,9 @@ def test_dlq_topic_and_replay_from_zero(broker: EmbeddedBroker, tmp_path: Path) 
             assert headers["dlq.error"]
             assert headers["dlq.topic"] == topic.encode()
 
-        # Rewind the group to 0, as if the worker died before committing anything.
-        targets = dict(summary.produced.last_offsets)
-        # Join the (now empty) group as a member, commit 0, and leave only after
-        # the assignment arrived (Tansu quirk: leaving mid-join wedges a group).
-        consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=app_id,
-                                 enable_auto_commit=False, session_timeout_ms=6000,
-                                 heartbeat_interval_ms=2000)
-        deadline = time.monotonic() + 30
-        while not consumer.assignment() and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=200, max_records=1)
-        partitions = [TopicPartition(topic, p) for p in targets]
-        assert set(partitions) <= consumer.assignment()
-        consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in partitions})
-        consumer.close()
-
-        stats = asyncio.run(run_worker(settings, registry, store, drained(targets)))
-        assert stats.counts.messages >= sum(o + 1 for o in targets.values())
+        # the same file produced again: every event is now a duplicate
+        summary = asyncio.run(run_lines(settings, registry, store, jsonl_lines(events)))
+        assert summary.counts.duplicates == summary.counts.valid
         assert {w: pair_rows(store, w) for w in ("1h", "1d")} == first
     finally:
         store.close()
