@@ -79,7 +79,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input is not None and not Path(args.input).is_file():
         raise UsageError(f"--input {args.input}: no such file")
     extra: dict[str, Any] = {}
-    if args.input is not None:
+    if args.input is not None and not args.broker:
+        # A fresh embedded broker per run: the file is the stream. On a given
+        # broker the topic is (its offsets and the app's tables outlive a file).
         extra["stream_id"] = file_stream_id(Path(args.input))
     settings = _settings(args, **extra)
     registry = load_registry(settings.registry)
