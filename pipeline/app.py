@@ -2,6 +2,8 @@
 
 Per batch (``stream.take_events``) the agent
 
+0. checks that each partition's offsets follow on with no hole
+   (``pipeline.sequence``) and drops redeliveries it already applied;
 1. hands the raw messages to :class:`pipeline.aggregate.Aggregator`, which
    validates, dedups and pre-aggregates them against read-only table views;
 2. writes each touched table key once (pair-window states, new event ids) so

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.broker import free_port
+from pipeline.broker import free_port, stop_process
 
 CONFIG = """<yandex>
  <logger><level>warning</level><console>0</console>
@@ -76,10 +76,5 @@ def clickhouse_server(workdir: Path, timeout_s: float = 30.0) -> Iterator[tuple[
             time.sleep(0.1)
         yield tcp, http
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, grace_s=15)
         out.close()
