@@ -125,12 +125,18 @@ def ensure_topics(
     bootstrap: list[str], topics: Iterable[str], partitions: int, replication: int = 1,
     **client_options: object,
 ) -> None:
-    """Create missing topics with ``partitions`` partitions; existing ones are left as is."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    """Create missing topics with ``partitions`` partitions; existing ones are left as is.
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="reciprocity-admin",
-                             **client_options)
+    Raises :class:`BrokerError` when the brokers cannot be reached.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="reciprocity-admin",
+                                 **client_options)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach Kafka at {', '.join(bootstrap)}: {exc!r}") from exc
     try:
         existing = set(admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]

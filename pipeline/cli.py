@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("RECIPROCITY_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # the driver logs a traceback per failed connection attempt; our error says it once
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
     try:
         code: int = args.func(args)
     except BrokenPipeError:

@@ -11,8 +11,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import Error as DriverError
 
-from pipeline.sinks.base import Backend, SinkBatch, check_identifier
+from pipeline.sinks.base import Backend, SinkBatch, StoreError, check_identifier
 from pipeline.sinks.schema import DEAD_LETTER_COLUMNS, PAIR_WINDOW_COLUMNS, ddl
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -46,11 +47,15 @@ def client_kwargs(url: str) -> tuple[dict[str, Any], str]:
 class ClickHouseServerBackend(Backend):
     def __init__(self, url: str) -> None:
         kwargs, self.database = client_kwargs(url)
+        self._where = f"ClickHouse at {kwargs['host']}:{kwargs['port']}"
         self._client = Client(**kwargs)
 
     def ensure_schema(self) -> None:
-        for statement in ddl(self.database):
-            self._client.execute(statement)
+        try:
+            for statement in ddl(self.database):
+                self._client.execute(statement)
+        except (DriverError, OSError) as exc:
+            raise StoreError(f"{self._where}: cannot create the schema: {exc}") from exc
 
     def write(self, batch: SinkBatch) -> None:
         # Always the parameterized INSERT form: inline VALUES hang on 18.16.
@@ -73,7 +78,10 @@ class ClickHouseServerBackend(Backend):
             self._client.execute(f"INSERT INTO {table} ({cols}) VALUES", dead_rows)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self._client.execute(sql)]
+        try:
+            return [tuple(row) for row in self._client.execute(sql)]
+        except (DriverError, OSError) as exc:
+            raise StoreError(f"{self._where}: query failed: {exc}") from exc
 
     def close(self) -> None:
         self._client.disconnect()

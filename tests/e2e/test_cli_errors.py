@@ -82,3 +82,14 @@ def test_store_in_use_by_another_process(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "only one process at a time" in result.stderr
+
+
+def test_unreachable_clickhouse_is_one_clear_line() -> None:
+    from pipeline.broker import free_port
+
+    url = f"clickhouse://default:secret@127.0.0.1:{free_port()}/db?connect_timeout=2"
+    result = cli("report", "pairs", "--clickhouse", url, "--window", "1h")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "ClickHouse at 127.0.0.1" in result.stderr
+    assert "secret" not in result.stderr
