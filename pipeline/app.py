@@ -168,7 +168,15 @@ class Pipeline:
         self.pair_table = self.app.Table(
             "pair-windows", partitions=settings.partitions, schema=state
         )
-        self.seen_table = self.app.Table("event-ids", partitions=settings.partitions, schema=state)
+        # New event ids are stored one record per partition per batch (key
+        # "partition:first offset"), not one per event: a per-event table write
+        # caps Faust near 2-3k events/s. Lookups go through an in-memory index
+        # rebuilt from the table for each partition this worker is assigned.
+        self.seen_table = self.app.Table(
+            "event-id-batches", partitions=settings.partitions, schema=state
+        )
+        self._seen_index: dict[str, tuple[int, int, int]] = {}
+        self._indexed: set[int] = set()
         self._pair_view = _PairTableView(self.pair_table)
         self.guard = SequenceGuard()
         # mode types receivers as a union of callables that mypy cannot match to a method
@@ -215,7 +223,8 @@ class Pipeline:
             Message(e.message.partition, e.message.offset, e.value, e.message.key)
             for e in applied
         ]
-        outcome = self.aggregator.process(messages, self._pair_view, self.seen_table)
+        self._index_partitions({m.partition for m in messages})
+        outcome = self.aggregator.process(messages, self._pair_view, self._seen_index)
         last_event = {e.message.partition: e for e in applied}
         self._persist_tables(outcome, last_event)
         await self._send_dead_letters(outcome)
@@ -256,6 +265,7 @@ class Pipeline:
         for tp in revoked:
             if tp.topic == self.settings.topic:
                 self.guard.forget(tp.partition)
+                self._indexed.discard(tp.partition)  # rebuild if it comes back
 
     def _persist_tables(self, outcome: BatchOutcome, last_event: Mapping[int, Any]) -> None:
         # Faust routes a changelog record to the partition of the "current event";
@@ -267,12 +277,32 @@ class Pipeline:
                 current = key[0]
                 _current_event.set(weakref.ref(last_event[current]))
             self.pair_table[encode_key(key)] = state
-        current = -1
-        for event_id, position in sorted(outcome.first_seen.items(), key=lambda kv: kv[1]):
-            if position[0] != current:
-                current = position[0]
-                _current_event.set(weakref.ref(last_event[current]))
-            self.seen_table[event_id] = list(position)
+        new_ids: dict[int, list[list[Any]]] = {}
+        for event_id, (partition, offset, item) in outcome.first_seen.items():
+            new_ids.setdefault(partition, []).append([event_id, offset, item])
+        for partition, entries in new_ids.items():
+            _current_event.set(weakref.ref(last_event[partition]))
+            first_offset = min(offset for _, offset, _ in entries)
+            self.seen_table[f"{partition}:{first_offset}"] = entries
+        self._seen_index.update(outcome.first_seen)
+
+    def _index_partitions(self, partitions: set[int]) -> None:
+        """Load the event ids of newly assigned partitions into the index (once
+        per assignment; the table was recovered from its changelog by then)."""
+        missing = partitions - self._indexed
+        if not missing:
+            return
+        prefixes = tuple(f"{p}:" for p in missing)
+        index = self._seen_index
+        for key, entries in self.seen_table.items():
+            if key.startswith(prefixes):
+                partition = int(key.split(":", 1)[0])
+                for event_id, offset, item in entries:
+                    position = (partition, offset, item)
+                    # the earliest position wins if a replayed batch stored it twice
+                    if event_id not in index or position < index[event_id]:
+                        index[event_id] = position
+        self._indexed |= missing
 
     async def _send_dead_letters(self, outcome: BatchOutcome) -> None:
         if not outcome.dead_letters:
