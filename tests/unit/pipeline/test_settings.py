@@ -192,3 +192,15 @@ def test_numeric_bounds(monkeypatch: pytest.MonkeyPatch, name: str, value: str) 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    for name, field in Settings.model_fields.items():
+        var = f"RECIPROCITY_{name.upper()}"
+        assert field.description and field.description.startswith(var), name
+        if name.startswith("web_"):
+            var = "RECIPROCITY_WEB_ENABLED"  # the web settings share one README row
+        assert var in readme, f"{var} is not documented in README.md"
