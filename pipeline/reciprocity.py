@@ -1,0 +1,109 @@
+"""Reciprocity figures as pure functions (definitions in docs/metrics.md).
+
+No Faust, Kafka or ClickHouse here: the streaming agents and the reports call
+these, and tests check them against the definitions directly. Not wired into
+the live pipeline yet (see the reciprocity analytics issue).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from schemas.event import ENGAGEMENT_KINDS, Event
+from schemas.registry import Registry
+
+#: Default value weights per engagement kind.
+DEFAULT_WEIGHTS: Final[Mapping[str, float]] = {
+    "share": 3, "mention": 2, "reply": 2, "thanks": 2, "follow": 1, "like": 1,
+}
+
+
+def value(counts: Mapping[str, int], weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> float:
+    """Weighted sum of engagement counts (kinds without a weight count 0)."""
+    return sum(weights.get(kind, 0) * n for kind, n in counts.items() if kind in ENGAGEMENT_KINDS)
+
+
+def pair_reciprocity(v_ab: float, v_ba: float) -> float:
+    """min/max of the two directions' values; 0 when both are 0. In [0, 1]."""
+    high = max(v_ab, v_ba)
+    return 0.0 if high == 0 else min(v_ab, v_ba) / high
+
+
+def balance(v_ab: float, v_ba: float) -> float:
+    """(v_ab - v_ba) / (v_ab + v_ba); 0 when both are 0. In [-1, 1]: >0 means A gives more."""
+    total = v_ab + v_ba
+    return 0.0 if total == 0 else (v_ab - v_ba) / total
+
+
+@dataclass(frozen=True, slots=True)
+class Omission:
+    """A post by org ``by`` featuring entities of org ``left_out`` without naming it."""
+
+    post_id: str
+    left_out: str
+    by: str
+    entities: tuple[str, ...]
+    ts: float
+
+
+def omissions(event: Event, registry: Registry) -> list[Omission]:
+    """Omission records of one event (only posts by registered accounts have any).
+
+    For each org A (other than the poster's org B) with featured entities in the
+    post, the post omits A when none of its mentions is an account of A.
+    One record per (post, left-out org), entities sorted, ordered by org id.
+    """
+    if event.kind != "post" or not event.features:
+        return []
+    by = registry.org_of_account.get(event.actor)
+    if by is None:
+        return []
+    featured: dict[str, set[str]] = {}
+    for entity in event.features:
+        org = registry.org_of_entity.get(entity)
+        if org is not None and org != by:
+            featured.setdefault(org, set()).add(entity)
+    named = {registry.org_of_account.get(account) for account in event.mentions}
+    return [
+        Omission(event.id, org, by, tuple(sorted(entities)), event.ts)
+        for org, entities in sorted(featured.items())
+        if org not in named
+    ]
+
+
+def drop_alert(
+    history: Sequence[float],
+    current: float,
+    threshold: float = 0.5,
+    windows: int = 7,
+    min_baseline: float = 5.0,
+) -> bool:
+    """Whether a closed daily window's engagements are a drop.
+
+    ``history`` holds the previous daily windows, oldest first; the baseline is
+    the mean of the last ``windows`` of them (fewer at the start of a series is
+    not enough: no alert until ``windows`` days exist). Alert when the baseline
+    is at least ``min_baseline`` and ``current < (1 - threshold) * baseline``.
+    """
+    if len(history) < windows:
+        return False
+    baseline = sum(history[-windows:]) / windows
+    return baseline >= min_baseline and current < (1 - threshold) * baseline
+
+
+def first_return_delays(
+    given: Iterable[float], returned: Iterable[float], horizon_s: float
+) -> list[float | None]:
+    """For each engagement time in ``given`` (A -> B), the delay to the first
+    engagement in ``returned`` (B -> A) with a time in (t, t + horizon], or None
+    when there is none (a snub once the watermark passes t + horizon).
+    One returning engagement may reciprocate several earlier ones."""
+    back = sorted(returned)
+    out: list[float | None] = []
+    for t in given:
+        i = bisect.bisect_right(back, t)  # first return strictly after t
+        out.append(back[i] - t if i < len(back) and back[i] - t <= horizon_s else None)
+    return out
