@@ -15,16 +15,12 @@ from typing import Any, Final, TextIO
 import orjson
 
 from pipeline.sinks import Backend
+from pipeline.sinks.base import quote
 from pipeline.windows import parse_window, window_label
 from schemas.event import ENGAGEMENT_KINDS, format_ts
 
 PAIR_FIELDS: Final = ("window_start", "window", "src", "dst", "engagements", *ENGAGEMENT_KINDS)
 _KIND_COLUMNS: Final = ("follows", "likes", "shares", "replies", "mentions", "thanks")
-
-
-def quote(value: str) -> str:
-    """A ClickHouse string literal for ``value`` (backslash and quote escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def pair_rows(backend: Backend, window: str) -> list[dict[str, Any]]:

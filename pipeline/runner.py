@@ -29,6 +29,7 @@ from pipeline.app import Pipeline, PipelineStats
 from pipeline.broker import EmbeddedBroker, ensure_topics
 from pipeline.settings import Settings
 from pipeline.sinks import AsyncSink, Backend
+from pipeline.sinks.base import quote
 from producers.file_source import jsonl_lines
 from producers.kafka_writer import KafkaEventWriter, ProduceCounts
 from schemas.registry import Registry
@@ -219,8 +220,6 @@ async def run_lines(
 
 def count_pair_rows(backend: Backend, stream: str) -> int:
     """Distinct (window, start, src, dst) rows the store holds for a stream."""
-    from pipeline.report import quote
-
     # stream is quoted, the database a validated identifier
     rows = backend.query(
         "SELECT count() FROM (SELECT window, window_start, src, dst "  # noqa: S608

@@ -26,6 +26,11 @@ def check_identifier(name: str) -> str:
     return name
 
 
+def quote(value: str) -> str:
+    """A ClickHouse string literal for ``value`` (backslash and quote escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 @dataclass(frozen=True, slots=True)
 class PairWindowRow:
     """Absolute engagement counts of one (window, pair) from one source partition."""
@@ -75,8 +80,8 @@ class Backend(ABC):
         """Whether our database holds table ``name`` (plain identifier)."""
         check_identifier(name)
         rows = self.query(
-            "SELECT count() FROM system.tables "  # noqa: S608 - validated identifiers
-            f"WHERE database = '{self.database}' AND name = '{name}'"
+            "SELECT count() FROM system.tables "  # noqa: S608 - quoted literals
+            f"WHERE database = {quote(self.database)} AND name = {quote(name)}"
         )
         return bool(rows) and int(rows[0][0]) > 0
 

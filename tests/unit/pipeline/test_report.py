@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.report import PAIR_FIELDS, pair_rows, quote, write_rows
+from pipeline.report import PAIR_FIELDS, pair_rows, write_rows
+from pipeline.sinks.base import quote
 
 
 @pytest.mark.parametrize(
