@@ -105,14 +105,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run_forever(settings: Settings, registry: Any, backend: Any, run_worker: Any) -> None:
     import signal
 
-    from pipeline.broker import ensure_topics
+    from pipeline.runner import ensure_pipeline_topics
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
-                  settings.partitions)
+    ensure_pipeline_topics(settings)
     await run_worker(settings, registry, backend, stop_event=stop)
 
 

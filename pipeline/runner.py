@@ -98,6 +98,12 @@ async def run_worker(
     return stats
 
 
+def ensure_pipeline_topics(settings: Settings) -> None:
+    """Create the input and dead-letter topics if missing (raises BrokerError)."""
+    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
+                  settings.partitions)
+
+
 def drained(targets: dict[int, int]) -> StopWhen:
     """Stop once every partition's flushed offset reaches its last produced offset."""
 
@@ -187,8 +193,7 @@ async def run_lines(
     """
     started = time.monotonic()
     summary = RunSummary(stream=settings.effective_stream_id)
-    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
-                  settings.partitions)
+    ensure_pipeline_topics(settings)
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
     production = loop.run_in_executor(None, produce_lines, settings, lines, rate, cancel)
