@@ -1,34 +1,37 @@
-"""The Faust app: a thin adapter between Kafka, the pure aggregator and the sink.
+"""The Faust app: thin adapters between Kafka, the pure stages and the sink.
 
-Per batch (``stream.take_events``) the agent
+Three agents, each reading batches (``stream.take_events``):
 
-0. checks that each partition's offsets follow on with no hole
-   (``pipeline.sequence``) and drops redeliveries it already applied;
-1. hands the raw messages to :class:`pipeline.aggregate.Aggregator`, which
-   validates, dedups and pre-aggregates them against read-only table views;
-2. writes each touched table key once (pair-window states, new event ids) so
-   the changelog gets one record per key per batch, not one per event;
-3. sends dead letters to the DLQ topic (original bytes as the value, the reason
-   in headers) and waits for their delivery;
-4. writes the touched pair windows and dead letters to ClickHouse off the loop;
+1. ``reciprocity.ingest`` on the input topic, per source partition
+   (:mod:`pipeline.ingest`): dedup, late check, omissions; routes engagements
+   to the internal ``-pairs`` and ``-inbound`` topics with the partition's
+   largest event time (:mod:`pipeline.routing`).
+2. ``reciprocity.pairs`` per unordered org pair (:mod:`pipeline.pairs`):
+   pair windows, reciprocation, snubs, pair drops, org rollups.
+3. ``reciprocity.inbound`` per receiving org (:mod:`pipeline.inbound`):
+   inbound drops.
 
-and only then lets Faust ack the batch, so committed offsets never run ahead
-of what the sink holds. Everything written is idempotent (see
-``pipeline.aggregate`` and ``pipeline.sinks.schema``), so at-least-once
-re-delivery after a crash gives the same results.
+For every batch an agent first checks that each partition's offsets follow
+on with no hole (``pipeline.sequence``), runs the pure stage, writes each
+touched table key once (one changelog record per key per batch), sends what
+goes to Kafka (routed engagements, dead letters, alerts) and waits for its
+delivery, writes its rows to ClickHouse off the loop, and only then lets Faust
+ack the batch: committed offsets never run ahead of what is delivered and
+stored. Everything written is idempotent, so at-least-once re-delivery after a
+crash gives the same results (docs/pipeline.md).
 
 Dedup scope: an id is recognised as a duplicate when its copies reach the same
-worker's tables, which holds when copies share a Kafka key (our producers key
-every message by event id). Copies with different keys landing on partitions
-owned by different workers are counted once per partition.
+partition, which holds when copies share a Kafka key (our producers key every
+message by event id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,24 +40,29 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from pipeline.aggregate import (
-    OFFSET_SLOT,
-    Aggregator,
-    BatchOutcome,
-    Counts,
-    Message,
-    PairKey,
-    PairState,
-)
+from pipeline.alerts import Alert, omission_alert
+from pipeline.inbound import InboundCounts, InboundStage
+from pipeline.ingest import Counts, DeadLetter, Engagement, Ingest, IngestOutcome, Message
+from pipeline.pairs import PairCounts, PairStage
+from pipeline.routing import encode, pair_key, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
-from pipeline.sinks import AsyncSink, DeadLetterRow, PairWindowRow, SinkBatch
+from pipeline.sinks import (
+    AlertRow,
+    AsyncSink,
+    DeadLetterRow,
+    OmissionRow,
+    SinkBatch,
+    SnubRow,
+)
 from pipeline.windows import to_utc
 from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+#: key prefix of a partition's watermark record in a stage table
+_TRACKER = "wm:"
 
 
 def utc_now() -> datetime:
@@ -66,56 +74,31 @@ class PipelineStats:
     """Live counters of this worker process (not persisted)."""
 
     counts: Counts = field(default_factory=Counts)
+    pairs: PairCounts = field(default_factory=PairCounts)
+    inbound: InboundCounts = field(default_factory=InboundCounts)
+    alerts: int = 0
     batches: int = 0
-    #: highest source offset fully processed and flushed, per partition
-    flushed_offsets: dict[int, int] = field(default_factory=dict)
+    #: highest offset fully processed and flushed, per (topic, partition)
+    flushed: dict[tuple[str, int], int] = field(default_factory=dict)
     fatal: BaseException | None = None
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
-
-def encode_key(key: PairKey) -> str:
-    """Table key for a pair window: JSON text, so it survives the changelog."""
-    return orjson.dumps(key).decode()
+    def flushed_offsets(self, topic: str) -> dict[int, int]:
+        return {p: o for (t, p), o in self.flushed.items() if t == topic}
 
 
-class _PairTableView(Mapping[PairKey, PairState]):
-    """Read-only tuple-keyed view of the pair-window table for the aggregator."""
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-
-    def __getitem__(self, key: PairKey) -> PairState:
-        value = self._table.get(encode_key(key))
-        if value is None:
-            raise KeyError(key)
-        return list(value)
-
-    def get(self, key: PairKey, default: Any = None) -> Any:
-        value = self._table.get(encode_key(key))
-        return default if value is None else value
-
-    def __iter__(self) -> Iterator[PairKey]:
-        raise NotImplementedError("the aggregator only reads single keys")
-
-    def __len__(self) -> int:
-        return len(self._table)
-
-
-def sink_batch(outcome: BatchOutcome, stream: str, now: datetime) -> SinkBatch:
-    """The rows one batch makes for ClickHouse (absolute states, versioned)."""
-    pairs = [
-        PairWindowRow(
-            window=label, window_start=to_utc(start), src=src, dst=dst, stream=stream,
-            partition=partition, counts=tuple(state[:OFFSET_SLOT]),  # type: ignore[arg-type]
-            version=state[OFFSET_SLOT] + 1, updated_at=now,
-        )
-        for (partition, label, start, src, dst), state in outcome.pair_states.items()
+def alert_rows(alerts: Iterable[Alert], stream: str, now: datetime) -> list[AlertRow]:
+    return [
+        AlertRow(a.id, a.kind, a.org, a.other, a.ts, to_utc(a.ts), a.message,
+                 orjson.dumps(a.details).decode(), stream, now)
+        for a in alerts
     ]
-    dead = [
-        DeadLetterRow(stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, now)
-        for d in outcome.dead_letters
-    ]
-    return SinkBatch(pairs, dead)
+
+
+def dead_letter_rows(dead: Iterable[DeadLetter], stream: str,
+                     now: datetime) -> list[DeadLetterRow]:
+    return [DeadLetterRow(stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, now)
+            for d in dead]
 
 
 def faust_app(settings: Settings, **overrides: Any) -> faust.App:
@@ -143,7 +126,7 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
 
 
 class Pipeline:
-    """Builds the Faust app, its topics, tables and agent around a sink."""
+    """Builds the Faust app, its topics, tables and agents around a sink."""
 
     def __init__(
         self,
@@ -151,59 +134,86 @@ class Pipeline:
         registry: Registry,
         sink: AsyncSink,
         clock: Clock = utc_now,
+        notify: Callable[[Alert], None] | None = None,
         **app_overrides: Any,
     ) -> None:
         self.settings = settings
         self.sink = sink
         self.clock = clock
+        self.notify = notify
         self.stats = PipelineStats()
-        self.aggregator = Aggregator(registry, settings.windows)
+        params = settings.params()
+        self.ingest = Ingest(registry, params.lateness_s)
+        self.pair_stage = PairStage(registry, params, settings.partitions)
+        self.inbound_stage = InboundStage(params, settings.partitions)
         self.app = faust_app(settings, **app_overrides)
-        self.topic = self.app.topic(settings.topic, partitions=settings.partitions,
-                                    key_serializer="raw", value_serializer="raw")
-        self.dlq = self.app.topic(settings.dlq_topic, partitions=settings.partitions,
-                                  key_serializer="raw", value_serializer="raw")
-        # str keys and list values must round-trip through the changelog unchanged
+        n = settings.partitions
+
+        def raw_topic(name: str) -> Any:
+            return self.app.topic(name, partitions=n, key_serializer="raw",
+                                  value_serializer="raw")
+
+        self.topic = raw_topic(settings.topic)
+        self.dlq = raw_topic(settings.dlq_topic)
+        self.pairs_topic = raw_topic(settings.pairs_topic)
+        self.inbound_topic = raw_topic(settings.inbound_topic)
+        self.alerts_topic = raw_topic(settings.alerts_topic)
+        # str keys and JSON values must round-trip through the changelog unchanged
         state: faust.Schema = faust.Schema(key_serializer="json", value_serializer="json")
-        self.pair_table = self.app.Table(
-            "pair-windows", partitions=settings.partitions, schema=state
-        )
         # New event ids are stored one record per partition per batch (key
-        # "partition:first offset"), not one per event: a per-event table write
-        # caps Faust near 2-3k events/s. Lookups go through an in-memory index
-        # rebuilt from the table for each partition this worker is assigned.
-        self.seen_table = self.app.Table(
-            "event-id-batches", partitions=settings.partitions, schema=state
-        )
-        self._seen_index: dict[str, tuple[int, int, int]] = {}
+        # "partition:first offset"), with the partition's largest event time, not
+        # one per event: a per-event table write caps Faust near 2-3k events/s.
+        # Lookups go through an in-memory index rebuilt from the table for each
+        # partition this worker is assigned.
+        self.seen_table = self.app.Table("event-id-batches", partitions=n, schema=state)
+        self.pair_table = self.app.Table("pair-states", partitions=n, schema=state)
+        self.inbound_table = self.app.Table("inbound-states", partitions=n, schema=state)
+        self._seen_index: dict[str, tuple[int, int, int, int]] = {}
+        self._max_ts: dict[int, float] = {}
         self._indexed: set[int] = set()
-        self._pair_view = _PairTableView(self.pair_table)
-        self.guard = SequenceGuard()
+        self.guards = {t: SequenceGuard() for t in (settings.topic, settings.pairs_topic,
+                                                    settings.inbound_topic)}
+        # Idle detection of input partitions (docs/metrics.md#watermark...)
+        self._last_input: dict[int, float] = {}
+        self._idle: set[int] = set()
+        self._route_lock = asyncio.Lock()
+        #: highest offset sent to each internal (topic, partition)
+        self.sent: dict[tuple[str, int], int] = {}
         # mode types receivers as a union of callables that mypy cannot match to a method
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_partitions_assigned)  # type: ignore[arg-type]
         # Faust's send buffer stalls the stream and warns past 100 queued records;
         # one batch legitimately queues a changelog record per touched key.
         self.app.producer.buffer.max_messages = max(1000, settings.batch_max)
-        self.app.agent(self.topic, name="reciprocity.pairs")(self._agent)
+        self.app.agent(self.topic, name="reciprocity.ingest")(self._ingest_agent)
+        self.app.agent(self.pairs_topic, name="reciprocity.pairs")(self._pairs_agent)
+        self.app.agent(self.inbound_topic, name="reciprocity.inbound")(self._inbound_agent)
         self.app.timer(interval=settings.stats_interval_s, name="reciprocity.stats")(
             self._log_stats
         )
+        self.app.timer(interval=max(0.1, settings.idle_timeout_s / 3),
+                       name="reciprocity.idle")(self._check_idle)
+
+    # -- plumbing shared by the agents ------------------------------------------------
 
     async def _log_stats(self) -> None:
         """Periodic progress line: what an operator tails to see the worker is alive."""
         stats = self.stats
-        log.info("batches=%d %s flushed_offsets=%s sink_failures=%d", stats.batches,
+        log.info("batches=%d %s snubs=%d drops=%d alerts=%d sink_failures=%d",
+                 stats.batches,
                  " ".join(f"{k}={v}" for k, v in stats.counts.as_dict().items()),
-                 dict(sorted(stats.flushed_offsets.items())), self.sink.failures)
+                 stats.pairs.snubs, stats.pairs.drops + stats.inbound.drops, stats.alerts,
+                 self.sink.failures)
 
-    async def _agent(self, stream: faust.StreamT[bytes]) -> None:
+    async def _run_batches(self, stream: faust.StreamT[bytes],
+                           handle: Callable[[Sequence[Any]], Any]) -> None:
         settings = self.settings
         batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
             settings.batch_max, within=settings.batch_within_s
         )
         async for events in batches:
             try:
-                await self.process(events)
+                await handle(events)
             except Exception as exc:
                 # Keep the failed batch unacked for good (take_events acks what it
                 # yielded once we move on), so no commit ever passes it; then park
@@ -216,26 +226,7 @@ class Pipeline:
                 self.stats.progress.set()
                 await asyncio.Event().wait()
 
-    async def process(self, events: Sequence[Any]) -> None:
-        """Process one batch of Faust events end to end (see module docstring)."""
-        applied = self._in_sequence(events)
-        messages = [
-            Message(e.message.partition, e.message.offset, e.value, e.message.key)
-            for e in applied
-        ]
-        self._index_partitions({m.partition for m in messages})
-        outcome = self.aggregator.process(messages, self._pair_view, self._seen_index)
-        last_event = {e.message.partition: e for e in applied}
-        self._persist_tables(outcome, last_event)
-        await self._send_dead_letters(outcome)
-        await self.sink.write(sink_batch(outcome, self.settings.effective_stream_id, self.clock()))
-        stats = self.stats
-        stats.counts.add(outcome.counts)
-        stats.batches += 1
-        stats.flushed_offsets.update(outcome.last_offsets)
-        stats.progress.set()
-
-    def _in_sequence(self, events: Sequence[Any]) -> list[Any]:
+    def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
         """The events to apply: in offset order, redeliveries dropped.
 
         Raises :class:`OffsetHoleError` before anything is applied when the
@@ -243,7 +234,7 @@ class Pipeline:
         from the last commit, which is never past the hole.
         """
         applied: list[Any] = []
-        guard = self.guard
+        guard = self.guards[topic]
         for event in events:
             partition, offset = event.message.partition, event.message.offset
             verdict = guard.check(partition, offset)
@@ -252,67 +243,75 @@ class Pipeline:
             elif verdict is Verdict.HOLE:
                 raise OffsetHoleError(
                     f"offsets {guard.expected[partition]}..{offset - 1} of "
-                    f"{self.settings.topic}[{partition}] never reached the stream "
+                    f"{topic}[{partition}] never reached the stream "
                     "(faust-streaming#596); stopping so a restart re-reads them"
                 )
         return applied
+
+    def _done(self, topic: str, events: Sequence[Any]) -> None:
+        stats = self.stats
+        for event in events:
+            stats.flushed[(topic, event.message.partition)] = event.message.offset
+        stats.batches += 1
+        stats.progress.set()
 
     async def _on_partitions_revoked(
         self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any
     ) -> None:
         """Revoked partitions: whoever gets them next starts their sequence anew."""
         revoked = args[0] if args else kwargs.get("revoked", ())
+        settings = self.settings
         for tp in revoked:
-            if tp.topic == self.settings.topic:
-                self.guard.forget(tp.partition)
+            guard = self.guards.get(tp.topic)
+            if guard is not None:
+                guard.forget(tp.partition)
+            if tp.topic == settings.topic:
                 self._indexed.discard(tp.partition)  # rebuild if it comes back
+                self._last_input.pop(tp.partition, None)
+                self._idle.discard(tp.partition)
+            elif tp.topic == settings.pairs_topic:
+                self.pair_stage.forget(tp.partition)
+            elif tp.topic == settings.inbound_topic:
+                self.inbound_stage.forget(tp.partition)
 
-    def _persist_tables(self, outcome: BatchOutcome, last_event: Mapping[int, Any]) -> None:
+    async def _on_partitions_assigned(
+        self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any
+    ) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", ())
+        now = time.monotonic()
+        for tp in assigned:
+            if tp.topic == self.settings.topic:
+                self._last_input.setdefault(tp.partition, now)
+
+    def _set_current(self, event: Any) -> None:
         # Faust routes a changelog record to the partition of the "current event";
-        # with batches we set it per source partition so each key's changelog
-        # stays in the partition its updates come from.
-        current = -1
-        for key, state in sorted(outcome.pair_states.items(), key=lambda kv: kv[0][0]):
-            if key[0] != current:
-                current = key[0]
-                _current_event.set(weakref.ref(last_event[current]))
-            self.pair_table[encode_key(key)] = state
-        new_ids: dict[int, list[list[Any]]] = {}
-        for event_id, (partition, offset, item) in outcome.first_seen.items():
-            new_ids.setdefault(partition, []).append([event_id, offset, item])
-        for partition, entries in new_ids.items():
-            _current_event.set(weakref.ref(last_event[partition]))
-            first_offset = min(offset for _, offset, _ in entries)
-            self.seen_table[f"{partition}:{first_offset}"] = entries
-        self._seen_index.update(outcome.first_seen)
+        # with batches we set it per partition so each key's changelog stays in the
+        # partition its updates come from.
+        _current_event.set(weakref.ref(event))
 
-    def _index_partitions(self, partitions: set[int]) -> None:
-        """Load the event ids of newly assigned partitions into the index (once
-        per assignment; the table was recovered from its changelog by then)."""
-        missing = partitions - self._indexed
-        if not missing:
+    async def _publish_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Alerts to the alerts topic (delivery awaited) and the webhook (never waits)."""
+        if not alerts:
             return
-        prefixes = tuple(f"{p}:" for p in missing)
-        index = self._seen_index
-        for key, entries in self.seen_table.items():
-            if key.startswith(prefixes):
-                partition = int(key.split(":", 1)[0])
-                for event_id, offset, item in entries:
-                    position = (partition, offset, item)
-                    # the earliest position wins if a replayed batch stored it twice
-                    if event_id not in index or position < index[event_id]:
-                        index[event_id] = position
-        self._indexed |= missing
+        pending = [
+            await self.alerts_topic.send(key=a.id.encode(), value=orjson.dumps(a.to_json()))
+            for a in alerts
+        ]
+        await asyncio.gather(*pending)
+        self.stats.alerts += len(alerts)
+        if self.notify is not None:
+            for alert in alerts:
+                self.notify(alert)
 
-    async def _send_dead_letters(self, outcome: BatchOutcome) -> None:
-        if not outcome.dead_letters:
+    async def _send_dead_letters(self, topic: str, dead: Sequence[DeadLetter]) -> None:
+        if not dead:
             return
         pending = []
-        for d in outcome.dead_letters:
+        for d in dead:
             headers = [
                 ("dlq.reason", d.reason.encode()),
                 ("dlq.error", d.error.encode()),
-                ("dlq.topic", self.settings.topic.encode()),
+                ("dlq.topic", topic.encode()),
                 ("dlq.partition", str(d.partition).encode()),
                 ("dlq.offset", str(d.offset).encode()),
                 ("dlq.item", str(d.item).encode()),
@@ -320,3 +319,240 @@ class Pipeline:
             pending.append(await self.dlq.send(key=d.key, value=d.raw, headers=headers))
         # delivery confirmed before the batch is acked: nothing lost
         await asyncio.gather(*pending)
+
+    # -- stage 1: ingest ---------------------------------------------------------------
+
+    async def _ingest_agent(self, stream: faust.StreamT[bytes]) -> None:
+        await self._run_batches(stream, self.process)
+
+    async def process(self, events: Sequence[Any]) -> None:
+        """Process one batch of input events end to end (see module docstring)."""
+        settings = self.settings
+        applied = self._in_sequence(settings.topic, events)
+        messages = [
+            Message(e.message.partition, e.message.offset, e.value, e.message.key)
+            for e in applied
+        ]
+        self._index_partitions({m.partition for m in messages})
+        outcome = self.ingest.process(messages, self._seen_index, self._max_ts)
+        last_event = {e.message.partition: e for e in applied}
+        self._persist_seen(outcome, last_event)
+        now_mono = time.monotonic()
+        for partition in last_event:
+            self._last_input[partition] = now_mono
+        async with self._route_lock:
+            await self._route(outcome, set(last_event))
+        await self._send_dead_letters(settings.topic, outcome.dead_letters)
+        stream, now = settings.effective_stream_id, self.clock()
+        alerts = [omission_alert(o) for o in outcome.omissions
+                  if self.pair_stage.params.watched(o.left_out)]
+        batch = SinkBatch(
+            omissions=[OmissionRow(o.post_id, o.left_out, o.by, list(o.entities), o.ts,
+                                   to_utc(o.ts), stream, now) for o in outcome.omissions],
+            alerts=alert_rows(alerts, stream, now),
+            dead_letters=dead_letter_rows(outcome.dead_letters, stream, now),
+        )
+        await self.sink.write(batch)
+        await self._publish_alerts(alerts)
+        self.stats.counts.add(outcome.counts)
+        self._done(settings.topic, applied)
+
+    def _persist_seen(self, outcome: IngestOutcome, last_event: Mapping[int, Any]) -> None:
+        """One record per partition per batch: its new ids (with their late
+        verdicts) and its largest event time, written together so a replay
+        never sees one without the other."""
+        new_ids: dict[int, list[list[Any]]] = {}
+        for event_id, (partition, offset, item, late) in outcome.first_seen.items():
+            new_ids.setdefault(partition, []).append([event_id, offset, item, late])
+        for partition in set(new_ids) | set(outcome.max_ts):
+            entries = new_ids.get(partition, [])
+            self._set_current(last_event[partition])
+            first = min((o for _, o, _, _ in entries), default=last_event[partition].message.offset)
+            self.seen_table[f"{partition}:{first}"] = {
+                "ids": entries, "max": outcome.max_ts.get(partition, self._max_ts.get(partition)),
+            }
+        self._seen_index.update(outcome.first_seen)
+        self._max_ts.update(outcome.max_ts)
+
+    def _index_partitions(self, partitions: set[int]) -> None:
+        """Load the event ids and largest event time of newly assigned partitions
+        (once per assignment; the table was recovered from its changelog by then)."""
+        missing = partitions - self._indexed
+        if not missing:
+            return
+        prefixes = tuple(f"{p}:" for p in missing)
+        index = self._seen_index
+        for key, record in self.seen_table.items():
+            if key.startswith(prefixes):
+                partition = int(key.split(":", 1)[0])
+                high = record.get("max")
+                if high is not None and high > self._max_ts.get(partition, float("-inf")):
+                    self._max_ts[partition] = high
+                for event_id, offset, item, late in record["ids"]:
+                    position = (partition, offset, item, late)
+                    # the earliest position wins if a replayed batch stored it twice
+                    if event_id not in index or position[:3] < index[event_id][:3]:
+                        index[event_id] = position
+        self._indexed |= missing
+
+    async def _route(self, outcome: IngestOutcome, partitions: set[int]) -> None:
+        """Send engagements and watermark news to the pair and inbound stages,
+        one message per source partition and target partition, and wait for
+        their delivery."""
+        n = self.settings.partitions
+        pending = []
+        for source in sorted(partitions):
+            records = outcome.engagements.get(source, [])
+            woke = source in self._idle
+            self._idle.discard(source)
+            moved = source in outcome.max_ts
+            if not records and not moved and not woke:
+                continue
+            high = self._max_ts.get(source)
+            for topic, key_of in ((self.pairs_topic, _pair_of), (self.inbound_topic, _dst_of)):
+                by_target: dict[int, list[Engagement]] = {}
+                for record in records:
+                    by_target.setdefault(partition_for(key_of(record), n), []).append(record)
+                for target in range(n):
+                    routed = by_target.get(target, [])
+                    if routed or moved or woke:
+                        pending.append(await topic.send(
+                            value=encode(source, high, False, routed), partition=target))
+        self._note_sent(await asyncio.gather(*pending))
+
+    def _note_sent(self, delivered: Iterable[Any]) -> None:
+        sent = self.sent
+        for meta in delivered:
+            key = (meta.topic, meta.partition)
+            if meta.offset > sent.get(key, -1):
+                sent[key] = meta.offset
+
+    async def _check_idle(self) -> None:
+        """Timer: input partitions silent for the idle timeout stop holding the
+        watermark back (docs/metrics.md)."""
+        limit = time.monotonic() - self.settings.idle_timeout_s
+        quiet = [p for p, last in self._last_input.items() if last <= limit]
+        if quiet:
+            await self.declare_idle(quiet)
+
+    async def declare_idle(self, partitions: Iterable[int] | None = None) -> None:
+        """Tell the downstream stages that these input partitions (default: all
+        assigned) are idle, and wait for delivery. After it, :attr:`sent` holds
+        the offsets a drained run waits for."""
+        async with self._route_lock:
+            chosen = sorted(self._last_input if partitions is None else partitions)
+            fresh = [p for p in chosen if p not in self._idle]
+            if not fresh:
+                return
+            pending = []
+            for topic in (self.pairs_topic, self.inbound_topic):
+                for source in fresh:
+                    for target in range(self.settings.partitions):
+                        pending.append(await topic.send(
+                            value=encode(source, self._max_ts.get(source), True),
+                            partition=target))
+            self._note_sent(await asyncio.gather(*pending))
+            self._idle.update(fresh)
+
+    # -- stage 2: pairs ----------------------------------------------------------------
+
+    async def _pairs_agent(self, stream: faust.StreamT[bytes]) -> None:
+        await self._run_batches(stream, self.process_pairs)
+
+    def _stage_items(self, table: Any, partition: int,
+                     key_partition: Callable[[str], int]) -> tuple[Any, list[tuple[str, Any]]]:
+        tracker = None
+        states = []
+        for key, value in table.items():
+            if key.startswith(_TRACKER):
+                if int(key[len(_TRACKER):]) == partition:
+                    tracker = value
+            elif key_partition(key) == partition:
+                states.append((key, value))
+        return tracker, states
+
+    async def process_pairs(self, events: Sequence[Any]) -> None:
+        settings = self.settings
+        topic = settings.pairs_topic
+        applied = self._in_sequence(topic, events)
+        stage = self.pair_stage
+        stream, now = settings.effective_stream_id, self.clock()
+        n = settings.partitions
+        batch = SinkBatch()
+        alerts: list[Alert] = []
+        dead: list[DeadLetter] = []
+        for partition, group in _by_partition(applied).items():
+            if not stage.owns(partition):
+                tracker, states = self._stage_items(
+                    self.pair_table, partition, lambda k: partition_for(k, n))
+                stage.load(partition, tracker, states)
+            messages = [Message(partition, e.message.offset, e.value) for e in group]
+            outcome = stage.process(partition, messages, stream, now)
+            self._set_current(group[-1])
+            for key, doc in outcome.states.items():
+                self.pair_table[key] = doc
+            self.pair_table[f"{_TRACKER}{partition}"] = outcome.tracker  # last: see pairs.py
+            batch.pair_windows.extend(outcome.pair_windows)
+            batch.org_rollups.extend(outcome.org_rollups)
+            batch.snubs.extend(SnubRow(s.id, s.src, s.dst, s.kind_name, s.ts, s.snub_ts,
+                                       to_utc(s.snub_ts), stream, now) for s in outcome.snubs)
+            alerts.extend(outcome.alerts)
+            dead.extend(outcome.dead_letters)
+            _add_counts(self.stats.pairs, outcome.counts)
+        batch.alerts.extend(alert_rows(alerts, stream, now))
+        batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
+        await self._send_dead_letters(topic, dead)
+        await self.sink.write(batch)
+        await self._publish_alerts(alerts)
+        self._done(topic, applied)
+
+    # -- stage 3: inbound --------------------------------------------------------------
+
+    async def _inbound_agent(self, stream: faust.StreamT[bytes]) -> None:
+        await self._run_batches(stream, self.process_inbound)
+
+    async def process_inbound(self, events: Sequence[Any]) -> None:
+        settings = self.settings
+        topic = settings.inbound_topic
+        applied = self._in_sequence(topic, events)
+        stage = self.inbound_stage
+        stream, now = settings.effective_stream_id, self.clock()
+        n = settings.partitions
+        alerts: list[Alert] = []
+        for partition, group in _by_partition(applied).items():
+            if not stage.owns(partition):
+                tracker, states = self._stage_items(
+                    self.inbound_table, partition,
+                    lambda k: partition_for(orjson.loads(k), n))
+                stage.load(partition, tracker, ((orjson.loads(k), v) for k, v in states))
+            messages = [Message(partition, e.message.offset, e.value) for e in group]
+            outcome = stage.process(partition, messages)
+            self._set_current(group[-1])
+            for org, doc in outcome.states.items():
+                self.inbound_table[orjson.dumps(org).decode()] = doc
+            self.inbound_table[f"{_TRACKER}{partition}"] = outcome.tracker
+            alerts.extend(outcome.alerts)
+            _add_counts(self.stats.inbound, outcome.counts)
+        await self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now)))
+        await self._publish_alerts(alerts)
+        self._done(topic, applied)
+
+
+def _pair_of(record: Engagement) -> str:
+    return pair_key(record.src, record.dst)
+
+
+def _dst_of(record: Engagement) -> str:
+    return record.dst
+
+
+def _by_partition(events: Sequence[Any]) -> dict[int, list[Any]]:
+    groups: dict[int, list[Any]] = {}
+    for event in events:
+        groups.setdefault(event.message.partition, []).append(event)
+    return groups
+
+
+def _add_counts(total: Any, more: Any) -> None:
+    for name in total.__slots__:
+        setattr(total, name, getattr(total, name) + getattr(more, name))

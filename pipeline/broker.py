@@ -124,8 +124,9 @@ class EmbeddedBroker:
 def ensure_topics(
     bootstrap: list[str], topics: Iterable[str], partitions: int, replication: int = 1,
     **client_options: object,
-) -> None:
+) -> dict[str, int]:
     """Create missing topics with ``partitions`` partitions; existing ones are left as is.
+    Returns each topic's partition count as the broker reports it.
 
     Raises :class:`BrokerError` when the brokers cannot be reached.
     """
@@ -143,5 +144,9 @@ def ensure_topics(
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(t, partitions, replication) for t in missing])
+        described = admin.describe_topics(list(dict.fromkeys(topics)))
+        return {d["name"]: len(d["partitions"]) for d in described}
+    except KafkaError as exc:
+        raise BrokerError(f"cannot create or describe topics: {exc!r}") from exc
     finally:
         admin.close()

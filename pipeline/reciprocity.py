@@ -1,15 +1,16 @@
 """Reciprocity figures as pure functions (definitions in docs/metrics.md).
 
-No Faust, Kafka or ClickHouse here: the streaming agents and the reports call
-these, and tests check them against the definitions directly. Not wired into
-the live pipeline yet (see the reciprocity analytics issue).
+No Faust, Kafka or ClickHouse here: the streaming stages (``pipeline.ingest``,
+``pipeline.pairs``, ``pipeline.inbound``) and the reports use these, and tests
+check them against the definitions directly. :class:`Params` carries every
+tunable of the definitions.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from schemas.event import ENGAGEMENT_KINDS, Event
@@ -19,6 +20,29 @@ from schemas.registry import Registry
 DEFAULT_WEIGHTS: Final[Mapping[str, float]] = {
     "share": 3, "mention": 2, "reply": 2, "thanks": 2, "follow": 1, "like": 1,
 }
+
+
+@dataclass(frozen=True)
+class Params:
+    """The tunables of docs/metrics.md, defaults as documented."""
+
+    windows: tuple[int, ...] = (3600, 86400)
+    horizon_s: float = 72 * 3600
+    lateness_s: float = 300
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    drop_threshold: float = 0.5
+    drop_days: int = 7
+    drop_min_baseline: float = 5.0
+    #: orgs whose findings raise alerts; empty means every org
+    watched_orgs: frozenset[str] = frozenset()
+
+    @property
+    def kind_weights(self) -> tuple[float, ...]:
+        """Weights in ``ENGAGEMENT_KINDS`` order."""
+        return tuple(float(self.weights.get(kind, 0)) for kind in ENGAGEMENT_KINDS)
+
+    def watched(self, org: str) -> bool:
+        return not self.watched_orgs or org in self.watched_orgs
 
 
 def value(counts: Mapping[str, int], weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> float:

@@ -17,26 +17,29 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from faust.worker import Worker
 
-from pipeline.aggregate import Counts
+from pipeline.alerts import Alert
 from pipeline.app import Pipeline, PipelineStats
-from pipeline.broker import EmbeddedBroker, ensure_topics
+from pipeline.broker import BrokerError, EmbeddedBroker, ensure_topics
+from pipeline.ingest import Counts
 from pipeline.settings import Settings
 from pipeline.sinks import AsyncSink, Backend
 from pipeline.sinks.base import quote
+from pipeline.webhook import WebhookNotifier
 from producers.file_source import jsonl_lines
 from producers.kafka_writer import KafkaEventWriter, ProduceCounts
 from schemas.registry import Registry
 
 log = logging.getLogger(__name__)
 
-StopWhen = Callable[[PipelineStats], bool]
+#: Polled a few times a second with the running pipeline; True stops the worker.
+StopWhen = Callable[[Pipeline], Awaitable[bool]]
 
 
 class _EmbeddedWorker(Worker):
@@ -64,11 +67,16 @@ async def run_worker(
     stop_when: StopWhen | None = None,
     stop_event: asyncio.Event | None = None,
 ) -> PipelineStats:
-    """Run a worker until ``stop_when(stats)`` holds, ``stop_event`` is set or a
-    fatal error happens (then :class:`PipelineFailed` is raised)."""
+    """Run a worker until ``await stop_when(pipeline)`` holds, ``stop_event`` is
+    set or a fatal error happens (then :class:`PipelineFailed` is raised)."""
     sink = AsyncSink(backend)
     await sink.ensure_schema()
-    pipeline = Pipeline(settings, registry, sink)
+    notifier = None
+    if settings.webhook_url is not None:
+        notifier = WebhookNotifier(settings.webhook_url.get_secret_value())
+        notifier.start()
+    pipeline = Pipeline(settings, registry, sink,
+                        notify=None if notifier is None else _notify(notifier))
     stats = pipeline.stats
     stop_event = stop_event or asyncio.Event()
     worker = _EmbeddedWorker(
@@ -83,7 +91,7 @@ async def run_worker(
                 raise PipelineFailed(f"pipeline stopped: {stats.fatal!r}") from stats.fatal
             if started.done() and started.exception() is not None:
                 raise PipelineFailed(f"worker failed to start: {started.exception()!r}")
-            if stop_when is not None and stop_when(stats):
+            if stop_when is not None and await stop_when(pipeline):
                 break
             stats.progress.clear()
             with contextlib.suppress(TimeoutError):
@@ -95,21 +103,60 @@ async def run_worker(
         with contextlib.suppress(BaseException):
             await started
         await sink.close()
+        if notifier is not None:
+            await notifier.close()
     return stats
 
 
+def _notify(notifier: WebhookNotifier) -> Callable[[Alert], None]:
+    def send(alert: Alert) -> None:
+        notifier.notify(alert.to_json())
+
+    return send
+
+
 def ensure_pipeline_topics(settings: Settings) -> None:
-    """Create the input and dead-letter topics if missing (raises BrokerError)."""
-    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.dlq_topic],
-                  settings.partitions)
+    """Create the pipeline's topics if missing and check the partition counts
+    the watermark relies on (raises BrokerError)."""
+    counts = ensure_topics(
+        settings.bootstrap_servers,
+        [settings.topic, settings.dlq_topic, settings.pairs_topic, settings.inbound_topic,
+         settings.alerts_topic],
+        settings.partitions,
+    )
+    for topic in (settings.topic, settings.pairs_topic, settings.inbound_topic):
+        if counts.get(topic, settings.partitions) != settings.partitions:
+            raise BrokerError(
+                f"topic {topic} has {counts[topic]} partitions but RECIPROCITY_PARTITIONS is "
+                f"{settings.partitions}; they must match (the watermark waits for every "
+                "input partition)"
+            )
+
+
+def _reached(done: dict[int, int], targets: dict[int, int]) -> bool:
+    return all(done.get(p, -1) >= last for p, last in targets.items())
 
 
 def drained(targets: dict[int, int]) -> StopWhen:
-    """Stop once every partition's flushed offset reaches its last produced offset."""
+    """Stop once the input is processed through ``targets`` (last produced
+    offset per partition) and, the input then being declared ended (every
+    partition idle), once the pair and inbound stages have processed
+    everything stage 1 sent them."""
+    declared = False
 
-    def check(stats: PipelineStats) -> bool:
-        done = stats.flushed_offsets
-        return all(done.get(p, -1) >= last for p, last in targets.items())
+    async def check(pipeline: Pipeline) -> bool:
+        nonlocal declared
+        settings, stats = pipeline.settings, pipeline.stats
+        if not declared:
+            if not _reached(stats.flushed_offsets(settings.topic), targets):
+                return False
+            await pipeline.declare_idle()
+            declared = True
+        for topic in (settings.pairs_topic, settings.inbound_topic):
+            sent = {p: o for (t, p), o in pipeline.sent.items() if t == topic}
+            if not _reached(stats.flushed_offsets(topic), sent):
+                return False
+        return True
 
     return check
 
@@ -197,18 +244,19 @@ async def run_lines(
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
     production = loop.run_in_executor(None, produce_lines, settings, lines, rate, cancel)
-    targets: dict[int, int] | None = None
 
-    def stop_when(stats: PipelineStats) -> bool:
-        nonlocal targets
+    check: StopWhen | None = None
+
+    async def stop_when(pipeline: Pipeline) -> bool:
+        nonlocal check
         if on_progress is not None:
-            on_progress(stats)
+            on_progress(pipeline.stats)
         if not until_drained or not production.done():
             return False
-        if targets is None:
+        if check is None:
             summary.lines, summary.produced = production.result()
-            targets = dict(summary.produced.last_offsets)
-        return drained(targets)(stats)
+            check = drained(dict(summary.produced.last_offsets))
+        return await check(pipeline)
 
     try:
         stats = await run_worker(settings, registry, backend, stop_when, stop_event)

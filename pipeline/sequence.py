@@ -1,7 +1,7 @@
 """Offset continuity per source partition (pure).
 
 The pipeline's exactness rests on applying each partition's messages in offset
-order with no holes (``pipeline.aggregate``: offset-tagged state skips anything
+order with no holes (``pipeline.pairs``: offset-tagged state skips anything
 at or below a key's tag, so a message applied after a later one would be lost
 for good). Faust can deliver a stream with a hole in it: a race between table
 recovery and the fetcher drops queued messages (faust-streaming issue #596);

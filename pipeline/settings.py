@@ -13,7 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipeline.reciprocity import DEFAULT_WEIGHTS, Params
 from pipeline.windows import parse_window
+from schemas.event import ENGAGEMENT_KINDS
 
 
 def mask_url(url: str) -> str:
@@ -24,6 +26,12 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def mask_webhook(url: str) -> str:
+    """A webhook URL's path is its secret: keep only scheme and host."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}/***"
 
 
 class Settings(BaseSettings):
@@ -92,6 +100,46 @@ class Settings(BaseSettings):
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
     )
     log_level: str = Field("WARNING", description="RECIPROCITY_LOG_LEVEL: log level.")
+    alerts_topic: str = Field(
+        "reciprocity-alerts", description="RECIPROCITY_ALERTS_TOPIC: topic alerts go to (JSON)."
+    )
+    horizon: Annotated[float, NoDecode] = Field(
+        72 * 3600.0,
+        description="RECIPROCITY_HORIZON: reciprocity horizon H, e.g. 72h (default 72h).",
+    )
+    lateness: Annotated[float, NoDecode] = Field(
+        300.0, description="RECIPROCITY_LATENESS: allowed lateness L, e.g. 5m (default 5m)."
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0,
+        description=(
+            "RECIPROCITY_IDLE_TIMEOUT_S: seconds without input after which a partition "
+            "stops holding the watermark back."
+        ),
+    )
+    weights: Annotated[tuple[tuple[str, float], ...], NoDecode] = Field(
+        tuple(DEFAULT_WEIGHTS.items()),
+        description=(
+            "RECIPROCITY_WEIGHTS: value weights, e.g. share=3,mention=2,reply=2,thanks=2,"
+            "follow=1,like=1 (the default; kinds left out weigh 0)."
+        ),
+    )
+    drop_threshold: float = Field(
+        0.5, gt=0, le=1, description="RECIPROCITY_DROP_THRESHOLD: relative drop that alerts."
+    )
+    drop_days: int = Field(
+        7, ge=1, description="RECIPROCITY_DROP_DAYS: previous days in the drop baseline."
+    )
+    drop_min_baseline: float = Field(
+        5.0, ge=0, description="RECIPROCITY_DROP_MIN_BASELINE: smallest baseline that alerts."
+    )
+    watched_orgs: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="RECIPROCITY_WATCHED_ORGS: orgs that get alerts, comma-separated "
+        "(default: all)."
+    )
+    webhook_url: SecretStr | None = Field(
+        None, description="RECIPROCITY_WEBHOOK_URL: Slack-compatible webhook for alerts (optional)."
+    )
 
     @field_validator("windows", mode="before")
     @classmethod
@@ -106,6 +154,76 @@ class Settings(BaseSettings):
         if len(set(sizes)) != len(sizes):
             raise ValueError("window sizes must be distinct")
         return sizes
+
+    @field_validator("horizon", "lateness", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> float:
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                return float(text)
+            except ValueError:
+                return float(parse_window(text))
+        return float(value)
+
+    @field_validator("horizon")
+    @classmethod
+    def _check_horizon(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("the horizon must be positive")
+        return value
+
+    @field_validator("lateness")
+    @classmethod
+    def _check_lateness(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("the lateness must not be negative")
+        return value
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: Any) -> tuple[tuple[str, float], ...]:
+        if isinstance(value, str):
+            pairs = []
+            for part in (p.strip() for p in value.split(",")):
+                if not part:
+                    continue
+                kind, sep, weight = part.partition("=")
+                if not sep:
+                    raise ValueError(f"weight {part!r} must look like kind=number")
+                pairs.append((kind.strip(), weight.strip()))
+            value = pairs
+        elif isinstance(value, dict):
+            value = list(value.items())
+        out = []
+        for kind, weight in value:
+            if kind not in ENGAGEMENT_KINDS:
+                raise ValueError(f"unknown engagement kind {kind!r} in weights "
+                                 f"(kinds: {', '.join(ENGAGEMENT_KINDS)})")
+            try:
+                number = float(weight)
+            except (TypeError, ValueError):
+                raise ValueError(f"weight of {kind} must be a number, got {weight!r}") from None
+            if number < 0:
+                raise ValueError(f"weight of {kind} must not be negative")
+            out.append((kind, number))
+        if len({k for k, _ in out}) != len(out):
+            raise ValueError("each kind may have one weight only")
+        return tuple(out)
+
+    @field_validator("watched_orgs", mode="before")
+    @classmethod
+    def _parse_orgs(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(v.strip() for v in value if v.strip())
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("the webhook URL must start with http:// or https://")
+        return value
 
     @field_validator("broker")
     @classmethod
@@ -125,6 +243,25 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def pairs_topic(self) -> str:
+        """Internal topic: engagements keyed by unordered org pair."""
+        return f"{self.app_id}-pairs"
+
+    @property
+    def inbound_topic(self) -> str:
+        """Internal topic: engagements keyed by receiving org."""
+        return f"{self.app_id}-inbound"
+
+    def params(self) -> Params:
+        """The metric definitions' tunables."""
+        return Params(
+            windows=self.windows, horizon_s=self.horizon, lateness_s=self.lateness,
+            weights=dict(self.weights), drop_threshold=self.drop_threshold,
+            drop_days=self.drop_days, drop_min_baseline=self.drop_min_baseline,
+            watched_orgs=frozenset(self.watched_orgs),
+        )
+
+    @property
     def effective_stream_id(self) -> str:
         return self.stream_id or self.topic
 
@@ -137,4 +274,6 @@ class Settings(BaseSettings):
         """Effective settings for display, with secrets masked."""
         out = self.model_dump()
         out["clickhouse_url"] = mask_url(self.clickhouse_url.get_secret_value())
+        if self.webhook_url is not None:
+            out["webhook_url"] = mask_webhook(self.webhook_url.get_secret_value())
         return out

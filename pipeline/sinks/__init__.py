@@ -10,10 +10,21 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.sinks.base import Backend, DeadLetterRow, PairWindowRow, SinkBatch, StoreError
+from pipeline.sinks.base import (
+    AlertRow,
+    Backend,
+    DeadLetterRow,
+    OmissionRow,
+    OrgRollupRow,
+    PairWindowRow,
+    SinkBatch,
+    SnubRow,
+    StoreError,
+)
 
 __all__ = [
-    "AsyncSink", "Backend", "DeadLetterRow", "PairWindowRow", "SinkBatch", "StoreError",
+    "AlertRow", "AsyncSink", "Backend", "DeadLetterRow", "OmissionRow", "OrgRollupRow",
+    "PairWindowRow", "SinkBatch", "SnubRow", "StoreError",
     "open_backend",
 ]
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
+
+from pipeline.sinks.schema import TABLES, Table
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -31,9 +33,8 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-@dataclass(frozen=True, slots=True)
-class PairWindowRow:
-    """Absolute engagement counts of one (window, pair) from one source partition."""
+class PairWindowRow(NamedTuple):
+    """Absolute figures of one directed pair window (columns of ``pair_windows``)."""
 
     window: str
     window_start: datetime
@@ -41,13 +42,77 @@ class PairWindowRow:
     dst: str
     stream: str
     partition: int
-    counts: tuple[int, int, int, int, int, int]  # follow, like, share, reply, mention, thanks
-    version: int  # highest source offset applied + 1
+    follows: int
+    likes: int
+    shares: int
+    replies: int
+    mentions: int
+    thanks: int
+    value: float
+    reciprocated: int
+    snubbed: int
+    median_reciprocate_s: float | None
+    version: int  # position of the last input applied + 1: the newest state wins
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
+class OrgRollupRow(NamedTuple):
+    """One pair window seen from one side's org or ancestor (``org_rollups``)."""
+
+    window: str
+    window_start: datetime
+    org: str
+    direction: str  # given | received
+    src: str
+    dst: str
+    community: str  # the other side's: internal | external
+    stream: str
+    partition: int
+    engagements: int
+    value: float
+    reciprocated: int
+    snubbed: int
+    version: int
+    updated_at: datetime
+
+
+class SnubRow(NamedTuple):
+    id: str
+    src: str
+    dst: str
+    kind: str
+    ts: float
+    snub_ts: float
+    time: datetime
+    stream: str
+    updated_at: datetime
+
+
+class OmissionRow(NamedTuple):
+    post_id: str
+    left_out: str
+    by_org: str
+    entities: list[str]
+    ts: float
+    time: datetime
+    stream: str
+    updated_at: datetime
+
+
+class AlertRow(NamedTuple):
+    id: str
+    kind: str
+    org: str
+    other: str
+    ts: float
+    time: datetime
+    message: str
+    details: str  # JSON object
+    stream: str
+    created_at: datetime
+
+
+class DeadLetterRow(NamedTuple):
     stream: str
     partition: int
     offset: int
@@ -58,13 +123,27 @@ class DeadLetterRow:
     received_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SinkBatch:
-    pair_windows: Sequence[PairWindowRow] = ()
-    dead_letters: Sequence[DeadLetterRow] = ()
+    """Rows of one pipeline batch, per table. Field names are table names."""
+
+    pair_windows: list[PairWindowRow] = field(default_factory=list)
+    org_rollups: list[OrgRollupRow] = field(default_factory=list)
+    snubs: list[SnubRow] = field(default_factory=list)
+    omissions: list[OmissionRow] = field(default_factory=list)
+    alerts: list[AlertRow] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
+
+    def tables(self) -> list[tuple[Table, Sequence[tuple[Any, ...]]]]:
+        """(table, rows) for every table with rows, in schema order."""
+        return [(t, getattr(self, t.name)) for t in TABLES if getattr(self, t.name)]
+
+    def extend(self, other: SinkBatch) -> None:
+        for t in TABLES:
+            getattr(self, t.name).extend(getattr(other, t.name))
 
     def __bool__(self) -> bool:
-        return bool(self.pair_windows or self.dead_letters)
+        return any(getattr(self, t.name) for t in TABLES)
 
 
 class StoreError(RuntimeError):

@@ -14,7 +14,7 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as DriverError
 
 from pipeline.sinks.base import Backend, SinkBatch, StoreError, check_identifier
-from pipeline.sinks.schema import DEAD_LETTER_COLUMNS, PAIR_WINDOW_COLUMNS, ddl
+from pipeline.sinks.schema import ddl
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -59,23 +59,11 @@ class ClickHouseServerBackend(Backend):
 
     def write(self, batch: SinkBatch) -> None:
         # Always the parameterized INSERT form: inline VALUES hang on 18.16.
-        if batch.pair_windows:
-            rows = [
-                (r.window, r.window_start, r.src, r.dst, r.stream, r.partition,
-                 *r.counts, r.version, r.updated_at)
-                for r in batch.pair_windows
-            ]
-            cols = ", ".join(PAIR_WINDOW_COLUMNS)
-            table = f"{self.database}.pair_windows"
-            self._client.execute(f"INSERT INTO {table} ({cols}) VALUES", rows)
-        if batch.dead_letters:
-            dead_rows = [
-                (d.stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, d.received_at)
-                for d in batch.dead_letters
-            ]
-            cols = ", ".join(DEAD_LETTER_COLUMNS)
-            table = f"{self.database}.dead_letters"
-            self._client.execute(f"INSERT INTO {table} ({cols}) VALUES", dead_rows)
+        for table, rows in batch.tables():
+            cols = ", ".join(table.column_names)
+            self._client.execute(
+                f"INSERT INTO {self.database}.{table.name} ({cols}) VALUES", list(rows)
+            )
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         try:

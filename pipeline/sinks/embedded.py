@@ -7,6 +7,7 @@ Arrow tables, the fast path (about 1M rows/s here).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,10 +16,32 @@ import orjson
 import pyarrow as pa
 
 from pipeline.sinks.base import Backend, SinkBatch, StoreError, check_identifier
-from pipeline.sinks.schema import DEAD_LETTER_COLUMNS, PAIR_WINDOW_COLUMNS, ddl
+from pipeline.sinks.schema import Table, ddl
 
 DEFAULT_DATABASE = "reciprocity"
 _TS = pa.timestamp("s", tz="UTC")
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "DateTime('UTC')": _TS,
+    "UInt32": pa.uint32(),
+    "UInt64": pa.uint64(),
+    "Float64": pa.float64(),
+    "Nullable(Float64)": pa.float64(),
+    "Array(String)": pa.list_(pa.string()),
+}
+
+
+def arrow_table(table: Table, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    """Rows (tuples in column order) as an Arrow table typed like the columns.
+    A String column holding bytes (a dead letter's raw input) goes as binary."""
+    columns = {}
+    for i, (name, kind) in enumerate(table.columns):
+        values = [row[i] for row in rows]
+        arrow_type = _ARROW_TYPES[kind]
+        if kind == "String" and isinstance(values[0], bytes):
+            arrow_type = pa.binary()
+        columns[name] = pa.array(values, arrow_type)
+    return pa.table(columns)
 
 
 def store_path(url: str) -> Path:
@@ -52,45 +75,13 @@ class ChdbBackend(Backend):
             self._session.query(statement)
 
     def write(self, batch: SinkBatch) -> None:
-        if batch.pair_windows:
-            rows = batch.pair_windows
-            counts = list(zip(*(r.counts for r in rows), strict=True))
-            pairs = pa.table(  # noqa: F841 - read by name by chdb's Python() table function
-                {
-                    "window": [r.window for r in rows],
-                    "window_start": pa.array([r.window_start for r in rows], _TS),
-                    "src": [r.src for r in rows],
-                    "dst": [r.dst for r in rows],
-                    "stream": [r.stream for r in rows],
-                    "partition": pa.array([r.partition for r in rows], pa.uint32()),
-                    **{
-                        name: pa.array(counts[i], pa.uint64())
-                        for i, name in enumerate(PAIR_WINDOW_COLUMNS[6:12])
-                    },
-                    "version": pa.array([r.version for r in rows], pa.uint64()),
-                    "updated_at": pa.array([r.updated_at for r in rows], _TS),
-                }
+        for table, rows in batch.tables():
+            data = arrow_table(table, rows)  # noqa: F841 - read by name by Python()
+            cols = ", ".join(table.column_names)
+            target = f"{self.database}.{table.name}"  # validated identifier
+            self._session.query(
+                f"INSERT INTO {target} ({cols}) SELECT {cols} FROM Python(data)"  # noqa: S608
             )
-            cols = ", ".join(PAIR_WINDOW_COLUMNS)
-            table = f"{self.database}.pair_windows"  # validated identifier
-            self._session.query(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(pairs)")  # noqa: S608
-        if batch.dead_letters:
-            dls = batch.dead_letters
-            dead = pa.table(  # noqa: F841 - read by name by chdb's Python() table function
-                {
-                    "stream": [d.stream for d in dls],
-                    "partition": pa.array([d.partition for d in dls], pa.uint32()),
-                    "offset": pa.array([d.offset for d in dls], pa.uint64()),
-                    "item": pa.array([d.item for d in dls], pa.uint32()),
-                    "reason": [d.reason for d in dls],
-                    "error": [d.error for d in dls],
-                    "raw": pa.array([d.raw for d in dls], pa.binary()),
-                    "received_at": pa.array([d.received_at for d in dls], _TS),
-                }
-            )
-            cols = ", ".join(DEAD_LETTER_COLUMNS)
-            table = f"{self.database}.dead_letters"  # validated identifier
-            self._session.query(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(dead)")  # noqa: S608
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         result = self._session.query(

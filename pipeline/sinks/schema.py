@@ -2,71 +2,169 @@
 
 Portable across Debian's clickhouse-server 18.16 and modern ClickHouse
 (checked through chdb): no DateTime64, Map, TTL, CODEC or LowCardinality here.
+Exact event times are ``Float64`` epoch seconds (18.16 has no DateTime64), with
+a ``DateTime`` column beside them for dashboards' time filters.
 ``deploy/clickhouse/*.sql`` is generated from this module
 (``python -m pipeline.sinks.schema``) and a test checks that it matches.
 
 Idempotency: every table is a ReplacingMergeTree whose sorting key names the
 thing a row is about, so writing the same row again (a re-delivered batch)
-replaces instead of adding. ``pair_windows`` rows are absolute per-partition
-counts versioned by the highest source offset applied, so the newest state wins.
+replaces instead of adding. Window rows are absolute states versioned by the
+position of the last input that changed them, so the newest state wins; reads
+take ``argMax(column, version)`` per key (see ``pipeline/report.py``).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Final
 
-PAIR_WINDOW_COLUMNS: Final = (
-    "window", "window_start", "src", "dst", "stream", "partition",
-    "follows", "likes", "shares", "replies", "mentions", "thanks",
-    "version", "updated_at",
-)
-DEAD_LETTER_COLUMNS: Final = (
-    "stream", "partition", "offset", "item", "reason", "error", "raw", "received_at",
+
+@dataclass(frozen=True)
+class Table:
+    """One table: columns in insert order, engine and keys."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    order_by: tuple[str, ...]
+    version: str | None = None
+    partition_by: str | None = None
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    def create(self, database: str) -> str:
+        width = max(len(name) for name, _ in self.columns)
+        cols = ",\n".join(f"    {name.ljust(width)} {kind}" for name, kind in self.columns)
+        engine = f"ReplacingMergeTree({self.version})" if self.version else "ReplacingMergeTree"
+        partition = f"\nPARTITION BY {self.partition_by}" if self.partition_by else ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {database}.{self.name}\n(\n{cols}\n)\n"
+            f"ENGINE = {engine}{partition}\nORDER BY ({', '.join(self.order_by)})"
+        )
+
+
+KIND_COLUMNS: Final = ("follows", "likes", "shares", "replies", "mentions", "thanks")
+
+PAIR_WINDOWS: Final = Table(
+    "pair_windows",
+    (
+        ("window", "String"),
+        ("window_start", "DateTime('UTC')"),
+        ("src", "String"),
+        ("dst", "String"),
+        ("stream", "String"),
+        ("partition", "UInt32"),
+        *((name, "UInt64") for name in KIND_COLUMNS),
+        ("value", "Float64"),
+        ("reciprocated", "UInt64"),
+        ("snubbed", "UInt64"),
+        ("median_reciprocate_s", "Nullable(Float64)"),
+        ("version", "UInt64"),
+        ("updated_at", "DateTime('UTC')"),
+    ),
+    order_by=("window", "window_start", "src", "dst", "stream", "partition"),
+    version="version",
+    partition_by="toYYYYMM(window_start)",
 )
 
-TABLES: Final = (
-    """CREATE TABLE IF NOT EXISTS {db}.pair_windows
-(
-    window       String,
-    window_start DateTime('UTC'),
-    src          String,
-    dst          String,
-    stream       String,
-    partition    UInt32,
-    follows      UInt64,
-    likes        UInt64,
-    shares       UInt64,
-    replies      UInt64,
-    mentions     UInt64,
-    thanks       UInt64,
-    version      UInt64,
-    updated_at   DateTime('UTC')
+ORG_ROLLUPS: Final = Table(
+    "org_rollups",
+    (
+        ("window", "String"),
+        ("window_start", "DateTime('UTC')"),
+        ("org", "String"),
+        ("direction", "String"),  # given (org is src's side) | received (dst's side)
+        ("src", "String"),
+        ("dst", "String"),
+        ("community", "String"),  # the other side's: internal | external
+        ("stream", "String"),
+        ("partition", "UInt32"),
+        ("engagements", "UInt64"),
+        ("value", "Float64"),
+        ("reciprocated", "UInt64"),
+        ("snubbed", "UInt64"),
+        ("version", "UInt64"),
+        ("updated_at", "DateTime('UTC')"),
+    ),
+    order_by=("window", "window_start", "org", "direction", "src", "dst", "stream",
+              "partition"),
+    version="version",
+    partition_by="toYYYYMM(window_start)",
 )
-ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(window_start)
-ORDER BY (window, window_start, src, dst, stream, partition)""",
-    """CREATE TABLE IF NOT EXISTS {db}.dead_letters
-(
-    stream      String,
-    partition   UInt32,
-    offset      UInt64,
-    item        UInt32,
-    reason      String,
-    error       String,
-    raw         String,
-    received_at DateTime('UTC')
+
+SNUBS: Final = Table(
+    "snubs",
+    (
+        ("id", "String"),
+        ("src", "String"),
+        ("dst", "String"),
+        ("kind", "String"),
+        ("ts", "Float64"),
+        ("snub_ts", "Float64"),
+        ("time", "DateTime('UTC')"),  # snub_ts to the second, for time filters
+        ("stream", "String"),
+        ("updated_at", "DateTime('UTC')"),
+    ),
+    order_by=("stream", "src", "dst", "id", "kind"),
 )
-ENGINE = ReplacingMergeTree
-ORDER BY (stream, partition, offset, item)""",
+
+OMISSIONS: Final = Table(
+    "omissions",
+    (
+        ("post_id", "String"),
+        ("left_out", "String"),
+        ("by_org", "String"),
+        ("entities", "Array(String)"),
+        ("ts", "Float64"),
+        ("time", "DateTime('UTC')"),
+        ("stream", "String"),
+        ("updated_at", "DateTime('UTC')"),
+    ),
+    order_by=("stream", "left_out", "post_id"),
 )
+
+ALERTS: Final = Table(
+    "alerts",
+    (
+        ("id", "String"),
+        ("kind", "String"),
+        ("org", "String"),
+        ("other", "String"),
+        ("ts", "Float64"),
+        ("time", "DateTime('UTC')"),
+        ("message", "String"),
+        ("details", "String"),  # JSON object
+        ("stream", "String"),
+        ("created_at", "DateTime('UTC')"),
+    ),
+    order_by=("stream", "kind", "org", "id"),
+)
+
+DEAD_LETTERS: Final = Table(
+    "dead_letters",
+    (
+        ("stream", "String"),
+        ("partition", "UInt32"),
+        ("offset", "UInt64"),
+        ("item", "UInt32"),
+        ("reason", "String"),
+        ("error", "String"),
+        ("raw", "String"),
+        ("received_at", "DateTime('UTC')"),
+    ),
+    order_by=("stream", "partition", "offset", "item"),
+)
+
+TABLES: Final = (PAIR_WINDOWS, ORG_ROLLUPS, SNUBS, OMISSIONS, ALERTS, DEAD_LETTERS)
+BY_NAME: Final = {t.name: t for t in TABLES}
 
 
 def ddl(database: str) -> list[str]:
     """CREATE statements for ``database``, database first, in apply order."""
-    return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [
-        t.format(db=database) for t in TABLES
-    ]
+    return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [t.create(database) for t in TABLES]
 
 
 def render_sql(database: str = "reciprocity") -> str:

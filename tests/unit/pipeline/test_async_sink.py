@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.aggregate import BatchOutcome, DeadLetter
-from pipeline.app import sink_batch
-from pipeline.sinks import AsyncSink, Backend, SinkBatch
+from pipeline.sinks import AsyncSink, Backend, DeadLetterRow, SinkBatch
 
 
 class FlakyBackend(Backend):
@@ -40,9 +38,7 @@ class FlakyBackend(Backend):
 
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
-BATCH = SinkBatch(dead_letters=sink_batch(
-    BatchOutcome(dead_letters=[DeadLetter(0, 7, 0, "invalid_json", "bad", b"{")]), "s", NOW
-).dead_letters)
+BATCH = SinkBatch(dead_letters=[DeadLetterRow("s", 0, 7, 0, "invalid_json", "bad", b"{", NOW)])
 
 
 def test_write_retries_then_succeeds_off_the_loop() -> None:
@@ -79,13 +75,3 @@ def test_empty_batches_are_not_written() -> None:
     sink = AsyncSink(backend)
     asyncio.run(sink.write(SinkBatch()))
     assert backend.written == []
-
-
-def test_sink_batch_rows_are_absolute_and_versioned() -> None:
-    outcome = BatchOutcome(pair_states={(2, "1h", 1772445600, "a", "b"): [1, 2, 3, 4, 5, 6, 41]})
-    [row] = sink_batch(outcome, "social-events", NOW).pair_windows
-    assert (row.window, row.src, row.dst, row.partition, row.stream) == (
-        "1h", "a", "b", 2, "social-events")
-    assert row.window_start == datetime(2026, 3, 2, 10, tzinfo=UTC)
-    assert row.counts == (1, 2, 3, 4, 5, 6)
-    assert row.version == 42  # highest applied offset + 1: a newer state always wins

@@ -1,0 +1,72 @@
+"""Daily engagement series and the drop rule over them (pure; docs/metrics.md).
+
+A series starts on the UTC day of its first engagement; days without
+engagement count 0. Day ``D`` is evaluated once the watermark reaches its end,
+if the series has at least ``N`` days before it. Only days that can still
+matter are kept: when the last ``N`` days hold nothing, the series goes
+dormant (no drop is possible from a zero baseline) until its next engagement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DAY = 86400
+
+
+def day_of(ts: float) -> int:
+    return int(ts // DAY) * DAY
+
+
+@dataclass(slots=True)
+class DaySeries:
+    start: int
+    #: next day to evaluate; None while dormant
+    next: int | None
+    counts: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, day: int, days: int) -> DaySeries:
+        return cls(day, day + days * DAY, {})
+
+    def add(self, day: int, days: int) -> None:
+        self.counts[day] = self.counts.get(day, 0) + 1
+        if day < self.start:  # an earlier engagement arrived later (within the lateness)
+            self.start = day
+            if self.next is not None:
+                self.next = min(self.next, day + days * DAY)
+        if self.next is None:  # waking up: earlier days had a zero baseline
+            self.next = max(day, self.start + days * DAY)
+
+    def deadline(self) -> float | None:
+        """The watermark at which the next evaluation is due."""
+        return None if self.next is None else float(self.next + DAY)
+
+    def evaluate(
+        self, watermark: float, days: int, threshold: float, min_baseline: float
+    ) -> list[tuple[int, int, float]]:
+        """Evaluate every day closed by ``watermark``; returns the drops as
+        ``(day, count, baseline)``."""
+        drops = []
+        while self.next is not None and self.next + DAY <= watermark:
+            day = self.next
+            baseline = sum(self.counts.get(day - k * DAY, 0) for k in range(1, days + 1)) / days
+            count = self.counts.get(day, 0)
+            if baseline >= min_baseline and count < (1 - threshold) * baseline:
+                drops.append((day, count, baseline))
+            # the next evaluation needs days from (day + 1 - days) on
+            oldest = day + DAY - days * DAY
+            for old in [d for d in self.counts if d < oldest]:
+                del self.counts[old]
+            self.next = day + DAY if self.counts else None
+        return drops
+
+    def to_json(self) -> list[Any]:
+        return [self.start, self.next, [[d, n] for d, n in sorted(self.counts.items())]]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> DaySeries:
+        start, nxt, counts = doc
+        return cls(int(start), None if nxt is None else int(nxt),
+                   {int(d): int(n) for d, n in counts})

@@ -1,0 +1,166 @@
+"""Stage 3, per receiving org: the daily inbound series and its drop alerts (pure).
+
+Engagements arrive keyed by their ``dst`` org on the internal inbound topic
+(``pipeline.routing``), so an org's whole inbound total is in one partition.
+Same exactness rules as the pair stage (``pipeline.pairs``): per source
+partition applied offsets skip redeliveries; the watermark decides when a day
+is closed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.alerts import DROP_INBOUND, Alert, drop_alert
+from pipeline.days import DaySeries, day_of
+from pipeline.ingest import Message
+from pipeline.reciprocity import Params
+from pipeline.routing import decode
+from pipeline.watermark import WatermarkTracker
+
+
+@dataclass(slots=True)
+class InboundState:
+    applied: dict[int, int] = field(default_factory=dict)
+    series: DaySeries | None = None
+
+    def to_json(self) -> list[Any]:
+        return [[[p, o] for p, o in sorted(self.applied.items())],
+                None if self.series is None else self.series.to_json()]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> InboundState:
+        applied, series = doc
+        return cls({int(p): int(o) for p, o in applied},
+                   None if series is None else DaySeries.from_json(series))
+
+
+@dataclass(slots=True)
+class InboundCounts:
+    messages: int = 0
+    records: int = 0
+    applied: int = 0
+    replayed: int = 0
+    late: int = 0
+    drops: int = 0
+
+
+@dataclass(slots=True)
+class InboundOutcome:
+    states: dict[str, list[Any]] = field(default_factory=dict)
+    tracker: dict[str, Any] | None = None
+    alerts: list[Alert] = field(default_factory=list)
+    counts: InboundCounts = field(default_factory=InboundCounts)
+    last_offset: int = -1
+
+
+class _Partition:
+    def __init__(self, tracker: WatermarkTracker) -> None:
+        self.tracker = tracker
+        self.states: dict[str, InboundState] = {}
+        self.heap: list[tuple[float, str]] = []
+        self.deadline: dict[str, float] = {}
+
+
+class InboundStage:
+    def __init__(self, params: Params, sources: int) -> None:
+        self.params = params
+        self.sources = sources
+        self._partitions: dict[int, _Partition] = {}
+
+    def load(self, partition: int, tracker: dict[str, Any] | None,
+             states: Iterable[tuple[str, list[Any]]]) -> None:
+        part = _Partition(
+            WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
+            else WatermarkTracker.from_json(tracker, self.sources, self.params.lateness_s)
+        )
+        for org, doc in states:
+            part.states[org] = state = InboundState.from_json(doc)
+            self._schedule(part, org, state)
+        self._partitions[partition] = part
+
+    def forget(self, partition: int) -> None:
+        self._partitions.pop(partition, None)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._partitions
+
+    def process(self, partition: int, messages: Sequence[Message]) -> InboundOutcome:
+        part = self._partitions[partition]
+        params = self.params
+        out = InboundOutcome()
+        touched: set[str] = set()
+        for message in messages:
+            out.counts.messages += 1
+            out.last_offset = message.offset
+            routed = decode(message.value)
+            closed = part.tracker.closed
+            applied_before: dict[str, int] = {}
+            for record in routed.records:
+                out.counts.records += 1
+                org = record.dst
+                state = part.states.get(org)
+                if state is None:
+                    state = part.states[org] = InboundState()
+                before = applied_before.get(org)
+                if before is None:
+                    before = applied_before[org] = state.applied.get(routed.source, -1)
+                if record.offset <= before:
+                    out.counts.replayed += 1
+                    continue
+                state.applied[routed.source] = max(state.applied.get(routed.source, -1),
+                                                   record.offset)
+                touched.add(org)
+                if closed is not None and record.ts <= closed:
+                    out.counts.late += 1  # dead-lettered by the pair stage
+                    continue
+                out.counts.applied += 1
+                day = day_of(record.ts)
+                if state.series is None:
+                    state.series = DaySeries.begin(day, params.drop_days)
+                state.series.add(day, params.drop_days)
+                self._schedule(part, org, state)
+            tracker = part.tracker
+            if message.offset > tracker.tag:
+                tracker.observe(routed.source, routed.max_ts, routed.idle)
+                tracker.tag = message.offset
+            watermark = tracker.watermark()
+            if watermark is not None:
+                self._advance(part, watermark, touched, out)
+        for org in sorted(touched):
+            out.states[org] = part.states[org].to_json()
+        out.tracker = part.tracker.to_json()
+        return out
+
+    def _advance(self, part: _Partition, watermark: float, touched: set[str],
+                 out: InboundOutcome) -> None:
+        params = self.params
+        heap = part.heap
+        while heap and heap[0][0] <= watermark:
+            due, org = heapq.heappop(heap)
+            if part.deadline.get(org) != due:
+                continue
+            del part.deadline[org]
+            state = part.states[org]
+            if state.series is not None:
+                for day, count, baseline in state.series.evaluate(
+                    watermark, params.drop_days, params.drop_threshold, params.drop_min_baseline
+                ):
+                    out.counts.drops += 1
+                    if params.watched(org):
+                        out.alerts.append(drop_alert(DROP_INBOUND, org, "", day, count, baseline,
+                                                     params.drop_threshold, params.drop_days))
+            touched.add(org)
+            self._schedule(part, org, state)
+
+    def _schedule(self, part: _Partition, org: str, state: InboundState) -> None:
+        due = None if state.series is None else state.series.deadline()
+        if due is None:
+            part.deadline.pop(org, None)
+            return
+        if part.deadline.get(org) != due:
+            part.deadline[org] = due
+            heapq.heappush(part.heap, (due, org))

@@ -1,0 +1,251 @@
+"""Stage 1, per source partition: decode, dedup, late check, omissions, routing (pure).
+
+The first Faust agent feeds batches of input messages to :class:`Ingest` and
+persists what it returns. No Faust, Kafka or ClickHouse import here.
+
+Per valid event, in partition offset order:
+
+1. **Dedup.** The dedup index maps an event id to the position where it was
+   first seen, ``(partition, offset, item)``, and whether it was late. A later
+   copy at another position is a duplicate. The same position seen again is a
+   replay (a redelivery after a crash): it is routed again with the verdict it
+   had the first time, and the pair stage drops what it already applied.
+2. **Late.** The partition's watermark is its largest event time seen minus the
+   allowed lateness; an event at or before it is late (dead-lettered with
+   reason ``late``) and used for nothing else.
+3. **Omissions** of posts, and **engagements** resolved to directed org pairs,
+   as compact records for the pair and inbound stages.
+
+A message value is one contract-v1 JSON object, or a JSON array of them (the
+packed form). Invalid input comes back as :class:`DeadLetter` data, never as
+an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+import orjson
+
+from pipeline.engagements import Resolution, raw_engagements, resolve
+from pipeline.reciprocity import Omission, omissions
+from schemas.event import (
+    REASON_INVALID_EVENT,
+    REASON_INVALID_JSON,
+    Event,
+    Invalid,
+    event_from_obj,
+)
+from schemas.registry import Registry
+
+REASON_LATE: Final = "late"
+
+#: (partition, offset, item index within a packed message, late: 0 or 1)
+Seen = tuple[int, int, int, int]
+
+
+class Message(NamedTuple):
+    """One Kafka message as a stage sees it."""
+
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+
+
+class Engagement(NamedTuple):
+    """One engagement, as routed to the pair and inbound stages.
+
+    On the wire it is the JSON array ``[id, kind, src, dst, ts, offset]``
+    (``kind`` an index into ``ENGAGEMENT_KINDS``); the source partition travels
+    once per message."""
+
+    id: str
+    kind: int
+    src: str
+    dst: str
+    ts: float
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that could not be used, with the original bytes and why."""
+
+    partition: int
+    offset: int
+    item: int
+    reason: str
+    error: str
+    raw: bytes
+    key: bytes | None = None
+
+
+@dataclass(slots=True)
+class Counts:
+    """What happened to the input. ``messages`` counts Kafka messages, the rest
+    count events (a packed message holds several) or engagements."""
+
+    messages: int = 0
+    events: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    late: int = 0
+    engagements: int = 0
+    same_org: int = 0
+    unmapped: int = 0
+    omissions: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    """What to persist and send after a batch."""
+
+    #: new dedup entries of this batch
+    first_seen: dict[str, Seen] = field(default_factory=dict)
+    #: largest event time per partition after the batch (only partitions that moved)
+    max_ts: dict[int, float] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    omissions: list[Omission] = field(default_factory=list)
+    #: engagements per source partition, in offset order
+    engagements: dict[int, list[Engagement]] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
+    last_offsets: dict[int, int] = field(default_factory=dict)
+
+
+def split_message(value: bytes) -> list[tuple[Event | Invalid, bytes]] | Invalid:
+    """Decode a message value into (event-or-invalid, raw item bytes) pairs.
+
+    A JSON array is the packed form: each element is validated on its own and
+    an invalid element's raw bytes are its re-serialized JSON.
+    """
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(REASON_INVALID_JSON, str(exc))
+    if isinstance(doc, list):
+        # Only a non-empty array of objects is the packed form; anything else is
+        # one bad message, dead-lettered whole with its original bytes.
+        if not doc or not all(isinstance(item, dict) for item in doc):
+            return Invalid(REASON_INVALID_EVENT,
+                           "expected a JSON object or a non-empty array of event objects")
+        return [(event_from_obj(item), orjson.dumps(item)) for item in doc]
+    return [(event_from_obj(doc), value)]
+
+
+class Ingest:
+    """Stage 1 logic. Holds no state between batches: callers pass read-only
+    views of the dedup index and of each partition's largest event time."""
+
+    def __init__(self, registry: Registry, lateness_s: float) -> None:
+        self.registry = registry
+        self.lateness_s = lateness_s
+
+    def process(
+        self,
+        messages: Iterable[Message],
+        first_seen: Mapping[str, Sequence[int]],
+        max_ts: Mapping[int, float],
+    ) -> IngestOutcome:
+        """One batch. Messages of a partition must come in offset order."""
+        out = IngestOutcome()
+        counts = out.counts
+        for message in messages:
+            counts.messages += 1
+            partition, offset = message.partition, message.offset
+            out.last_offsets[partition] = offset
+            items = split_message(message.value)
+            if isinstance(items, Invalid):
+                counts.events += 1
+                counts.dead_lettered += 1
+                out.dead_letters.append(DeadLetter(partition, offset, 0, items.reason,
+                                                   items.error, message.value, message.key))
+                continue
+            for item_index, (event, raw) in enumerate(items):
+                counts.events += 1
+                if isinstance(event, Invalid):
+                    counts.dead_lettered += 1
+                    out.dead_letters.append(DeadLetter(partition, offset, item_index,
+                                                       event.reason, event.error, raw,
+                                                       message.key))
+                    continue
+                counts.valid += 1
+                late = self._verdict(event, partition, offset, item_index, first_seen,
+                                     max_ts, out)
+                if late is None:
+                    counts.duplicates += 1
+                    continue
+                if late:
+                    counts.late += 1
+                    counts.dead_lettered += 1
+                    out.dead_letters.append(DeadLetter(
+                        partition, offset, item_index, REASON_LATE,
+                        f"event time {event.ts} is at or before the watermark of partition "
+                        f"{partition} (largest event time seen minus {self.lateness_s:g} s)",
+                        raw, message.key))
+                    continue
+                self._use(event, partition, offset, out)
+        return out
+
+    def _verdict(
+        self,
+        event: Event,
+        partition: int,
+        offset: int,
+        item: int,
+        first_seen: Mapping[str, Sequence[int]],
+        max_ts: Mapping[int, float],
+        out: IngestOutcome,
+    ) -> bool | None:
+        """Late (True), to use (False) or a duplicate (None); records new ids and
+        moves the partition's largest event time."""
+        seen = out.first_seen.get(event.id)
+        if seen is None:
+            stored = first_seen.get(event.id)
+            if stored is not None:
+                seen = (stored[0], stored[1], stored[2], stored[3])
+        if seen is not None:
+            if seen[:3] != (partition, offset, item):
+                return None
+            out.counts.replayed += 1
+            late = bool(seen[3])  # a replay keeps its first verdict
+        else:
+            high = out.max_ts.get(partition, max_ts.get(partition))
+            late = high is not None and event.ts <= high - self.lateness_s
+            out.first_seen[event.id] = (partition, offset, item, int(late))
+        if not late:
+            high = out.max_ts.get(partition, max_ts.get(partition))
+            if high is None or event.ts > high:
+                out.max_ts[partition] = event.ts
+        return late
+
+    def _use(self, event: Event, partition: int, offset: int, out: IngestOutcome) -> None:
+        counts = out.counts
+        registry = self.registry
+        found = omissions(event, registry)
+        if found:
+            counts.omissions += len(found)
+            out.omissions.extend(found)
+        routed = None
+        for target, kind_index in raw_engagements(event):
+            resolution, src, dst = resolve(registry, event.actor, target)
+            if resolution is Resolution.UNMAPPED:
+                counts.unmapped += 1
+            elif resolution is Resolution.SAME_ORG:
+                counts.same_org += 1
+            else:
+                counts.engagements += 1
+                if routed is None:
+                    routed = out.engagements.setdefault(partition, [])
+                routed.append(Engagement(event.id, kind_index, src, dst, event.ts, offset))

@@ -1,0 +1,422 @@
+"""Stage 2, per unordered org pair: windows, reciprocation, snubs, pair drops (pure).
+
+Both directions of a pair arrive in one partition of the internal pairs topic
+(see ``pipeline.routing``), so everything about a pair is decided in one place
+against the watermark (``pipeline.watermark``). No Faust, Kafka or ClickHouse
+import here.
+
+State per pair (:class:`PairState`), all JSON-able for the Faust changelog:
+
+- ``applied``: per source partition, the highest source offset applied. A
+  record at or below it is a redelivery (stage 1 re-sends after a crash) and
+  is skipped, so replays never double-count.
+- ``pending``: per direction, the engagements not decided yet, sorted by time.
+  Decided ones (reciprocated once the watermark reaches their first return,
+  snubbed once it reaches ``t + H``) always form a prefix, so deciding is a
+  walk from the front.
+- ``times``: per direction, the times of engagements that may still return
+  a pending one of the other direction (later than ``watermark - H``).
+- ``windows``: figures of the pair's windows that can still change.
+- ``days``: the daily series of each direction, for drop alerts.
+- ``tag``: the internal-topic offset of the last message that changed the
+  pair; rows carry ``tag + 1`` as their version, so the newest state wins.
+
+Each pair has a deadline, the watermark at which it next changes on its own;
+a heap of deadlines per partition means a watermark step touches only the
+pairs that are due.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
+from pipeline.days import DaySeries, day_of
+from pipeline.ingest import REASON_LATE, DeadLetter, Message
+from pipeline.reciprocity import Params
+from pipeline.routing import Routed, decode, pair_key
+from pipeline.sinks.base import OrgRollupRow, PairWindowRow
+from pipeline.watermark import WatermarkTracker
+from pipeline.windows import to_utc, window_label
+from schemas.event import format_ts
+from schemas.registry import Registry
+
+N_KINDS = 6
+#: window figures: 6 kind counts, reciprocated, snubbed, then the decided delays
+RECIPROCATED = N_KINDS
+SNUBBED = N_KINDS + 1
+DELAYS = N_KINDS + 2
+
+#: (window size, window start, direction)
+WindowKey = tuple[int, int, int]
+#: pending engagement: (ts, event id, kind index)
+Pending = tuple[float, str, int]
+
+
+@dataclass(slots=True)
+class PairState:
+    lo: str
+    hi: str
+    applied: dict[int, int] = field(default_factory=dict)
+    pending: tuple[list[Pending], list[Pending]] = field(default_factory=lambda: ([], []))
+    times: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    windows: dict[WindowKey, list[Any]] = field(default_factory=dict)
+    days: list[DaySeries | None] = field(default_factory=lambda: [None, None])
+    tag: int = -1
+
+    def orgs(self, direction: int) -> tuple[str, str]:
+        """(src, dst) of a direction: 0 is lo -> hi, 1 is hi -> lo."""
+        return (self.lo, self.hi) if direction == 0 else (self.hi, self.lo)
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.lo, self.hi, [[p, o] for p, o in sorted(self.applied.items())],
+            [[list(e) for e in side] for side in self.pending],
+            [list(side) for side in self.times],
+            [[*key, *figures] for key, figures in sorted(self.windows.items())],
+            [None if d is None else d.to_json() for d in self.days],
+            self.tag,
+        ]
+
+    @classmethod
+    def from_json(cls, doc: list[Any]) -> PairState:
+        lo, hi, applied, pending, times, windows, days, tag = doc
+        return cls(
+            lo, hi, {int(p): int(o) for p, o in applied},
+            ([(float(t), str(i), int(k)) for t, i, k in pending[0]],
+             [(float(t), str(i), int(k)) for t, i, k in pending[1]]),
+            ([float(t) for t in times[0]], [float(t) for t in times[1]]),
+            {(int(w[0]), int(w[1]), int(w[2])): [*(int(c) for c in w[3:3 + DELAYS]),
+                                                 [float(d) for d in w[3 + DELAYS]]]
+             for w in windows},
+            [None if d is None else DaySeries.from_json(d) for d in days],
+            int(tag),
+        )
+
+
+@dataclass(slots=True)
+class PairCounts:
+    messages: int = 0
+    records: int = 0
+    applied: int = 0
+    replayed: int = 0
+    late: int = 0
+    reciprocated: int = 0
+    snubs: int = 0
+    drops: int = 0
+
+
+@dataclass(slots=True)
+class PairOutcome:
+    """What one batch of one internal partition changed."""
+
+    #: pair key -> new state JSON (write each to the table, then the tracker)
+    states: dict[str, list[Any]] = field(default_factory=dict)
+    tracker: dict[str, Any] | None = None
+    pair_windows: list[PairWindowRow] = field(default_factory=list)
+    org_rollups: list[OrgRollupRow] = field(default_factory=list)
+    snubs: list[Snub] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: PairCounts = field(default_factory=PairCounts)
+    last_offset: int = -1
+
+
+class _Partition:
+    """In-memory state of one internal partition."""
+
+    def __init__(self, tracker: WatermarkTracker) -> None:
+        self.tracker = tracker
+        self.states: dict[str, PairState] = {}
+        self.heap: list[tuple[float, str]] = []
+        self.deadline: dict[str, float] = {}
+
+
+class PairStage:
+    """Stage 2 logic for the internal partitions this worker owns."""
+
+    def __init__(self, registry: Registry, params: Params, sources: int) -> None:
+        self.registry = registry
+        self.params = params
+        self.sources = sources
+        self.weights = params.kind_weights
+        self.windows = [(size, window_label(size)) for size in params.windows]
+        self._partitions: dict[int, _Partition] = {}
+        self._lineage: dict[str, tuple[str, ...]] = {}
+        self._community: dict[str, str] = {}
+
+    # -- assignment -----------------------------------------------------------
+
+    def load(self, partition: int, tracker: dict[str, Any] | None,
+             states: Iterable[tuple[str, list[Any]]]) -> None:
+        """(Re)build a partition's state from what the table holds."""
+        part = _Partition(
+            WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
+            else WatermarkTracker.from_json(tracker, self.sources, self.params.lateness_s)
+        )
+        for key, doc in states:
+            state = PairState.from_json(doc)
+            part.states[key] = state
+            self._schedule(part, key, state)
+        self._partitions[partition] = part
+
+    def forget(self, partition: int) -> None:
+        self._partitions.pop(partition, None)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._partitions
+
+    def watermark(self, partition: int) -> float | None:
+        part = self._partitions.get(partition)
+        return None if part is None else part.tracker.closed
+
+    # -- processing -----------------------------------------------------------
+
+    def process(self, partition: int, messages: Sequence[Message], stream: str,
+                now: datetime) -> PairOutcome:
+        """Apply one batch of one internal partition, in offset order."""
+        part = self._partitions[partition]
+        out = PairOutcome()
+        dirty: dict[str, set[WindowKey]] = {}
+        for message in messages:
+            out.counts.messages += 1
+            out.last_offset = message.offset
+            routed = decode(message.value)
+            self._apply_records(part, partition, message, routed, dirty, out)
+            tracker = part.tracker
+            if message.offset > tracker.tag:
+                tracker.observe(routed.source, routed.max_ts, routed.idle)
+                tracker.tag = message.offset
+            watermark = tracker.watermark()
+            if watermark is not None:
+                self._advance(part, watermark, message.offset, dirty, out)
+        for key, windows in dirty.items():
+            state = part.states[key]
+            out.states[key] = state.to_json()
+            self._rows(state, windows, partition, stream, now, out)
+        out.tracker = part.tracker.to_json()
+        return out
+
+    def _apply_records(self, part: _Partition, partition: int, message: Message,
+                       routed: Routed, dirty: dict[str, set[WindowKey]],
+                       out: PairOutcome) -> None:
+        source = routed.source
+        closed = part.tracker.closed
+        applied_before: dict[str, int] = {}
+        for record in routed.records:
+            out.counts.records += 1
+            key = pair_key(record.src, record.dst)
+            state = part.states.get(key)
+            if state is None:
+                lo, hi = sorted((record.src, record.dst))
+                state = part.states[key] = PairState(lo, hi)
+            before = applied_before.get(key)
+            if before is None:
+                before = applied_before[key] = state.applied.get(source, -1)
+            if record.offset <= before:
+                out.counts.replayed += 1
+                continue
+            state.applied[source] = max(state.applied.get(source, -1), record.offset)
+            state.tag = message.offset
+            windows = dirty.setdefault(key, set())
+            if closed is not None and record.ts <= closed:
+                # only after an idle source partition woke up behind the watermark
+                out.counts.late += 1
+                out.dead_letters.append(DeadLetter(
+                    source, record.offset, 0, REASON_LATE,
+                    f"engagement time {record.ts} is at or before the watermark {closed} "
+                    f"(source partition {source} was idle)",
+                    message.value, None))
+                continue
+            out.counts.applied += 1
+            self._add(state, record.src, record.kind, record.id, record.ts, windows)
+            self._schedule(part, key, state)
+
+    def _add(self, state: PairState, src: str, kind: int, event_id: str, ts: float,
+             windows: set[WindowKey]) -> None:
+        direction = 0 if src == state.lo else 1
+        bisect.insort(state.pending[direction], (ts, event_id, kind))
+        bisect.insort(state.times[direction], ts)
+        for size, _label in self.windows:
+            wkey = (size, int(ts // size) * size, direction)
+            figures = state.windows.get(wkey)
+            if figures is None:
+                figures = state.windows[wkey] = [0] * DELAYS + [[]]
+            figures[kind] += 1
+            windows.add(wkey)
+        params = self.params
+        day = day_of(ts)
+        series = state.days[direction]
+        if series is None:
+            series = state.days[direction] = DaySeries.begin(day, params.drop_days)
+        series.add(day, params.drop_days)
+
+    def _advance(self, part: _Partition, watermark: float, offset: int,
+                 dirty: dict[str, set[WindowKey]], out: PairOutcome) -> None:
+        heap = part.heap
+        while heap and heap[0][0] <= watermark:
+            due, key = heapq.heappop(heap)
+            if part.deadline.get(key) != due:
+                continue  # superseded entry
+            del part.deadline[key]
+            state = part.states[key]
+            windows = dirty.setdefault(key, set())
+            if self._decide(state, watermark, windows, out):
+                state.tag = offset
+            self._schedule(part, key, state)
+
+    def _decide(self, state: PairState, watermark: float, windows: set[WindowKey],
+                out: PairOutcome) -> bool:
+        """Decide what the watermark closes for a pair; True when anything changed."""
+        params = self.params
+        horizon = params.horizon_s
+        changed = False
+        for direction in (0, 1):
+            pending = state.pending[direction]
+            returns = state.times[1 - direction]
+            src, dst = state.orgs(direction)
+            decided = 0
+            for ts, event_id, kind in pending:
+                first = _first_return(returns, ts, horizon)
+                if first is not None and first <= watermark:
+                    slot: int = RECIPROCATED
+                    out.counts.reciprocated += 1
+                elif first is None and ts + horizon <= watermark:
+                    slot = SNUBBED
+                    snub = Snub(event_id, src, dst, kind, ts, ts + horizon)
+                    out.snubs.append(snub)
+                    out.counts.snubs += 1
+                    if params.watched(src):
+                        out.alerts.append(snub_alert(snub, horizon))
+                else:
+                    break  # decided engagements are a prefix of the pending ones
+                decided += 1
+                for size, _label in self.windows:
+                    wkey = (size, int(ts // size) * size, direction)
+                    figures = state.windows[wkey]
+                    figures[slot] += 1
+                    if first is not None:
+                        figures[DELAYS].append(first - ts)
+                    windows.add(wkey)
+            if decided:
+                del pending[:decided]
+                changed = True
+            series = state.days[direction]
+            if series is not None:
+                before = (series.next, len(series.counts))
+                for day, count, baseline in series.evaluate(
+                    watermark, params.drop_days, params.drop_threshold, params.drop_min_baseline
+                ):
+                    out.counts.drops += 1
+                    if params.watched(dst):
+                        out.alerts.append(drop_alert(DROP_PAIR, dst, src, day, count, baseline,
+                                                     params.drop_threshold, params.drop_days))
+                changed = changed or before != (series.next, len(series.counts))
+        # times that can no longer return a pending engagement
+        for direction in (0, 1):
+            times = state.times[direction]
+            cut = bisect.bisect_right(times, watermark - horizon)
+            if cut:
+                del times[:cut]
+                changed = True
+        # windows that can no longer change (their rows are written)
+        for wkey in [w for w in state.windows if w[1] + w[0] + horizon <= watermark]:
+            del state.windows[wkey]
+            windows.discard(wkey)
+            changed = True
+        return changed
+
+    def _schedule(self, part: _Partition, key: str, state: PairState) -> None:
+        due = self._deadline(state)
+        if due is None:
+            part.deadline.pop(key, None)
+            return
+        if part.deadline.get(key) != due:
+            part.deadline[key] = due
+            heapq.heappush(part.heap, (due, key))
+
+    def _deadline(self, state: PairState) -> float | None:
+        horizon = self.params.horizon_s
+        candidates = []
+        for direction in (0, 1):
+            pending = state.pending[direction]
+            if pending:
+                ts = pending[0][0]
+                first = _first_return(state.times[1 - direction], ts, horizon)
+                candidates.append(first if first is not None else ts + horizon)
+            series = state.days[direction]
+            if series is not None and (due := series.deadline()) is not None:
+                candidates.append(due)
+        candidates.extend(start + size + horizon for size, start, _ in state.windows)
+        return min(candidates) if candidates else None
+
+    # -- rows -------------------------------------------------------------------
+
+    def _rows(self, state: PairState, windows: set[WindowKey], partition: int, stream: str,
+              now: datetime, out: PairOutcome) -> None:
+        version = state.tag + 1
+        labels = dict(self.windows)
+        for wkey in sorted(windows):
+            figures = state.windows.get(wkey)
+            if figures is None:
+                continue
+            size, start, direction = wkey
+            src, dst = state.orgs(direction)
+            counts = figures[:N_KINDS]
+            value = float(sum(w * c for w, c in zip(self.weights, counts, strict=True)))
+            delays = figures[DELAYS]
+            median = statistics.median(delays) if delays else None
+            label, when = labels[size], to_utc(start)
+            follows, likes, shares, replies, mentions, thanks = counts
+            out.pair_windows.append(PairWindowRow(
+                label, when, src, dst, stream, partition, follows, likes, shares, replies,
+                mentions, thanks, value, figures[RECIPROCATED], figures[SNUBBED], median,
+                version, now))
+            engagements = sum(counts)
+            for org in self._lineage_of(src):
+                out.org_rollups.append(OrgRollupRow(
+                    label, when, org, "given", src, dst, self._community_of(dst), stream,
+                    partition, engagements, value, figures[RECIPROCATED], figures[SNUBBED],
+                    version, now))
+            for org in self._lineage_of(dst):
+                out.org_rollups.append(OrgRollupRow(
+                    label, when, org, "received", src, dst, self._community_of(src), stream,
+                    partition, engagements, value, figures[RECIPROCATED], figures[SNUBBED],
+                    version, now))
+
+    def _lineage_of(self, org: str) -> tuple[str, ...]:
+        """The org and its ancestors."""
+        lineage = self._lineage.get(org)
+        if lineage is None:
+            lineage = self._lineage[org] = (org, *self.registry.ancestors(org))
+        return lineage
+
+    def _community_of(self, org: str) -> str:
+        """Own community, else the nearest ancestor's, else external."""
+        community = self._community.get(org)
+        if community is None:
+            orgs = self.registry.orgs
+            community = next((orgs[o].community for o in self._lineage_of(org)
+                              if orgs[o].community), None) or "external"
+            self._community[org] = community
+        return community
+
+
+def _first_return(returns: list[float], ts: float, horizon: float) -> float | None:
+    """The earliest time in ``returns`` within (ts, ts + horizon]."""
+    i = bisect.bisect_right(returns, ts)
+    if i < len(returns) and returns[i] <= ts + horizon:
+        return returns[i]
+    return None
+
+
+def snub_row_fields(snub: Snub) -> dict[str, str]:
+    """A snub as the report prints it."""
+    return {"id": snub.id, "src": snub.src, "dst": snub.dst, "kind": snub.kind_name,
+            "ts": format_ts(snub.ts), "snub_ts": format_ts(snub.snub_ts)}

@@ -1,0 +1,66 @@
+"""How stage 1 hands engagements to the pair and inbound stages (pure).
+
+Engagements are repartitioned through two internal topics: by unordered org
+pair (``{app_id}-pairs``: both directions of a pair meet in one partition, so
+reciprocation is decided in one place) and by receiving org
+(``{app_id}-inbound``: an org's whole inbound total in one place). Stage 1
+sends, per batch and per target partition, one message::
+
+    {"p": source partition, "max": largest event time of that partition or null,
+     "idle": false, "r": [[id, kind, src, dst, ts, source offset], ...]}
+
+A message with no records is a watermark marker: stage 1 sends one to every
+partition when its source partition's largest event time moved without
+records for it, and with ``"idle": true`` when the source partition went idle
+(or the input ended). Partitions are chosen with CRC-32 of the key, so the
+choice never depends on a client library's partitioner.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from pipeline.ingest import Engagement
+
+
+def pair_key(a: str, b: str) -> str:
+    """The key of the unordered pair {a, b}: a JSON array, smaller id first."""
+    return orjson.dumps([a, b] if a < b else [b, a]).decode()
+
+
+def partition_for(key: str, partitions: int) -> int:
+    return zlib.crc32(key.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """One decoded internal message."""
+
+    source: int
+    max_ts: float | None
+    idle: bool
+    records: Sequence[Engagement]
+
+
+def encode(source: int, max_ts: float | None, idle: bool,
+           records: Sequence[Engagement] = ()) -> bytes:
+    return orjson.dumps({"p": source, "max": max_ts, "idle": idle,
+                         "r": [list(r) for r in records]})
+
+
+def decode(value: bytes) -> Routed:
+    """Decode an internal message. These are written by stage 1 only, so a
+    malformed one is a bug or a foreign writer: it raises ``ValueError``."""
+    try:
+        doc = orjson.loads(value)
+        records = [Engagement(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]),
+                              int(r[5])) for r in doc["r"]]
+        max_ts = doc["max"]
+        return Routed(int(doc["p"]), None if max_ts is None else float(max_ts),
+                      bool(doc["idle"]), records)
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed internal message: {exc}") from exc
