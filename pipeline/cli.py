@@ -172,12 +172,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.report import PAIR_FIELDS, pair_rows, write_rows
+    from pipeline import report
     from pipeline.sinks import open_backend
     from pipeline.windows import parse_window
 
+    window: str = getattr(args, "window", "1d")
     try:
-        parse_window(args.window)
+        parse_window(window)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if not args.store and not args.clickhouse:
@@ -187,14 +188,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = _settings(args)
     url = settings.clickhouse_url.get_secret_value()
     backend = open_backend(url)
+    table, fields, read = {
+        "pairs": ("pair_windows", report.PAIR_FIELDS,
+                  lambda b: report.pair_rows(b, window)),
+        "snubs": ("snubs", report.SNUB_FIELDS,
+                  lambda b: report.snub_rows(b, args.src, args.dst)),
+        "omissions": ("omissions", report.OMISSION_FIELDS,
+                      lambda b: report.omission_rows(b, args.left_out, args.by)),
+        "alerts": ("alerts", report.ALERT_FIELDS,
+                   lambda b: report.alert_rows(b, args.kind, args.org)),
+        "orgs": ("org_rollups", report.ORG_FIELDS,
+                 lambda b: report.org_rows(b, window, args.org)),
+    }[args.report]
     try:
-        if not backend.has_table("pair_windows"):
+        if not backend.has_table(table):
             raise UsageError(f"{mask_url(url)} holds no reciprocity results "
-                             f"(no {backend.database}.pair_windows table): run the pipeline first")
-        rows = pair_rows(backend, args.window)
+                             f"(no {backend.database}.{table} table): run the pipeline first")
+        rows = read(backend)
     finally:
         backend.close()
-    write_rows(rows, PAIR_FIELDS, args.format, sys.stdout)
+    report.write_rows(rows, fields, args.format, sys.stdout)
     return 0
 
 
@@ -229,13 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print results from the store")
     rsub = report.add_subparsers(dest="report", required=True)
-    pairs = rsub.add_parser("pairs", help="one row per directed pair window")
-    group = pairs.add_mutually_exclusive_group()
-    group.add_argument("--store", help="embedded store directory")
-    group.add_argument("--clickhouse", help="ClickHouse URL")
+
+    def report_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub_report = rsub.add_parser(name, help=help_text)
+        group = sub_report.add_mutually_exclusive_group()
+        group.add_argument("--store", help="embedded store directory")
+        group.add_argument("--clickhouse", help="ClickHouse URL")
+        sub_report.add_argument("--format", choices=("table", "jsonl"), default="table")
+        sub_report.set_defaults(func=cmd_report)
+        return sub_report
+
+    pairs = report_parser("pairs", "one row per directed pair window")
     pairs.add_argument("--window", default="1h", help="window size: 1h or 1d (default 1h)")
-    pairs.add_argument("--format", choices=("table", "jsonl"), default="table")
-    pairs.set_defaults(func=cmd_report)
+    snubs = report_parser("snubs", "engagements not returned within the horizon")
+    snubs.add_argument("--src", help="only snubs of engagements given by this org")
+    snubs.add_argument("--dst", help="only snubs by this org (it did not return)")
+    omissions = report_parser("omissions", "posts featuring an org's people without naming it")
+    omissions.add_argument("--left-out", dest="left_out", help="only this left-out org")
+    omissions.add_argument("--by", help="only posts by this org")
+    alerts = report_parser("alerts", "snub, omission and drop alerts")
+    alerts.add_argument("--kind", choices=("snub", "omission", "drop_pair", "drop_inbound"))
+    alerts.add_argument("--org", help="only alerts concerning this org")
+    orgs = report_parser("orgs", "each org's figures with its descendants, by community")
+    orgs.add_argument("--window", default="1d", help="window size the sums use (default 1d)")
+    orgs.add_argument("--org", help="only this org")
     return parser
 
 

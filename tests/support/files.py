@@ -45,7 +45,8 @@ def write_case(
     for line in rng.sample(lines, 60):
         lines.insert(near(line), line)
     for i, line in enumerate(rng.sample(lines, 20)):
-        lines.insert(near(line), line.replace(b'"subject":"', b'"subject":"dup' + str(i).encode(), 1))
+        copy = line.replace(b'"subject":"', b'"subject":"dup' + str(i).encode(), 1)
+        lines.insert(near(line), copy)
     for bad in MALFORMED:
         lines.insert(rng.randrange(len(lines)), bad)
     events_path = directory / "events.jsonl"
