@@ -148,6 +148,7 @@ class PairStage:
         self.weights = params.kind_weights
         self.windows = [(size, window_label(size)) for size in params.windows]
         self._partitions: dict[int, _Partition] = {}
+        self._retired: dict[str, dict[WindowKey, list[Any]]] = {}
         self._lineage: dict[str, tuple[str, ...]] = {}
         self._community: dict[str, str] = {}
 
@@ -184,6 +185,9 @@ class PairStage:
         part = self._partitions[partition]
         out = PairOutcome()
         dirty: dict[str, set[WindowKey]] = {}
+        #: figures of windows retired during the batch whose last change is unwritten
+        retired: dict[str, dict[WindowKey, list[Any]]] = {}
+        self._retired = retired
         for message in messages:
             out.counts.messages += 1
             out.last_offset = message.offset
@@ -199,7 +203,7 @@ class PairStage:
         for key, windows in dirty.items():
             state = part.states[key]
             out.states[key] = state.to_json()
-            self._rows(state, windows, partition, stream, now, out)
+            self._rows(state, windows, retired.get(key, {}), partition, stream, now, out)
         out.tracker = part.tracker.to_json()
         return out
 
@@ -325,10 +329,11 @@ class PairStage:
             if cut:
                 del times[:cut]
                 changed = True
-        # windows that can no longer change (their rows are written)
+        # windows that can no longer change: dropped, their last row still written
         for wkey in [w for w in state.windows if w[1] + w[0] + horizon <= watermark]:
-            del state.windows[wkey]
-            windows.discard(wkey)
+            figures = state.windows.pop(wkey)
+            if wkey in windows:
+                self._retired.setdefault(pair_key(state.lo, state.hi), {})[wkey] = figures
             changed = True
         return changed
 
@@ -358,12 +363,13 @@ class PairStage:
 
     # -- rows -------------------------------------------------------------------
 
-    def _rows(self, state: PairState, windows: set[WindowKey], partition: int, stream: str,
+    def _rows(self, state: PairState, windows: set[WindowKey],
+              retired: dict[WindowKey, list[Any]], partition: int, stream: str,
               now: datetime, out: PairOutcome) -> None:
         version = state.tag + 1
         labels = dict(self.windows)
         for wkey in sorted(windows):
-            figures = state.windows.get(wkey)
+            figures = state.windows.get(wkey) or retired.get(wkey)
             if figures is None:
                 continue
             size, start, direction = wkey
