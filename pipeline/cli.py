@@ -60,10 +60,15 @@ def _print_summary(summary: Any, out: Any = sys.stdout) -> None:
         ("valid", c.valid),
         ("duplicates", c.duplicates),
         ("dead-lettered", c.dead_lettered),
+        ("late", c.late),
         ("engagements", c.engagements),
         ("same-org", c.same_org),
         ("unmapped", c.unmapped),
         ("pair rows", summary.pair_rows),
+        ("omissions", c.omissions),
+        ("snubs", summary.snubs),
+        ("drops", summary.drops),
+        ("alerts", summary.alerts),
     ]
     for name, value in rows:
         out.write(f"{name:<14} {value:>10}\n")

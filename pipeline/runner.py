@@ -167,6 +167,9 @@ class RunSummary:
     produced: ProduceCounts = field(default_factory=ProduceCounts)
     counts: Counts = field(default_factory=Counts)
     pair_rows: int = 0
+    snubs: int = 0
+    drops: int = 0
+    alerts: int = 0
     seconds: float = 0.0
     stream: str = ""
 
@@ -176,6 +179,9 @@ class RunSummary:
             "produced": self.produced.produced,
             **self.counts.as_dict(),
             "pair_rows": self.pair_rows,
+            "snubs": self.snubs,
+            "drops": self.drops,
+            "alerts": self.alerts,
             "seconds": round(self.seconds, 3),
             "stream": self.stream,
         }
@@ -266,6 +272,9 @@ async def run_lines(
             await production
     summary.lines, summary.produced = production.result()
     summary.counts = stats.counts
+    summary.snubs = stats.pairs.snubs
+    summary.drops = stats.pairs.drops + stats.inbound.drops
+    summary.alerts = stats.alerts
     summary.pair_rows = count_pair_rows(backend, settings.effective_stream_id)
     summary.seconds = time.monotonic() - started
     return summary

@@ -20,7 +20,7 @@ def store_pairs(backend: Backend) -> dict[tuple[str, str, str, str], dict[str, A
     cols = (*_KIND_COLUMNS, "value", "reciprocated", "snubbed", "median_reciprocate_s")
     inner = ", ".join(f"argMax({c}, version)" for c in cols)
     rows = backend.query(
-        f"SELECT window, toUInt32(window_start), src, dst, {inner} "  # noqa: S608
+        f"SELECT window, toUInt32(window_start), src, dst, {inner} "
         f"FROM {backend.database}.pair_windows GROUP BY window, window_start, src, dst, "
         "stream, partition"
     )
@@ -43,7 +43,7 @@ def store_snubs(backend: Backend) -> set[tuple[str, ...]]:
     return {
         (i, s, d, k, fmt(float(t)), fmt(float(st)))
         for i, s, d, k, t, st in backend.query(
-            f"SELECT id, src, dst, kind, ts, snub_ts FROM {backend.database}.snubs"  # noqa: S608
+            f"SELECT id, src, dst, kind, ts, snub_ts FROM {backend.database}.snubs"
         )
     }
 
@@ -52,7 +52,7 @@ def store_omissions(backend: Backend) -> set[tuple[Any, ...]]:
     return {
         (p, lo, b, tuple(e), fmt(float(t)))
         for p, lo, b, e, t in backend.query(
-            f"SELECT post_id, left_out, by_org, entities, ts FROM {backend.database}.omissions"  # noqa: S608
+            f"SELECT post_id, left_out, by_org, entities, ts FROM {backend.database}.omissions"
         )
     }
 
@@ -61,7 +61,7 @@ def store_alerts(backend: Backend) -> set[tuple[str, ...]]:
     return {
         (i, k, o, other, fmt(float(t)))
         for i, k, o, other, t in backend.query(
-            f"SELECT id, kind, org, other, ts FROM {backend.database}.alerts"  # noqa: S608
+            f"SELECT id, kind, org, other, ts FROM {backend.database}.alerts"
         )
     }
 
@@ -93,3 +93,17 @@ def assert_store_matches(backend: Backend, expected: Result) -> None:
     assert store_snubs(backend) == expected.snubs
     assert store_omissions(backend) == expected.omissions
     assert store_alerts(backend) == expected.alerts
+
+
+def assert_rollups_match(backend: Backend, expected: Result) -> None:
+    """``report orgs`` per window size equals the reference's rollups."""
+    from pipeline.report import org_rows
+
+    for label in sorted({key[0] for key in expected.rollups}):
+        got = {(label, r["org"], r["community"]): r for r in org_rows(backend, label)}
+        want = {k: v for k, v in expected.rollups.items() if k[0] == label}
+        assert set(got) == set(want), sorted(set(got) ^ set(want))[:5]
+        for key, figures in want.items():
+            for name, value in figures.items():
+                mine = got[key][name]
+                assert close(float(mine), float(value)), f"{key} {name}: {mine} != {value}"
