@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import pair_rows
-from pipeline.sinks import Backend, DeadLetterRow, PairWindowRow, SinkBatch, open_backend
+from pipeline.report import alert_rows, omission_rows, pair_rows, snub_rows
+from pipeline.sinks import (
+    AlertRow,
+    Backend,
+    DeadLetterRow,
+    OmissionRow,
+    PairWindowRow,
+    SinkBatch,
+    SnubRow,
+    open_backend,
+)
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
@@ -31,8 +40,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 def row(partition: int, counts: tuple[int, ...], version: int, src: str = "a",
         dst: str = "b", stream: str = "s") -> PairWindowRow:
-    return PairWindowRow("1h", T0, src, dst, stream, partition, counts,  # type: ignore[arg-type]
-                         version, NOW)
+    follows, likes, shares, replies, mentions, thanks = counts
+    return PairWindowRow("1h", T0, src, dst, stream, partition, follows, likes, shares, replies,
+                         mentions, thanks, float(sum(counts)), 0, 0, None, version, NOW)
 
 
 def test_schema_creation_is_idempotent(backend: Backend) -> None:
@@ -43,12 +53,24 @@ def test_schema_creation_is_idempotent(backend: Backend) -> None:
 
 def test_rewriting_a_batch_does_not_double_count(backend: Backend) -> None:
     batch = SinkBatch([row(0, (1, 2, 0, 0, 0, 0), 10), row(1, (0, 0, 3, 0, 0, 1), 5)])
+    batch.snubs.append(SnubRow("e1", "a", "b", "like", 1772445600.123, 1772704800.123, T0, "s",
+                               NOW))
+    batch.omissions.append(OmissionRow("p1", "a", "b", ["x", "y"], 1772445600.5, T0, "s", NOW))
+    batch.alerts.append(AlertRow("omission:p1:a", "omission", "a", "b", 1772445600.5, T0, "m",
+                                 "{}", "s", NOW))
     backend.write(batch)
     backend.write(batch)  # re-delivery after a crash
     [only] = pair_rows(backend, "1h")
     assert only == {"window_start": "2026-03-02T10:00:00Z", "window": "1h", "src": "a",
                     "dst": "b", "engagements": 7, "follow": 1, "like": 2, "share": 3,
                     "reply": 0, "mention": 0, "thanks": 1}
+    assert snub_rows(backend) == [{"id": "e1", "src": "a", "dst": "b", "kind": "like",
+                                   "ts": "2026-03-02T10:00:00.123000Z",
+                                   "snub_ts": "2026-03-05T10:00:00.123000Z"}]
+    assert omission_rows(backend) == [{"post_id": "p1", "left_out": "a", "by": "b",
+                                       "entities": ["x", "y"],
+                                       "ts": "2026-03-02T10:00:00.500000Z"}]
+    assert [a["id"] for a in alert_rows(backend)] == ["omission:p1:a"]
 
 
 def test_newest_version_wins_and_partitions_and_streams_add_up(backend: Backend) -> None:
