@@ -1,26 +1,29 @@
-"""Engagement resolution and batch pre-aggregation (pure; dicts stand in for Faust tables)."""
+"""Stage 1 (pipeline.ingest): decoding, dedup, the late rule, omissions and routed
+engagements (pure; dicts stand in for the Faust tables)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 import pytest
 
-from pipeline.aggregate import (
-    N_KINDS,
-    OFFSET_SLOT,
-    Aggregator,
-    BatchOutcome,
+from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
+from pipeline.ingest import (
+    REASON_LATE,
     Counts,
     DeadLetter,
+    Engagement,
+    Ingest,
+    IngestOutcome,
     Message,
-    PairKey,
-    PairState,
+    Seen,
     split_message,
 )
-from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
+from pipeline.pairs import N_KINDS
+from pipeline.reciprocity import Omission
 from schemas.event import ENGAGEMENT_KINDS, REASON_INVALID_EVENT, REASON_INVALID_JSON, Event
 from schemas.registry import Org, Registry
 
@@ -28,6 +31,8 @@ H = 3600
 D = 86400
 DAY0 = 1772409600  # 2026-03-02T00:00:00Z
 T0 = DAY0 + 10 * H  # 2026-03-02T10:00:00Z
+#: lateness of most tests: the corpora stay within it unless a test says otherwise
+LATENESS = 3 * H
 
 REGISTRY = Registry(
     orgs={
@@ -39,9 +44,10 @@ REGISTRY = Registry(
         "uni_main": "uni",
         "uni_news": "uni",
         "med_news": "med",
+        "med_lab": "med",
         "ext_a": "ext",
     },
-    org_of_entity={"dr_smith": "med"},
+    org_of_entity={"dr_smith": "med", "dr_jones": "med", "reporter": "ext", "rector": "uni"},
 )
 
 _ids = iter(range(10**9))
@@ -69,43 +75,50 @@ def messages(objs: Sequence[Any], partition: int = 0, first_offset: int = 0) -> 
     ]
 
 
-def vec(offset: int, **counts: int) -> PairState:
-    """A pair state vector: counts by kind name plus the applied-offset tag."""
-    state = [0] * (N_KINDS + 1)
-    for kind, n in counts.items():
-        state[KIND_INDEX[kind]] = n
-    state[OFFSET_SLOT] = offset
-    return state
+def process(msgs: Sequence[Message], first_seen: dict[str, Any] | None = None,
+            max_ts: dict[int, float] | None = None,
+            lateness: float = LATENESS) -> IngestOutcome:
+    return Ingest(REGISTRY, lateness).process(msgs, first_seen or {}, max_ts or {})
+
+
+def pairs(out: IngestOutcome) -> Counter[tuple[int, str, str, str]]:
+    """Routed engagements counted by (source partition, src, dst, kind name)."""
+    return Counter(
+        (partition, e.src, e.dst, ENGAGEMENT_KINDS[e.kind])
+        for partition, records in out.engagements.items()
+        for e in records
+    )
+
+
+def eng(event_id: str, kind: str, src: str, dst: str, ts: float, offset: int) -> Engagement:
+    return Engagement(event_id, KIND_INDEX[kind], src, dst, ts, offset)
+
+
+def all_counts(**nonzero: int) -> dict[str, int]:
+    return {**Counts().as_dict(), **nonzero}
 
 
 class Store:
-    """What the Faust tables persist: absolute pair states and the dedup index."""
+    """What the Faust table persists: the dedup index and each partition's
+    largest event time, written together per batch."""
 
     def __init__(self) -> None:
-        self.pair_states: dict[PairKey, PairState] = {}
-        self.first_seen: dict[str, tuple[int, int, int]] = {}
+        self.first_seen: dict[str, Seen] = {}
+        self.max_ts: dict[int, float] = {}
 
-    def apply(self, outcome: BatchOutcome) -> BatchOutcome:
-        self.pair_states.update({k: list(v) for k, v in outcome.pair_states.items()})
+    def apply(self, outcome: IngestOutcome) -> IngestOutcome:
         self.first_seen.update(outcome.first_seen)
+        self.max_ts.update(outcome.max_ts)
         return outcome
 
-    def counts(self) -> dict[PairKey, list[int]]:
-        """Pair counts without the offset tags (what ends up in reports)."""
-        return {k: v[:OFFSET_SLOT] for k, v in self.pair_states.items()}
 
-
-def run(batches: Iterable[Sequence[Message]], windows: Sequence[int] = (H, D),
-        store: Store | None = None) -> tuple[Store, list[BatchOutcome]]:
+def run(batches: Iterable[Sequence[Message]], store: Store | None = None,
+        lateness: float = LATENESS) -> tuple[Store, list[IngestOutcome]]:
     store = store if store is not None else Store()
-    agg = Aggregator(REGISTRY, windows)
-    outcomes = [store.apply(agg.process(batch, store.pair_states, store.first_seen))
+    ingest = Ingest(REGISTRY, lateness)
+    outcomes = [store.apply(ingest.process(batch, store.first_seen, store.max_ts))
                 for batch in batches]
     return store, outcomes
-
-
-def process(msgs: Sequence[Message], windows: Sequence[int] = (H, D)) -> BatchOutcome:
-    return Aggregator(REGISTRY, windows).process(msgs, {}, {})
 
 
 # --------------------------------------------------------------------------- engagements
@@ -115,7 +128,7 @@ def test_kind_index_follows_engagement_kinds() -> None:
     assert list(KIND_INDEX) == list(ENGAGEMENT_KINDS)
     assert [KIND_INDEX[k] for k in ENGAGEMENT_KINDS] == list(range(N_KINDS))
     assert MENTION == KIND_INDEX["mention"] == 4
-    assert OFFSET_SLOT == N_KINDS == 6
+    assert N_KINDS == len(ENGAGEMENT_KINDS) == 6
 
 
 @pytest.mark.parametrize(
@@ -158,64 +171,57 @@ def test_resolve(actor: str, target: str, expected: tuple[Resolution, str, str])
     assert resolve(REGISTRY, actor, target) == expected
 
 
-# --------------------------------------------------------------------------- counting
+# --------------------------------------------------------------------------- routed records
 
 
-def test_counts_per_kind_per_pair_per_window() -> None:
+def test_engagement_records_in_offset_order() -> None:
     out = process(messages([
-        event("like", ts=T0 + 10),
-        event("share", ts=T0 + 20),
-        event("follow", actor="med_news", target="uni_main", ts=T0 + 30),
-        event("like", ts=T0 + H + 5),  # next hour, same day
-        event("thanks", actor="ext_a", target="uni_news", ts=T0 + D),  # next day
+        event("like", ts=T0 + 10, event_id="a"),
+        event("share", ts=T0 + 20, event_id="b"),
+        event("follow", actor="med_news", target="uni_main", ts=T0 + 30, event_id="c"),
+        event("like", ts=T0 + H + 5, event_id="d"),
+        event("thanks", actor="ext_a", target="uni_news", ts=T0 + 40, event_id="e"),
     ]))
-    assert out.pair_states == {
-        (0, "1h", T0, "uni", "med"): vec(1, like=1, share=1),
-        (0, "1h", T0 + H, "uni", "med"): vec(3, like=1),
-        (0, "1d", DAY0, "uni", "med"): vec(3, like=2, share=1),
-        (0, "1h", T0, "med", "uni"): vec(2, follow=1),
-        (0, "1d", DAY0, "med", "uni"): vec(2, follow=1),
-        (0, "1h", T0 + D, "ext", "uni"): vec(4, thanks=1),
-        (0, "1d", DAY0 + D, "ext", "uni"): vec(4, thanks=1),
-    }
-    assert out.counts.as_dict() == {
-        "messages": 5, "events": 5, "valid": 5, "duplicates": 0, "replayed": 0,
-        "dead_lettered": 0, "engagements": 5, "same_org": 0, "unmapped": 0,
-    }
+    assert out.engagements == {0: [
+        eng("a", "like", "uni", "med", T0 + 10, 0),
+        eng("b", "share", "uni", "med", T0 + 20, 1),
+        eng("c", "follow", "med", "uni", T0 + 30, 2),
+        eng("d", "like", "uni", "med", T0 + H + 5, 3),
+        eng("e", "thanks", "ext", "uni", T0 + 40, 4),
+    ]}
+    assert out.counts.as_dict() == all_counts(messages=5, events=5, valid=5, engagements=5)
     assert out.dead_letters == []
+    assert out.omissions == []
     assert out.last_offsets == {0: 4}
+    assert out.max_ts == {0: T0 + H + 5}
+    assert out.first_seen == {
+        "a": (0, 0, 0, 0), "b": (0, 1, 0, 0), "c": (0, 2, 0, 0), "d": (0, 3, 0, 0),
+        "e": (0, 4, 0, 0),
+    }
 
 
-def test_every_engagement_kind_has_its_slot() -> None:
+def test_every_engagement_kind_is_routed_with_its_index() -> None:
     kinds = ["follow", "like", "share", "reply", "mention", "thanks"]
-    out = process(messages([event(k) for k in kinds]), windows=[D])
-    assert out.pair_states == {
-        (0, "1d", DAY0, "uni", "med"): [1, 1, 1, 1, 1, 1, 5],
-    }
+    out = process(messages([event(k) for k in kinds]))
+    assert [e.kind for e in out.engagements[0]] == list(range(N_KINDS))
 
 
-def test_rfc3339_ts_with_offset_lands_in_the_utc_window() -> None:
+def test_rfc3339_ts_with_offset_is_utc_epoch_seconds() -> None:
     # 23:30 at -02:00 is 01:30 UTC the next day
-    out = process(messages([event(ts="2026-03-02T23:30:00-02:00")]), windows=[H, D])
-    assert set(out.pair_states) == {
-        (0, "1h", DAY0 + D + H, "uni", "med"),
-        (0, "1d", DAY0 + D, "uni", "med"),
-    }
+    out = process(messages([event(ts="2026-03-02T23:30:00-02:00", event_id="x")]))
+    assert out.engagements == {0: [eng("x", "like", "uni", "med", DAY0 + D + 1.5 * H, 0)]}
 
 
-def test_window_labels_are_normalised() -> None:
-    out = process(messages([event()]), windows=[60 * 60, 15 * 60, 7 * D])
-    assert {k[1] for k in out.pair_states} == {"1h", "15m", "1w"}
-
-
-def test_partition_is_part_of_the_key() -> None:
-    msgs = messages([event()], partition=0) + messages([event()], partition=3, first_offset=7)
-    out = process(msgs, windows=[H])
-    assert out.pair_states == {
-        (0, "1h", T0, "uni", "med"): vec(0, like=1),
-        (3, "1h", T0, "uni", "med"): vec(7, like=1),
+def test_records_are_grouped_by_source_partition() -> None:
+    msgs = (messages([event(event_id="p0")], partition=0)
+            + messages([event(event_id="p3")], partition=3, first_offset=7))
+    out = process(msgs)
+    assert out.engagements == {
+        0: [eng("p0", "like", "uni", "med", T0, 0)],
+        3: [eng("p3", "like", "uni", "med", T0, 7)],
     }
     assert out.last_offsets == {0: 0, 3: 7}
+    assert out.max_ts == {0: T0, 3: T0}
 
 
 def test_mentions_on_post_and_reply() -> None:
@@ -227,17 +233,24 @@ def test_mentions_on_post_and_reply() -> None:
         # mentions on other kinds are ignored
         event("like", target="med_news", mentions=["ext_a", "med_news"]),
         event("share", target="ext_a", mentions=["med_news"]),
-    ]), windows=[H])
-    assert out.pair_states == {
-        (0, "1h", T0, "uni", "med"): vec(2, mention=2, reply=1, like=1),
-        (0, "1h", T0, "uni", "ext"): vec(3, mention=1, share=1),
+    ]))
+    assert pairs(out) == {
+        (0, "uni", "med", "mention"): 2, (0, "uni", "med", "reply"): 1,
+        (0, "uni", "med", "like"): 1,
+        (0, "uni", "ext", "mention"): 1, (0, "uni", "ext", "share"): 1,
     }
     assert out.counts.engagements == 6
 
 
+def test_mentions_of_two_accounts_of_one_org_are_two_records() -> None:
+    out = process(messages([event("post", target=None, mentions=["med_news", "med_lab"],
+                                  event_id="p")]))
+    assert out.engagements == {0: [eng("p", "mention", "uni", "med", T0, 0)] * 2}
+
+
 def test_mention_kind_event_counts_once() -> None:
-    out = process(messages([event("mention", mentions=["med_news"])]), windows=[H])
-    assert out.pair_states == {(0, "1h", T0, "uni", "med"): vec(0, mention=1)}
+    out = process(messages([event("mention", mentions=["med_news"])]))
+    assert pairs(out) == {(0, "uni", "med", "mention"): 1}
 
 
 def test_unfollow_and_post_are_not_engagements() -> None:
@@ -246,12 +259,13 @@ def test_unfollow_and_post_are_not_engagements() -> None:
         event("post", target=None),
         event("post", target="med_news"),
     ]))
-    assert out.pair_states == {}
+    assert out.engagements == {}
     assert out.counts.valid == 3
     assert out.counts.engagements == 0
     assert out.counts.same_org == 0
     assert out.counts.unmapped == 0
     assert len(out.first_seen) == 3
+    assert out.max_ts == {0: T0}  # they still move the partition's event time
 
 
 def test_same_org_is_counted_but_has_no_pair() -> None:
@@ -259,14 +273,14 @@ def test_same_org_is_counted_but_has_no_pair() -> None:
         event("like", actor="uni_main", target="uni_news"),
         event("post", actor="uni_main", target=None, mentions=["uni_news", "uni_main"]),
     ]))
-    assert out.pair_states == {}
+    assert out.engagements == {}
     assert out.counts.same_org == 3
     assert out.counts.engagements == 0
 
 
 def test_parent_and_child_orgs_are_a_pair() -> None:
-    out = process(messages([event(actor="med_news", target="uni_main")]), windows=[D])
-    assert out.pair_states == {(0, "1d", DAY0, "med", "uni"): vec(0, like=1)}
+    out = process(messages([event(actor="med_news", target="uni_main")]))
+    assert pairs(out) == {(0, "med", "uni", "like"): 1}
 
 
 def test_unknown_accounts_are_unmapped() -> None:
@@ -274,11 +288,46 @@ def test_unknown_accounts_are_unmapped() -> None:
         event(actor="uni_main", target="stranger"),
         event(actor="stranger", target="uni_main"),
         event("post", target=None, mentions=["stranger", "med_news"]),
-    ]), windows=[H])
+    ]))
     assert out.counts.unmapped == 3
     assert out.counts.engagements == 1
     assert out.counts.valid == 3
-    assert out.pair_states == {(0, "1h", T0, "uni", "med"): vec(2, mention=1)}
+    assert pairs(out) == {(0, "uni", "med", "mention"): 1}
+    assert [e.offset for e in out.engagements[0]] == [2]
+
+
+# --------------------------------------------------------------------------- omissions
+
+
+def test_omissions_of_posts() -> None:
+    out = process(messages([
+        # features med's researchers without naming med: one omission, entities sorted
+        event("post", target=None, features=["dr_smith", "dr_jones"], event_id="p1"),
+        # naming any account of med is enough (and is a mention engagement)
+        event("post", target=None, features=["dr_smith"], mentions=["med_lab"], event_id="p2"),
+        # two left-out orgs: one record each, ordered by org id
+        event("post", target=None, features=["reporter", "dr_smith"], ts=T0 + 5,
+              event_id="p3"),
+        # the poster's own org is never left out
+        event("post", actor="med_news", target=None, features=["dr_smith"], event_id="p4"),
+        # unmapped posters and other kinds give none
+        event("post", actor="stranger", target=None, features=["dr_smith"], event_id="p5"),
+        event("share", features=["dr_smith"], event_id="p6"),
+    ]))
+    assert out.omissions == [
+        Omission("p1", "med", "uni", ("dr_jones", "dr_smith"), T0),
+        Omission("p3", "ext", "uni", ("reporter",), T0 + 5),
+        Omission("p3", "med", "uni", ("dr_smith",), T0 + 5),
+    ]
+    assert out.counts.omissions == 3
+    assert pairs(out) == {(0, "uni", "med", "mention"): 1, (0, "uni", "med", "share"): 1}
+
+
+def test_duplicate_posts_give_no_second_omission() -> None:
+    post = event("post", target=None, features=["dr_smith"], event_id="p")
+    out = process(messages([post, post]))
+    assert [o.post_id for o in out.omissions] == ["p"]
+    assert out.counts.duplicates == 1
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -295,11 +344,9 @@ def test_invalid_json_is_dead_lettered_with_original_bytes(value: bytes) -> None
     assert dead.error
     assert dead.raw == value
     assert dead.key == b"k1"
-    assert out.counts.as_dict() == {
-        "messages": 1, "events": 1, "valid": 0, "duplicates": 0, "replayed": 0,
-        "dead_lettered": 1, "engagements": 0, "same_org": 0, "unmapped": 0,
-    }
-    assert out.pair_states == {}
+    assert out.counts.as_dict() == all_counts(messages=1, events=1, dead_lettered=1)
+    assert out.engagements == {}
+    assert out.max_ts == {}
     assert out.last_offsets == {2: 41}
 
 
@@ -323,12 +370,14 @@ def test_invalid_event_is_dead_lettered_with_original_bytes(value: bytes, messag
     assert message in out.dead_letters[0].error
     assert out.counts.dead_lettered == 1
     assert out.counts.valid == 0
+    assert out.first_seen == {}
 
 
 def test_dead_letters_do_not_stop_the_batch() -> None:
-    out = process(messages([b"{bad", event(), b"[", event()]), windows=[H])
+    out = process(messages([b"{bad", event(), b"[", event()]))
     assert [d.offset for d in out.dead_letters] == [0, 2]
-    assert out.pair_states == {(0, "1h", T0, "uni", "med"): vec(3, like=2)}
+    assert pairs(out) == {(0, "uni", "med", "like"): 2}
+    assert [e.offset for e in out.engagements[0]] == [1, 3]
     assert out.counts.messages == 4
     assert out.counts.valid == 2
 
@@ -368,7 +417,7 @@ def test_packed_message_validates_each_element() -> None:
     good2 = event("follow", actor="ext_a", target="uni_main", event_id="p3")
     naive = event("like", ts="2026-03-02T10:00:00", event_id="p4")
     value = raw([good1, bad, good2, naive, {}])
-    out = process([Message(5, 100, value, key=b"batch")], windows=[H])
+    out = process([Message(5, 100, value, key=b"batch")])
 
     assert [(d.partition, d.offset, d.item, d.reason) for d in out.dead_letters] == [
         (5, 100, 1, REASON_INVALID_EVENT),
@@ -382,11 +431,11 @@ def test_packed_message_validates_each_element() -> None:
     assert "no UTC offset" in out.dead_letters[1].error
     assert out.dead_letters[2].raw == b"{}"
     assert all(d.key == b"batch" for d in out.dead_letters)
-    assert out.first_seen == {"p1": (5, 100, 0), "p3": (5, 100, 2)}
-    assert out.pair_states == {
-        (5, "1h", T0, "uni", "med"): vec(100, like=1),
-        (5, "1h", T0, "ext", "uni"): vec(100, follow=1),
-    }
+    assert out.first_seen == {"p1": (5, 100, 0, 0), "p3": (5, 100, 2, 0)}
+    assert out.engagements == {5: [
+        eng("p1", "like", "uni", "med", T0, 100),
+        eng("p3", "follow", "ext", "uni", T0, 100),
+    ]}
     assert out.counts.messages == 1
     assert out.counts.events == 5
     assert out.counts.valid == 2
@@ -410,8 +459,10 @@ def test_array_that_is_not_a_pack_is_one_dead_letter(value: bytes) -> None:
 
 
 def test_several_events_in_one_packed_message_all_count() -> None:
-    out = process([Message(0, 3, raw([event(), event(), event("share")]))], windows=[H])
-    assert out.pair_states == {(0, "1h", T0, "uni", "med"): vec(3, like=2, share=1)}
+    out = process([Message(0, 3, raw([event(), event(), event("share")]))])
+    assert pairs(out) == {(0, "uni", "med", "like"): 2, (0, "uni", "med", "share"): 1}
+    assert {e.offset for e in out.engagements[0]} == {3}
+    assert sorted(pos[2] for pos in out.first_seen.values()) == [0, 1, 2]
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -420,66 +471,192 @@ def test_several_events_in_one_packed_message_all_count() -> None:
 def test_duplicate_id_within_a_batch_counts_once() -> None:
     first = event(event_id="dup")
     changed = dict(first, kind="share")  # same id, different content: still a duplicate
-    out = process(messages([first, first, changed]), windows=[H])
-    assert out.pair_states == {(0, "1h", T0, "uni", "med"): vec(0, like=1)}
+    out = process(messages([first, first, changed]))
+    assert out.engagements == {0: [eng("dup", "like", "uni", "med", T0, 0)]}
     assert out.counts.duplicates == 2
     assert out.counts.valid == 3
     assert out.counts.engagements == 1
-    assert out.first_seen == {"dup": (0, 0, 0)}
+    assert out.first_seen == {"dup": (0, 0, 0, 0)}
 
 
 def test_duplicate_id_within_a_packed_message() -> None:
     dup = event(event_id="dup")
-    out = process([Message(0, 0, raw([dup, dup]))], windows=[H])
+    out = process([Message(0, 0, raw([dup, dup]))])
     assert out.counts.duplicates == 1
-    assert out.pair_states == {(0, "1h", T0, "uni", "med"): vec(0, like=1)}
+    assert out.engagements == {0: [eng("dup", "like", "uni", "med", T0, 0)]}
+    assert out.first_seen == {"dup": (0, 0, 0, 0)}
 
 
 def test_duplicate_id_across_partitions_counts_once() -> None:
     dup = event(event_id="dup")
-    out = process(messages([dup], partition=0) + messages([dup], partition=1), windows=[H])
+    out = process(messages([dup], partition=0) + messages([dup], partition=1))
     assert out.counts.duplicates == 1
-    assert list(out.pair_states) == [(0, "1h", T0, "uni", "med")]
+    assert list(out.engagements) == [0]
+    assert out.max_ts == {0: T0}  # a duplicate does not move its partition's event time
 
 
 def test_duplicate_id_across_batches_counts_once() -> None:
-    agg = Aggregator(REGISTRY, [H, D])
+    ingest = Ingest(REGISTRY, LATENESS)
     dup = event(event_id="dup")
-    first = agg.process(messages([dup, event("share")]), {}, {})
-    second = agg.process(
+    first = ingest.process(messages([dup, event("share")]), {}, {})
+    second = ingest.process(
         messages([dup, event("like", event_id="new")], first_offset=2),
-        first.pair_states, first.first_seen,
+        first.first_seen, first.max_ts,
     )
     assert second.counts.duplicates == 1
     assert second.counts.replayed == 0
-    assert second.first_seen == {"new": (0, 3, 0)}  # only new entries are returned
-    # absolute states: the first batch's counts plus the one new like
-    assert second.pair_states == {
-        (0, "1h", T0, "uni", "med"): vec(3, like=2, share=1),
-        (0, "1d", DAY0, "uni", "med"): vec(3, like=2, share=1),
-    }
-    # the persisted views are read-only: the first outcome is untouched
-    assert first.pair_states[(0, "1h", T0, "uni", "med")] == vec(1, like=1, share=1)
+    assert second.first_seen == {"new": (0, 3, 0, 0)}  # only new entries are returned
+    assert second.engagements == {0: [eng("new", "like", "uni", "med", T0, 3)]}
+    assert second.max_ts == {}  # nothing moved the partition's largest event time
 
 
 def test_first_seen_accepts_lists_as_positions() -> None:
     """Faust tables may hand positions back as lists (JSON round trip)."""
     dup = event(event_id="dup")
-    out = Aggregator(REGISTRY, [H]).process(messages([dup], first_offset=4), {},
-                                            {"dup": [0, 4, 0]})
+    out = process(messages([dup], first_offset=4), {"dup": [0, 4, 0, 0]})
     assert out.counts.replayed == 1
     assert out.counts.duplicates == 0
-    out = Aggregator(REGISTRY, [H]).process(messages([dup], first_offset=5), {},
-                                            {"dup": [0, 4, 0]})
+    assert out.engagements == {0: [eng("dup", "like", "uni", "med", T0, 4)]}
+    out = process(messages([dup], first_offset=5), {"dup": [0, 4, 0, 0]})
     assert out.counts.duplicates == 1
-    assert out.pair_states == {}
+    assert out.engagements == {}
+
+
+def test_inputs_are_read_only() -> None:
+    first_seen = {"old": (0, 0, 0, 0)}
+    max_ts = {0: T0}
+    process(messages([event(ts=T0 + 10)], first_offset=1), first_seen, max_ts)
+    assert first_seen == {"old": (0, 0, 0, 0)}
+    assert max_ts == {0: T0}
+
+
+# --------------------------------------------------------------------------- the late rule
+
+L = 300.0
+
+
+def test_late_is_at_or_before_the_partitions_largest_time_minus_the_lateness() -> None:
+    out = process(messages([
+        event(ts=T0, event_id="a"),
+        event(ts=T0 + 1000, event_id="b"),
+        event(ts=T0 + 1000 - L, event_id="at"),  # exactly L behind: late
+        event(ts=T0 + 1000 - L + 0.001, event_id="in"),  # less than L behind: not late
+        event(ts=T0, event_id="old"),
+    ], first_offset=10), lateness=L)
+    assert [e.id for e in out.engagements[0]] == ["a", "b", "in"]
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [
+        (12, REASON_LATE), (14, REASON_LATE),
+    ]
+    assert out.counts.as_dict() == all_counts(messages=5, events=5, valid=5, engagements=3,
+                                              late=2, dead_lettered=2)
+    assert out.first_seen["at"] == (0, 12, 0, 1)
+    assert out.first_seen["old"] == (0, 14, 0, 1)
+    assert out.first_seen["in"] == (0, 13, 0, 0)
+    assert out.max_ts == {0: T0 + 1000}
+    assert out.last_offsets == {0: 14}
+
+
+def test_late_dead_letter_keeps_the_original_bytes_and_key() -> None:
+    late = raw(event(ts=T0, event_id="late"))
+    packed = raw([event(ts=T0, event_id="x"), event(ts=T0 - L, event_id="y")])
+    out = process([Message(0, 0, raw(event(ts=T0 + L))),
+                   Message(0, 1, late, key=b"late"),
+                   Message(0, 2, packed, key=b"pk")], lateness=L)
+    assert out.dead_letters[0] == DeadLetter(0, 1, 0, REASON_LATE, out.dead_letters[0].error,
+                                             late, b"late")
+    assert "watermark" in out.dead_letters[0].error
+    # in a packed message: the item alone, with its index
+    second = out.dead_letters[1]
+    assert (second.offset, second.item, second.key) == (2, 0, b"pk")
+    assert orjson.loads(second.raw)["id"] == "x"
+    assert [(d.offset, d.item) for d in out.dead_letters] == [(1, 0), (2, 0), (2, 1)]
+
+
+def test_the_late_rule_uses_the_persisted_largest_time() -> None:
+    out = process(messages([event(ts=T0 - L, event_id="at"), event(ts=T0 - L + 1, event_id="in")]),
+                  max_ts={0: T0}, lateness=L)
+    assert out.counts.late == 1
+    assert [e.id for e in out.engagements[0]] == ["in"]
+    assert out.max_ts == {}  # neither moved it
+
+
+def test_the_late_rule_is_per_partition() -> None:
+    out = process(
+        messages([event(ts=T0 + D, event_id="ahead")], partition=0)
+        + messages([event(ts=T0, event_id="p1")], partition=1)
+        + messages([event(ts=T0 - 2 * L, event_id="p2")], partition=2),
+        max_ts={2: T0 - 2 * L + 1}, lateness=L,
+    )
+    assert out.counts.late == 0
+    assert {p: [e.id for e in r] for p, r in out.engagements.items()} == {
+        0: ["ahead"], 1: ["p1"], 2: ["p2"],
+    }
+    assert out.max_ts == {0: T0 + D, 1: T0}  # partition 2 did not move
+
+
+def test_late_posts_give_no_omission_and_late_events_no_engagement() -> None:
+    out = process(messages([
+        event(ts=T0),
+        event("post", target=None, features=["dr_smith"], mentions=["ext_a"], ts=T0 - L),
+    ]), lateness=L)
+    assert out.omissions == []
+    assert out.counts.omissions == 0
+    assert pairs(out) == {(0, "uni", "med", "like"): 1}
+
+
+def test_a_copy_of_a_late_event_is_a_duplicate() -> None:
+    late = event(ts=T0, event_id="late")
+    out = process(messages([event(ts=T0 + L), late, late]), lateness=L)
+    assert out.counts.late == 1
+    assert out.counts.duplicates == 1
+    assert len(out.dead_letters) == 1
+
+
+def test_a_replayed_late_event_stays_late() -> None:
+    """Replayed at its first position, an event keeps its verdict even though
+    the largest time passed in is older than the one that made it late."""
+    out = process(messages([event(ts=T0, event_id="x")], first_offset=5),
+                  first_seen={"x": [0, 5, 0, 1]}, max_ts={}, lateness=L)
+    assert out.counts.as_dict() == all_counts(messages=1, events=1, valid=1, replayed=1,
+                                              late=1, dead_lettered=1)
+    assert [d.reason for d in out.dead_letters] == [REASON_LATE]
+    assert out.engagements == {}
+    assert out.first_seen == {}
+    assert out.max_ts == {}  # a late event never moves the largest time
+
+
+def test_a_replayed_event_that_was_on_time_stays_on_time() -> None:
+    out = process(messages([event(ts=T0, event_id="x")], first_offset=5),
+                  first_seen={"x": (0, 5, 0, 0)}, max_ts={0: T0 + D}, lateness=L)
+    assert out.counts.late == 0
+    assert out.counts.replayed == 1
+    assert out.engagements == {0: [eng("x", "like", "uni", "med", T0, 5)]}
+
+
+def test_a_replay_moves_a_stale_largest_time() -> None:
+    out = process(messages([event(ts=T0, event_id="x")], first_offset=5),
+                  first_seen={"x": (0, 5, 0, 0)}, max_ts={0: T0 - H}, lateness=L)
+    assert out.max_ts == {0: T0}
+
+
+def test_max_ts_only_for_partitions_that_moved() -> None:
+    out = process(
+        messages([event(ts=T0 - 10)], partition=0)  # behind its persisted maximum
+        + messages([event(ts=T0 + 5), event(ts=T0 + 1)], partition=1)
+        + messages([b"{bad"], partition=2)
+        + messages([event("post", target=None, ts=T0 + 9)], partition=3),
+        max_ts={0: T0, 1: T0}, lateness=L,
+    )
+    assert out.max_ts == {1: T0 + 5, 3: T0 + 9}
+    assert out.last_offsets == {0: 0, 1: 1, 2: 0, 3: 0}
 
 
 # --------------------------------------------------------------------------- replay
 
 
 def replay_corpus() -> list[Message]:
-    """Ten messages on partition 0 and four on partition 1, with every kind of input."""
+    """Ten messages on partition 0 and four on partition 1, with every kind of input,
+    including one event late by the lateness (partition 1's last)."""
     dup = event("reply", event_id="dup", mentions=["ext_a"])
     p0 = messages([
         event("like"),
@@ -487,7 +664,7 @@ def replay_corpus() -> list[Message]:
         dup,
         b"{broken",
         raw([event("follow", actor="ext_a", target="med_news"), event("like", target=None)]),
-        event("post", target=None, mentions=["med_news", "ext_a"]),
+        event("post", target=None, mentions=["med_news", "ext_a"], features=["reporter"]),
         dup,
         event("like", actor="uni_main", target="uni_news"),
         event("thanks", actor="stranger"),
@@ -497,117 +674,106 @@ def replay_corpus() -> list[Message]:
         event("like", actor="med_news", target="uni_main"),
         event("mention", actor="med_news", target="ext_a"),
         event("like", actor="med_news", target="uni_main", ts=T0 + D),
-        event("like", actor="med_news", target="uni_main"),
+        event("like", actor="med_news", target="uni_main", event_id="late"),
     ], partition=1, first_offset=20)
     return p0 + p1
 
 
-def clean_run() -> Store:
-    store, _ = run([replay_corpus()])
-    return store
+CORPUS = replay_corpus()
 
 
-def test_replay_with_full_state_changes_nothing() -> None:
-    msgs = replay_corpus()
-    store, (first,) = run([msgs])
-    before = {k: list(v) for k, v in store.pair_states.items()}
-    seen_before = dict(store.first_seen)
-
-    again = Aggregator(REGISTRY, [H, D]).process(msgs, store.pair_states, store.first_seen)
-
-    # every touched key comes back with exactly the persisted state
-    assert again.pair_states == {k: before[k] for k in again.pair_states}
-    assert set(again.pair_states) == set(before)
-    assert again.first_seen == {}
-    assert again.counts.replayed == first.counts.valid - first.counts.duplicates
-    assert again.counts.duplicates == first.counts.duplicates
-    store.apply(again)
-    assert store.pair_states == before
-    assert store.first_seen == seen_before
-    assert again.last_offsets == first.last_offsets == {0: 9, 1: 23}
-
-
-def test_partial_replay_pair_states_without_dedup_index() -> None:
-    msgs = replay_corpus()
-    store, _ = run([msgs])
-    before = {k: list(v) for k, v in store.pair_states.items()}
-
-    again = Aggregator(REGISTRY, [H, D]).process(msgs, store.pair_states, {})
-
-    assert again.pair_states == before
-    assert again.counts.replayed == 0
-    assert again.counts.duplicates == 1  # the in-batch copy of "dup" is still a duplicate
-    assert set(again.first_seen) == set(store.first_seen)
-
-
-def test_partial_replay_dedup_index_without_pair_states_recounts_once() -> None:
-    msgs = replay_corpus()
-    store, _ = run([msgs])
-    expected = store.counts()
-
-    again = Aggregator(REGISTRY, [H, D]).process(msgs, {}, store.first_seen)
-
-    assert {k: v[:OFFSET_SLOT] for k, v in again.pair_states.items()} == expected
-
-
-@pytest.mark.parametrize("split", range(len(replay_corpus()) + 1))
-@pytest.mark.parametrize("keep_first_seen", [True, False])
-def test_crash_after_any_prefix_then_replay_matches_a_clean_run(
-    split: int, keep_first_seen: bool
-) -> None:
-    """Process a prefix, persist, then re-deliver everything: same result as one clean run."""
-    msgs = replay_corpus()
-    store, _ = run([msgs[:split]])
-    if not keep_first_seen:
-        store.first_seen.clear()
-    run([msgs], store=store)
-    assert store.pair_states == clean_run().pair_states
-
-
-def test_replay_across_many_small_batches_matches_a_clean_run() -> None:
-    msgs = replay_corpus()
-    store, _ = run([msgs[i:i + 3] for i in range(0, len(msgs), 3)])
-    assert store.pair_states == clean_run().pair_states
-    # then a full replay in different batch sizes changes nothing
-    run([msgs[i:i + 5] for i in range(0, len(msgs), 5)], store=store)
-    assert store.pair_states == clean_run().pair_states
-
-
-def test_offset_tag_only_skips_already_applied_offsets() -> None:
-    key = (0, "1h", T0, "uni", "med")
-    persisted = {key: vec(5, like=3)}
-    out = Aggregator(REGISTRY, [H]).process(
-        messages([event(), event(), event("share")], first_offset=4), persisted, {}
-    )
-    # offsets 4 and 5 were applied before; offset 6 is new
-    assert out.pair_states == {key: vec(6, like=3, share=1)}
-    assert persisted == {key: vec(5, like=3)}  # input mapping not mutated
+def clean_run() -> tuple[Store, IngestOutcome]:
+    store, (outcome,) = run([CORPUS])
+    return store, outcome
 
 
 def test_expected_totals_of_the_replay_corpus() -> None:
     """Pins the clean-run result so the replay tests compare against the right thing."""
-    counts = clean_run().counts()
-    hour = {k[2:]: v for k, v in counts.items() if k[1] == "1h"}
-    assert counts[(0, "1d", DAY0, "uni", "med")] == [0, 2, 1, 1, 1, 0]
-    assert counts[(0, "1d", DAY0, "uni", "ext")] == [0, 0, 0, 0, 2, 0]
-    assert counts[(0, "1d", DAY0, "ext", "med")] == [1, 0, 0, 0, 0, 0]
-    assert counts[(1, "1d", DAY0, "med", "uni")] == [0, 2, 0, 0, 0, 0]
-    assert counts[(1, "1d", DAY0 + D, "med", "uni")] == [0, 1, 0, 0, 0, 0]
-    assert counts[(1, "1d", DAY0, "med", "ext")] == [0, 0, 0, 0, 1, 0]
-    assert hour[(T0 + 2 * H, "uni", "med")] == [0, 0, 1, 0, 0, 0]
-    assert len(counts) == 13
+    store, out = clean_run()
+    assert pairs(out) == {
+        (0, "uni", "med", "like"): 2, (0, "uni", "med", "share"): 1,
+        (0, "uni", "med", "reply"): 1, (0, "uni", "med", "mention"): 1,
+        (0, "uni", "ext", "mention"): 2, (0, "ext", "med", "follow"): 1,
+        (1, "med", "uni", "like"): 2, (1, "med", "ext", "mention"): 1,
+    }
+    assert out.counts.as_dict() == all_counts(
+        messages=14, events=15, valid=13, duplicates=1, dead_lettered=3, late=1,
+        engagements=11, same_org=1, unmapped=1, omissions=0,
+    )
+    assert [(d.partition, d.offset, d.item, d.reason) for d in out.dead_letters] == [
+        (0, 3, 0, REASON_INVALID_JSON), (0, 4, 1, REASON_INVALID_EVENT),
+        (1, 23, 0, REASON_LATE),
+    ]
+    assert store.first_seen["late"] == (1, 23, 0, 1)
+    assert store.max_ts == {0: T0 + 2 * H, 1: T0 + D}
+    assert out.last_offsets == {0: 9, 1: 23}
+
+
+def test_replay_with_full_state_routes_the_same_and_records_nothing_new() -> None:
+    store, first = clean_run()
+    seen_before = dict(store.first_seen)
+
+    again = process(CORPUS, store.first_seen, store.max_ts)
+
+    assert again.engagements == first.engagements
+    assert again.dead_letters == first.dead_letters
+    assert again.first_seen == {}
+    assert again.max_ts == {}
+    assert again.counts.replayed == first.counts.valid - first.counts.duplicates
+    assert again.counts.duplicates == first.counts.duplicates
+    assert again.counts.late == first.counts.late
+    assert again.last_offsets == first.last_offsets
+    store.apply(again)
+    assert store.first_seen == seen_before
+
+
+def test_replay_after_losing_the_whole_table_matches_a_clean_run() -> None:
+    _, first = clean_run()
+    again = process(CORPUS, {}, {})
+    assert again.engagements == first.engagements
+    assert again.counts == first.counts
+
+
+@pytest.mark.parametrize("split", range(len(CORPUS) + 1))
+def test_crash_after_any_prefix_then_replay_matches_a_clean_run(split: int) -> None:
+    """Process a prefix, persist, then re-deliver everything: the same records go
+    downstream (which skips the ones it applied) with the same verdicts."""
+    clean_store, clean = clean_run()
+    store, _ = run([CORPUS[:split]])
+    _, (again,) = run([CORPUS], store=store)
+    assert again.engagements == clean.engagements
+    assert again.dead_letters == clean.dead_letters
+    assert store.first_seen == clean_store.first_seen
+    assert store.max_ts == clean_store.max_ts
+
+
+def test_many_small_batches_match_one_clean_run() -> None:
+    clean_store, clean = clean_run()
+    store, outcomes = run([CORPUS[i:i + 3] for i in range(0, len(CORPUS), 3)])
+    routed: dict[int, list[Engagement]] = {}
+    for out in outcomes:
+        for partition, records in out.engagements.items():
+            routed.setdefault(partition, []).extend(records)
+    assert routed == clean.engagements
+    assert store.first_seen == clean_store.first_seen
+    assert store.max_ts == clean_store.max_ts
+    total = Counts()
+    for out in outcomes:
+        total.add(out.counts)
+    assert total == clean.counts
 
 
 # --------------------------------------------------------------------------- counters
 
 
 def test_counts_add_and_as_dict() -> None:
-    a = Counts(messages=1, events=2, valid=1, dead_lettered=1, engagements=3)
-    b = Counts(messages=4, duplicates=2, same_org=1, unmapped=5, replayed=1)
+    a = Counts(messages=1, events=2, valid=1, dead_lettered=1, engagements=3, late=1)
+    b = Counts(messages=4, duplicates=2, same_org=1, unmapped=5, replayed=1, omissions=2)
     a.add(b)
     assert a.as_dict() == {
         "messages": 5, "events": 2, "valid": 1, "duplicates": 2, "replayed": 1,
-        "dead_lettered": 1, "engagements": 3, "same_org": 1, "unmapped": 5,
+        "dead_lettered": 1, "late": 1, "engagements": 3, "same_org": 1, "unmapped": 5,
+        "omissions": 2,
     }
     assert b.as_dict()["messages"] == 4
 
@@ -623,8 +789,5 @@ def test_last_offsets_per_partition() -> None:
 
 def test_empty_batch() -> None:
     out = process([])
-    assert out.pair_states == {}
-    assert out.first_seen == {}
-    assert out.dead_letters == []
-    assert out.last_offsets == {}
+    assert out == IngestOutcome()
     assert out.counts.as_dict() == Counts().as_dict()
