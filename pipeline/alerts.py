@@ -89,6 +89,6 @@ def drop_alert(kind: str, org: str, other: str, day: int, count: int, baseline: 
     return Alert(
         ident, kind, org, other, float(day),
         f"{what} on {day_text[:10]}, below {1 - threshold:g} x the mean of the previous "
-        f"{days} days ({baseline:g})",
+        f"{days} days ({baseline:.1f})",
         {"day": day_text, "count": count, "baseline": baseline},
     )

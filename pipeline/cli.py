@@ -18,6 +18,7 @@ from typing import Any
 
 import pydantic
 
+from pipeline.reciprocity import pair_reciprocity
 from pipeline.settings import Settings, mask_url
 from schemas.registry import RegistryError, load_registry
 
@@ -121,6 +122,91 @@ async def _run_forever(settings: Settings, registry: Any, backend: Any, run_work
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.scenario != "random":
+        return _demo_scenario(args)
+    return _demo_random(args)
+
+
+def _demo_scenario(args: argparse.Namespace) -> int:
+    """A story-driven scenario, streamed live, then the focus org's report."""
+    from pipeline import report
+    from pipeline.runner import run_file
+    from pipeline.sinks import open_backend
+    from producers.scenarios import FOCUS, write_scenario
+
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix=f"reciprocity-{args.scenario}-"))
+    events_path, registry_path = write_scenario(args.scenario, workdir, seed=args.seed)
+    registry = load_registry(registry_path)
+    focus = FOCUS[args.scenario]
+    settings = _settings(args, registry=str(registry_path),
+                         clickhouse_url=f"chdb://{(workdir / 'store').resolve()}",
+                         stream_id=f"demo-{args.scenario}")
+    print(f"scenario {args.scenario}: {len(registry.orgs)} orgs, "
+          f"{len(registry.org_of_account)} accounts; streaming {events_path} at "
+          f"{args.rate:g} events/s through Kafka -> Faust -> ClickHouse (embedded)", flush=True)
+    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    try:
+        summary = asyncio.run(run_file(settings, registry, backend, events_path,
+                                       rate=args.rate, on_progress=_progress_printer()))
+        snubs = report.snub_rows(backend, src=focus)
+        omitted = report.omission_rows(backend, left_out=focus)
+        totals = report.pair_totals(backend, "1d")
+        drops = [a for a in report.alert_rows(backend, org=focus)
+                 if a["kind"] in ("drop_pair", "drop_inbound")]
+    finally:
+        backend.close()
+    print(f"\nfiles and store in {workdir}")
+    _print_summary(summary)
+    org = registry.orgs[focus]
+    print(f"\n{org.name} ({focus}):")
+    print(f"\n  its engagements nobody returned within "
+          f"{settings.horizon / 3600:g} h (snubs), by who did not return them:")
+    for name, count in _tally(row["dst"] for row in snubs):
+        print(f"    {name:<10} {count:>5}")
+    print(f"\n  posts featuring its people without naming {focus} (omissions), by poster:")
+    for name, count in _tally(row["by"] for row in omitted):
+        print(f"    {name:<10} {count:>5}")
+    print("\n  reciprocity with each org it engages (value given / returned, "
+          "r = min/max, 1 is even):")
+    ranked = []
+    for (src, dst), (_, given) in totals.items():
+        if src == focus:
+            back = totals.get((dst, focus), (0, 0.0))[1]
+            ranked.append((pair_reciprocity(given, back), dst, given, back))
+    for r, other, given, back in sorted(ranked, reverse=True):
+        parent = " (parent)" if other == org.parent else ""
+        print(f"    {other:<10} given {given:>7g}  returned {back:>7g}  r {r:.2f}{parent}")
+    if drops:
+        print("\n  engagement drops:")
+        for alert in drops:
+            print(f"    {alert['ts'][:10]}  {alert['message']}")
+    print(f"\nreciprocity report snubs --store {workdir / 'store'} --src {focus}")
+    return 0
+
+
+def _tally(names: Any) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _progress_printer() -> Any:
+    last_print = [0.0]
+
+    def progress(stats: Any) -> None:
+        now = time.monotonic()
+        if now - last_print[0] >= 2 and stats.counts.events:
+            last_print[0] = now
+            c = stats.counts
+            print(f"  live: {c.events:>7} events processed, {c.engagements:>7} engagements, "
+                  f"{stats.pairs.snubs} snubs, {c.omissions} omissions, "
+                  f"{c.dead_lettered} dead-lettered", flush=True)
+
+    return progress
+
+
+def _demo_random(args: argparse.Namespace) -> int:
     from pipeline.report import pair_rows
     from pipeline.runner import run_file
     from pipeline.sinks import open_backend
@@ -143,16 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo institution: {len(inst.registry.orgs)} orgs, "
           f"{len(inst.registry.org_of_account)} accounts; streaming {args.events} events "
           f"at {args.rate:g}/s through Kafka -> Faust -> ClickHouse (embedded)", flush=True)
-    last_print = [0.0]
-
-    def progress(stats: Any) -> None:
-        now = time.monotonic()
-        if now - last_print[0] >= 2 and stats.counts.events:
-            last_print[0] = now
-            c = stats.counts
-            print(f"  live: {c.events:>7} events processed, {c.engagements:>7} engagements, "
-                  f"{c.dead_lettered} dead-lettered", flush=True)
-
+    progress = _progress_printer()
     backend = open_backend(settings.clickhouse_url.get_secret_value())
     try:
         summary = asyncio.run(run_file(settings, inst.registry, backend, events_path,
@@ -241,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="simulation seed (7)")
     demo.add_argument("--rate", type=float, default=1000.0,
                       help="events per second offered to Kafka (1000)")
+    demo.add_argument("--scenario", choices=("random", "seed"), default="random",
+                      help="random: a simulated institution (default); seed: a faculty "
+                      "that its parent snubs and leaves out, while partners reciprocate")
     demo.add_argument("--dir", help="directory for the generated files and the store "
                       "(default: a new temp dir)")
     demo.set_defaults(func=cmd_demo)

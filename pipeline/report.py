@@ -170,3 +170,18 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".") if value == value else "nan"
     return str(value)
+
+
+def pair_totals(backend: Backend, window: str = "1d") -> dict[tuple[str, str], tuple[int, float]]:
+    """(engagements, value) per directed pair over all windows of one size."""
+    label = window_label(parse_window(window))
+    columns = (*_KIND_COLUMNS, "value")
+    inner = ", ".join(f"argMax({c}, version) AS {c}" for c in columns)
+    total = " + ".join(_KIND_COLUMNS)
+    sql = (
+        f"SELECT src, dst, sum({total}), sum(value) FROM ("  # noqa: S608 - our identifiers
+        f" SELECT window_start, src, dst, stream, partition, {inner}"
+        f" FROM {backend.database}.pair_windows WHERE window = {quote(label)}"
+        "  GROUP BY window_start, src, dst, stream, partition) GROUP BY src, dst"
+    )
+    return {(src, dst): (int(n), float(v)) for src, dst, n, v in backend.query(sql)}

@@ -430,6 +430,8 @@ class ScenarioBuilder(Protocol):
 
 #: Scenario name -> builder (``builder(seed=...)`` returns registry and events).
 SCENARIOS: Final[dict[str, ScenarioBuilder]] = {"seed": seed_scenario}
+#: Scenario name -> the org whose story it tells (what ``reciprocity demo`` reports on).
+FOCUS: Final[dict[str, str]] = {"seed": "sci"}
 
 
 def write_scenario(name: str, out_dir: Path, seed: int = 1) -> tuple[Path, Path]:

@@ -1,0 +1,425 @@
+"""The stages' helpers: watermark tracker, daily drop series, the internal wire
+format, the inbound stage and alert records (all pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.alerts import (
+    ALERT_KINDS,
+    DROP_INBOUND,
+    DROP_PAIR,
+    OMISSION,
+    SNUB,
+    Snub,
+    drop_alert,
+    omission_alert,
+    snub_alert,
+)
+from pipeline.days import DAY, DaySeries, day_of
+from pipeline.engagements import KIND_INDEX
+from pipeline.inbound import InboundStage, InboundState
+from pipeline.ingest import Engagement, Message
+from pipeline.reciprocity import Omission, Params
+from pipeline.routing import Routed, decode, encode, pair_key, partition_for
+from pipeline.watermark import WatermarkTracker
+
+H = 3600
+DAY0 = 1772409600  # 2026-03-02T00:00:00Z
+T0 = DAY0 + 10 * H
+L = 60.0
+
+
+def day(n: int) -> int:
+    return DAY0 + n * DAY
+
+
+# --------------------------------------------------------------------------- watermark
+
+
+def test_watermark_is_none_until_every_active_source_reported() -> None:
+    tracker = WatermarkTracker(3, L)
+    assert tracker.watermark() is None
+    tracker.observe(0, T0, False)
+    tracker.observe(1, T0 + 100, False)
+    assert tracker.watermark() is None
+    tracker.observe(2, None, False)  # a marker without any event time yet
+    assert tracker.watermark() is None
+    tracker.observe(2, T0 + 50, False)
+    assert tracker.watermark() == T0 - L  # the minimum, minus the lateness
+    assert tracker.closed == T0 - L
+
+
+def test_watermark_skips_idle_sources_and_all_idle_is_the_maximum() -> None:
+    tracker = WatermarkTracker(3, L)
+    tracker.observe(0, T0, False)
+    tracker.observe(1, T0 + 100, False)
+    tracker.observe(2, None, True)  # idle before it ever had an event
+    assert tracker.watermark() == T0 - L
+    tracker.observe(0, None, True)
+    assert tracker.watermark() == T0 + 100 - L
+    tracker.observe(1, None, True)  # all idle (end of input): the largest time
+    assert tracker.watermark() == T0 + 100 - L
+    assert tracker.idle == {0, 1, 2}
+
+
+def test_watermark_all_idle_without_any_time_is_none() -> None:
+    tracker = WatermarkTracker(2, L)
+    tracker.observe(0, None, True)
+    tracker.observe(1, None, True)
+    assert tracker.watermark() is None
+
+
+def test_watermark_never_moves_back() -> None:
+    tracker = WatermarkTracker(2, L)
+    tracker.observe(0, T0 + 1000, False)
+    tracker.observe(1, None, True)
+    assert tracker.watermark() == T0 + 1000 - L
+    tracker.observe(1, T0, False)  # wakes up far behind
+    assert tracker._computed() == T0 - L
+    assert tracker.watermark() == T0 + 1000 - L
+    # a source's largest time never moves back either
+    tracker.observe(0, T0 + 10, False)
+    assert tracker.max_ts[0] == T0 + 1000
+    tracker.observe(1, T0 + 2000, False)
+    assert tracker.watermark() == T0 + 1000 - L
+    tracker.observe(0, T0 + 3000, False)
+    assert tracker.watermark() == T0 + 2000 - L
+
+
+def test_watermark_json_round_trip() -> None:
+    tracker = WatermarkTracker(3, L)
+    fresh = WatermarkTracker.from_json(orjson.loads(orjson.dumps(tracker.to_json())), 3, L)
+    assert (fresh.max_ts, fresh.idle, fresh.closed, fresh.tag) == ({}, set(), None, -1)
+    tracker.observe(0, T0 + 0.5, False)
+    tracker.observe(2, T0 + 7, True)
+    tracker.observe(1, T0 + 9, False)
+    tracker.watermark()
+    tracker.tag = 41
+    doc = orjson.loads(orjson.dumps(tracker.to_json()))
+    assert doc == {"max": [[0, T0 + 0.5], [1, T0 + 9], [2, T0 + 7]], "idle": [2],
+                   "closed": T0 + 0.5 - L, "tag": 41}
+    back = WatermarkTracker.from_json(doc, 3, L)
+    assert (back.max_ts, back.idle, back.closed, back.tag) == (
+        tracker.max_ts, tracker.idle, tracker.closed, tracker.tag)
+    assert (back.sources, back.lateness_s) == (3, L)
+    assert back.to_json() == tracker.to_json()
+
+
+# --------------------------------------------------------------------------- day series
+
+
+def evaluate(series: DaySeries, watermark: float, days: int = 3,
+             threshold: float = 0.5, min_baseline: float = 2) -> list[tuple[int, int, float]]:
+    return series.evaluate(watermark, days, threshold, min_baseline)
+
+
+def series_with(counts: dict[int, int], days: int = 3) -> DaySeries:
+    first = min(counts)
+    series = DaySeries.begin(first, days)
+    for d, n in sorted(counts.items()):
+        for _ in range(n):
+            series.add(d, days)
+    return series
+
+
+def test_day_of_is_the_utc_day() -> None:
+    assert day_of(T0) == DAY0
+    assert day_of(DAY0) == DAY0
+    assert day_of(DAY0 - 0.001) == DAY0 - DAY
+
+
+def test_series_evaluates_a_day_once_the_watermark_reaches_its_end() -> None:
+    series = series_with({day(0): 4, day(1): 4, day(2): 4, day(3): 1})
+    assert (series.start, series.next, series.deadline()) == (day(0), day(3), day(4))
+    assert evaluate(series, day(4) - 0.001) == []
+    assert evaluate(series, day(4)) == [(day(3), 1, 4.0)]
+    assert series.next == day(4)
+    assert evaluate(series, day(4)) == []  # evaluated once
+
+
+def test_series_drop_rule_boundaries() -> None:
+    # exactly (1 - threshold) x the baseline is not below it
+    assert evaluate(series_with({day(0): 4, day(1): 4, day(2): 4, day(3): 2}), day(4)) == []
+    # a baseline under the minimum raises nothing
+    assert evaluate(series_with({day(0): 1, day(1): 2, day(2): 2}), day(4)) == []
+    # at the minimum it does
+    assert evaluate(series_with({day(0): 2, day(1): 2, day(2): 2}), day(4)) == [
+        (day(3), 0, 2.0)]
+
+
+def test_series_goes_dormant_and_wakes_up() -> None:
+    series = series_with({day(0): 6})
+    assert evaluate(series, day(4)) == [(day(3), 0, 2.0)]
+    # days 1..3 hold nothing: no drop is possible any more until the next engagement
+    assert series.counts == {}
+    assert series.next is None and series.deadline() is None
+    assert evaluate(series, day(30)) == []
+    series.add(day(10), 3)
+    assert series.next == day(10)
+    assert series.deadline() == day(11)
+    assert evaluate(series, day(11)) == []  # zero baseline
+    assert series.next == day(11)
+    for _ in range(3):
+        series.add(day(11), 3)
+    assert evaluate(series, day(14)) == []  # baselines of 4/3 at most
+    assert (series.next, series.counts) == (day(14), {day(11): 3})
+
+
+def test_series_drops_days_it_no_longer_needs() -> None:
+    series = series_with({day(0): 5, day(1): 5, day(2): 5, day(3): 5, day(4): 5})
+    evaluate(series, day(5))  # days 3 and 4
+    assert sorted(series.counts) == [day(2), day(3), day(4)]
+
+
+def test_an_earlier_day_arriving_later_moves_the_start() -> None:
+    series = DaySeries.begin(day(5), 3)
+    series.add(day(5), 3)
+    assert (series.start, series.next) == (day(5), day(8))
+    series.add(day(4), 3)  # within the lateness of the day boundary
+    assert (series.start, series.next) == (day(4), day(7))
+    assert series.counts == {day(4): 1, day(5): 1}
+    series.add(day(6), 3)
+    assert (series.start, series.next) == (day(4), day(7))
+
+
+def test_series_json_round_trip() -> None:
+    series = series_with({day(0): 2, day(2): 1})
+    doc = orjson.loads(orjson.dumps(series.to_json()))
+    assert doc == [day(0), day(3), [[day(0), 2], [day(2), 1]]]
+    assert DaySeries.from_json(doc) == series
+    series.next = None
+    assert DaySeries.from_json(orjson.loads(orjson.dumps(series.to_json()))) == series
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_encode_decode_round_trip() -> None:
+    records = [Engagement("e1", KIND_INDEX["share"], "uni", "med", T0 + 0.25, 17),
+               Engagement("e\"2", 0, "med", "uni", T0, 18)]
+    value = encode(3, T0 + 5, False, records)
+    assert orjson.loads(value) == {
+        "p": 3, "max": T0 + 5, "idle": False,
+        "r": [["e1", 2, "uni", "med", T0 + 0.25, 17], ["e\"2", 0, "med", "uni", T0, 18]],
+    }
+    assert decode(value) == Routed(3, T0 + 5, False, records)
+    marker = decode(encode(1, None, True))
+    assert marker == Routed(1, None, True, [])
+    assert isinstance(decode(encode(0, T0, False, records)).records[0], Engagement)
+
+
+@pytest.mark.parametrize("value", [
+    b"{not json",
+    b"[]",
+    b"null",
+    b'{"max": 1, "idle": false, "r": []}',
+    b'{"p": 0, "idle": false, "r": []}',
+    b'{"p": 0, "max": 1, "r": []}',
+    b'{"p": 0, "max": 1, "idle": false}',
+    b'{"p": "zero", "max": 1, "idle": false, "r": []}',
+    b'{"p": null, "max": 1, "idle": false, "r": []}',
+    b'{"p": 0, "max": "soon", "idle": false, "r": []}',
+    b'{"p": 0, "max": 1, "idle": false, "r": 5}',
+    b'{"p": 0, "max": 1, "idle": false, "r": [["e", 1, "a", "b", 1.0]]}',
+    b'{"p": 0, "max": 1, "idle": false, "r": [["e", "like", "a", "b", 1.0, 0]]}',
+    b'{"p": 0, "max": 1, "idle": false, "r": [["e", 1, "a", "b", null, 0]]}',
+    b'{"p": 0, "max": 1, "idle": false, "r": [null]}',
+])
+def test_decode_errors_are_value_errors(value: bytes) -> None:
+    with pytest.raises(ValueError, match="malformed internal message"):
+        decode(value)
+
+
+def test_pair_key_is_symmetric_and_unambiguous() -> None:
+    assert pair_key("uni", "med") == pair_key("med", "uni") == '["med","uni"]'
+    assert orjson.loads(pair_key("b", "a")) == ["a", "b"]
+    # ids holding separators or quotes cannot collide
+    assert pair_key('a","b', "c") != pair_key("a", 'b","c')
+    assert pair_key("a,b", "c") != pair_key("a", "b,c")
+
+
+def test_partition_for_is_crc32_stable_and_in_range() -> None:
+    # pinned: CRC-32 of the key's UTF-8 bytes, whatever the client library
+    assert partition_for('["a","b"]', 8) == 1036623061 % 8 == 5
+    assert partition_for('["med","uni"]', 3) == 1588832547 % 3 == 0
+    keys = [pair_key(f"org{i}", f"org{j}") for i in range(20) for j in range(i)]
+    for n in (1, 2, 7, 12):
+        got = [partition_for(k, n) for k in keys]
+        assert all(0 <= p < n for p in got)
+        assert got == [partition_for(k, n) for k in keys]
+    assert len({partition_for(k, 12) for k in keys}) > 6
+
+
+# --------------------------------------------------------------------------- inbound stage
+
+INBOUND_PARAMS = Params(windows=(DAY,), lateness_s=L, drop_days=3, drop_min_baseline=2,
+                        drop_threshold=0.5)
+
+
+class InboundFeed:
+    def __init__(self) -> None:
+        self.offset = 0
+        self.source_offset = 0
+        self.high: float | None = None
+
+    def recs(self, src: str, dst: str, ts: float, n: int = 1) -> list[Engagement]:
+        out = []
+        for _ in range(n):
+            out.append(Engagement(f"e{self.source_offset}", 1, src, dst, ts,
+                                  self.source_offset))
+            self.source_offset += 1
+        return out
+
+    def msg(self, records: Sequence[Engagement] = (),
+            high: float | None = None, idle: bool = False, source: int = 0) -> Message:
+        for ts in [*(r.ts for r in records), *([] if high is None else [high])]:
+            self.high = ts if self.high is None else max(self.high, ts)
+        message = Message(0, self.offset, encode(source, self.high, idle, records))
+        self.offset += 1
+        return message
+
+
+def inbound_stage(params: Params = INBOUND_PARAMS, sources: int = 1,
+                  tracker: dict[str, Any] | None = None,
+                  states: list[tuple[str, list[Any]]] | None = None) -> InboundStage:
+    stage = InboundStage(params, sources)
+    stage.load(0, tracker, states or [])
+    return stage
+
+
+def test_inbound_drop_alert_over_every_src() -> None:
+    feed, stage = InboundFeed(), inbound_stage()
+    alerts = []
+    for n, records in enumerate([
+        feed.recs("ext", "uni", day(0) + H, 2) + feed.recs("med", "uni", day(0) + 2 * H, 2),
+        feed.recs("lab", "uni", day(1) + H, 4),
+        feed.recs("ext", "uni", day(2) + H, 4) + feed.recs("ext", "med", day(2) + 2 * H, 9),
+        feed.recs("med", "uni", day(3) + H, 1),
+    ]):
+        out = stage.process(0, [feed.msg(records)])
+        alerts += out.alerts
+        assert out.counts.applied == len(records), n
+    out = stage.process(0, [feed.msg(high=day(4) + L - 1)])
+    assert out.alerts == []
+    out = stage.process(0, [feed.msg(high=day(4) + L)])  # day 3 closed
+    assert out.counts.drops == 1
+    assert out.alerts == [drop_alert(DROP_INBOUND, "uni", "", day(3), 1, 4.0, 0.5, 3)]
+    assert out.alerts[0].id == "drop_inbound:uni:2026-03-05T00:00:00Z"
+    assert alerts == []
+    assert set(out.states) == {"uni"}  # med's series is not due before day 5 ends
+    assert out.tracker is not None and out.tracker["closed"] == day(4)
+
+
+def test_inbound_alerts_only_for_watched_orgs() -> None:
+    params = Params(windows=(DAY,), lateness_s=L, drop_days=3, drop_min_baseline=2,
+                    watched_orgs=frozenset({"med"}))
+    feed, stage = InboundFeed(), inbound_stage(params)
+    stage.process(0, [feed.msg(feed.recs("ext", "uni", day(0) + H, 9))])
+    out = stage.process(0, [feed.msg(high=day(10))])
+    assert out.counts.drops == 1
+    assert out.alerts == []
+
+
+def test_inbound_skips_replays_and_redeliveries() -> None:
+    feed, stage = InboundFeed(), inbound_stage()
+    records = feed.recs("ext", "uni", day(0) + H, 3)
+    first = feed.msg(records)
+    out = stage.process(0, [first])
+    assert (out.counts.applied, out.counts.replayed) == (3, 0)
+    # the same internal message again
+    out = stage.process(0, [first])
+    assert (out.counts.applied, out.counts.replayed) == (0, 3)
+    assert out.states == {}
+    # stage 1 re-sent two of them with one new record
+    out = stage.process(0, [feed.msg(records[1:] + feed.recs("med", "uni", day(0) + 2 * H))])
+    assert (out.counts.applied, out.counts.replayed) == (1, 2)
+    state = InboundState.from_json(out.states["uni"])
+    assert state.series is not None and state.series.counts == {day(0): 4}
+    assert state.applied == {0: 3}
+
+
+def test_inbound_late_records_after_an_idle_source_wakes() -> None:
+    stage = inbound_stage(sources=2)
+    wake = [Engagement("late", 1, "ext", "uni", T0, 0), Engagement("ok", 1, "ext", "uni",
+                                                                    T0 + 1, 1)]
+    out = stage.process(0, [
+        Message(0, 0, encode(0, T0 + L, False)), Message(0, 1, encode(1, None, True)),
+        Message(0, 2, encode(1, T0 + 1, False, wake)),
+    ])
+    assert (out.counts.late, out.counts.applied) == (1, 1)
+    state = InboundState.from_json(out.states["uni"])
+    assert state.series is not None and state.series.counts == {DAY0: 1}
+    assert state.applied == {1: 1}
+
+
+def test_inbound_state_and_reload() -> None:
+    feed, stage = InboundFeed(), inbound_stage()
+    out = stage.process(0, [feed.msg(feed.recs("ext", "uni", day(0) + H, 6))])
+    doc = orjson.loads(orjson.dumps(out.states["uni"]))
+    assert InboundState.from_json(doc).to_json() == doc
+    assert InboundState.from_json([[], None]) == InboundState()
+    # a fresh stage from the tables gives the same alert
+    fresh = InboundStage(INBOUND_PARAMS, 1)
+    assert not fresh.owns(0)
+    fresh.load(0, orjson.loads(orjson.dumps(out.tracker)), [("uni", doc)])
+    assert fresh.owns(0)
+    later = feed.msg(high=day(4) + L)
+    assert fresh.process(0, [later]).alerts == stage.process(0, [later]).alerts != []
+    fresh.forget(0)
+    assert not fresh.owns(0)
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def test_alert_kinds() -> None:
+    assert ALERT_KINDS == (SNUB, OMISSION, DROP_PAIR, DROP_INBOUND) == (
+        "snub", "omission", "drop_pair", "drop_inbound")
+
+
+def test_snub_alert() -> None:
+    snub = Snub("ev1", "uni", "ext", KIND_INDEX["share"], T0, T0 + 72 * H)
+    assert snub.kind_name == "share"
+    alert = snub_alert(snub, 72 * H)
+    assert (alert.id, alert.kind, alert.org, alert.other, alert.ts) == (
+        "snub:ev1:uni:ext:share", SNUB, "uni", "ext", T0 + 72 * H)
+    assert alert.message == "ext did not return uni's share of 2026-03-02T10:00:00Z within 72 h"
+    assert alert.details == {"id": "ev1", "src": "uni", "dst": "ext", "kind": "share",
+                             "ts": "2026-03-02T10:00:00Z", "snub_ts": "2026-03-05T10:00:00Z"}
+    assert alert.to_json() == {
+        "id": alert.id, "kind": "snub", "org": "uni", "other": "ext",
+        "ts": "2026-03-05T10:00:00Z", "message": alert.message, "details": alert.details,
+    }
+    assert snub_alert(snub, 1.5 * H).message.endswith("within 1.5 h")
+    # the same finding always has the same id
+    assert snub_alert(Snub("ev1", "uni", "ext", 2, T0, T0 + H), H).id == alert.id
+
+
+def test_omission_alert() -> None:
+    alert = omission_alert(Omission("p1", "med", "uni", ("dr_jones", "dr_smith"), T0))
+    assert (alert.id, alert.kind, alert.org, alert.other, alert.ts) == (
+        "omission:p1:med", OMISSION, "med", "uni", T0)
+    assert alert.message == ("uni featured dr_jones, dr_smith of med without naming med "
+                             "(post p1)")
+    assert alert.details == {"post_id": "p1", "left_out": "med", "by": "uni",
+                             "entities": ["dr_jones", "dr_smith"], "ts": "2026-03-02T10:00:00Z"}
+    assert orjson.loads(orjson.dumps(alert.to_json()))["ts"] == "2026-03-02T10:00:00Z"
+
+
+def test_drop_alerts() -> None:
+    pair = drop_alert(DROP_PAIR, "uni", "ext", day(3), 1, 4.0, 0.5, 7)
+    assert (pair.id, pair.kind, pair.org, pair.other, pair.ts) == (
+        "drop_pair:ext:uni:2026-03-05T00:00:00Z", DROP_PAIR, "uni", "ext", float(day(3)))
+    assert pair.message == ("ext engaged uni 1 times on 2026-03-05, below 0.5 x the mean of "
+                            "the previous 7 days (4)")
+    assert pair.details == {"day": "2026-03-05T00:00:00Z", "count": 1, "baseline": 4.0}
+    inbound = drop_alert(DROP_INBOUND, "uni", "", day(3), 0, 5.5, 0.25, 3)
+    assert (inbound.id, inbound.org, inbound.other) == (
+        "drop_inbound:uni:2026-03-05T00:00:00Z", "uni", "")
+    assert inbound.message == ("uni received 0 engagements on 2026-03-05, below 0.75 x the "
+                               "mean of the previous 3 days (5.5)")
