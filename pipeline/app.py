@@ -481,6 +481,7 @@ class Pipeline:
         batch = SinkBatch()
         alerts: list[Alert] = []
         dead: list[DeadLetter] = []
+        outcomes = []
         for partition, group in _by_partition(applied).items():
             if not stage.owns(partition):
                 tracker, states = self._stage_items(
@@ -488,10 +489,7 @@ class Pipeline:
                 stage.load(partition, tracker, states)
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages, stream, now)
-            self._set_current(group[-1])
-            for key, doc in outcome.states.items():
-                self.pair_table[key] = doc
-            self.pair_table[f"{_TRACKER}{partition}"] = outcome.tracker  # last: see pairs.py
+            outcomes.append((group[-1], outcome))
             batch.pair_windows.extend(outcome.pair_windows)
             batch.org_rollups.extend(outcome.org_rollups)
             batch.snubs.extend(SnubRow(s.id, s.src, s.dst, s.kind_name, s.ts, s.snub_ts,
@@ -501,9 +499,18 @@ class Pipeline:
             _add_counts(self.stats.pairs, outcome.counts)
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
+        # Results out first, state second: a crash in between replays the batch
+        # against the old state and writes the same results again. The other way
+        # round, the replay would find the batch applied and write nothing.
         await self._send_dead_letters(topic, dead)
         await self.sink.write(batch)
         await self._publish_alerts(alerts)
+        for last, outcome in outcomes:
+            self._set_current(last)
+            for key, doc in outcome.states.items():
+                self.pair_table[key] = doc
+            # the tracker last: after a crash it is never ahead of the pair states
+            self.pair_table[f"{_TRACKER}{last.message.partition}"] = outcome.tracker
         self._done(topic, applied)
 
     # -- stage 3: inbound --------------------------------------------------------------
@@ -519,6 +526,7 @@ class Pipeline:
         stream, now = settings.effective_stream_id, self.clock()
         n = settings.partitions
         alerts: list[Alert] = []
+        outcomes = []
         for partition, group in _by_partition(applied).items():
             if not stage.owns(partition):
                 tracker, states = self._stage_items(
@@ -527,14 +535,17 @@ class Pipeline:
                 stage.load(partition, tracker, ((orjson.loads(k), v) for k, v in states))
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages)
-            self._set_current(group[-1])
-            for org, doc in outcome.states.items():
-                self.inbound_table[orjson.dumps(org).decode()] = doc
-            self.inbound_table[f"{_TRACKER}{partition}"] = outcome.tracker
+            outcomes.append((group[-1], outcome))
             alerts.extend(outcome.alerts)
             _add_counts(self.stats.inbound, outcome.counts)
+        # results first, state second (see process_pairs)
         await self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now)))
         await self._publish_alerts(alerts)
+        for last, outcome in outcomes:
+            self._set_current(last)
+            for org, doc in outcome.states.items():
+                self.inbound_table[orjson.dumps(org).decode()] = doc
+            self.inbound_table[f"{_TRACKER}{last.message.partition}"] = outcome.tracker
         self._done(topic, applied)
 
 

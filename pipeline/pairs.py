@@ -79,7 +79,8 @@ class PairState:
             self.lo, self.hi, [[p, o] for p, o in sorted(self.applied.items())],
             [[list(e) for e in side] for side in self.pending],
             [list(side) for side in self.times],
-            [[*key, *figures] for key, figures in sorted(self.windows.items())],
+            [[*key, *figures[:DELAYS], list(figures[DELAYS])]
+             for key, figures in sorted(self.windows.items())],
             [None if d is None else d.to_json() for d in self.days],
             self.tag,
         ]
@@ -286,21 +287,27 @@ class PairStage:
             returns = state.times[1 - direction]
             src, dst = state.orgs(direction)
             decided = 0
-            for ts, event_id, kind in pending:
+            previous: Pending | None = None
+            for entry in pending:
+                ts, event_id, kind = entry
                 first = _first_return(returns, ts, horizon)
                 if first is not None and first <= watermark:
                     slot: int = RECIPROCATED
                     out.counts.reciprocated += 1
                 elif first is None and ts + horizon <= watermark:
                     slot = SNUBBED
-                    snub = Snub(event_id, src, dst, kind, ts, ts + horizon)
-                    out.snubs.append(snub)
-                    out.counts.snubs += 1
-                    if params.watched(src):
-                        out.alerts.append(snub_alert(snub, horizon))
+                    # engagements of one event with one src, dst and kind (a post
+                    # mentioning two accounts of one org) are one snub record
+                    if entry != previous:
+                        snub = Snub(event_id, src, dst, kind, ts, ts + horizon)
+                        out.snubs.append(snub)
+                        out.counts.snubs += 1
+                        if params.watched(src):
+                            out.alerts.append(snub_alert(snub, horizon))
                 else:
                     break  # decided engagements are a prefix of the pending ones
                 decided += 1
+                previous = entry
                 for size, _label in self.windows:
                     wkey = (size, int(ts // size) * size, direction)
                     figures = state.windows[wkey]

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -66,9 +67,11 @@ async def run_worker(
     backend: Backend,
     stop_when: StopWhen | None = None,
     stop_event: asyncio.Event | None = None,
+    **app_overrides: Any,
 ) -> PipelineStats:
     """Run a worker until ``await stop_when(pipeline)`` holds, ``stop_event`` is
-    set or a fatal error happens (then :class:`PipelineFailed` is raised)."""
+    set or a fatal error happens (then :class:`PipelineFailed` is raised).
+    ``app_overrides`` go to the Faust app (e.g. ``datadir``)."""
     sink = AsyncSink(backend)
     await sink.ensure_schema()
     notifier = None
@@ -76,7 +79,7 @@ async def run_worker(
         notifier = WebhookNotifier(settings.webhook_url.get_secret_value())
         notifier.start()
     pipeline = Pipeline(settings, registry, sink,
-                        notify=None if notifier is None else _notify(notifier))
+                        notify=None if notifier is None else _notify(notifier), **app_overrides)
     stats = pipeline.stats
     stop_event = stop_event or asyncio.Event()
     worker = _EmbeddedWorker(
@@ -265,7 +268,11 @@ async def run_lines(
         return await check(pipeline)
 
     try:
-        stats = await run_worker(settings, registry, backend, stop_when, stop_event)
+        # Faust's data directory (nothing durable with the in-memory table store)
+        # goes to a temporary directory, not the working directory.
+        with tempfile.TemporaryDirectory(prefix="reciprocity-faust-") as datadir:
+            stats = await run_worker(settings, registry, backend, stop_when, stop_event,
+                                     datadir=datadir)
     finally:
         cancel.set()  # stopped early (signal, failure): stop producing too
         with contextlib.suppress(Exception):

@@ -4,24 +4,95 @@ CREATE DATABASE IF NOT EXISTS reciprocity;
 
 CREATE TABLE IF NOT EXISTS reciprocity.pair_windows
 (
+    window               String,
+    window_start         DateTime('UTC'),
+    src                  String,
+    dst                  String,
+    stream               String,
+    partition            UInt32,
+    follows              UInt64,
+    likes                UInt64,
+    shares               UInt64,
+    replies              UInt64,
+    mentions             UInt64,
+    thanks               UInt64,
+    value                Float64,
+    reciprocated         UInt64,
+    snubbed              UInt64,
+    median_reciprocate_s Nullable(Float64),
+    version              UInt64,
+    updated_at           DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (window, window_start, src, dst, stream, partition);
+
+CREATE TABLE IF NOT EXISTS reciprocity.org_rollups
+(
     window       String,
     window_start DateTime('UTC'),
+    org          String,
+    direction    String,
     src          String,
     dst          String,
+    community    String,
     stream       String,
     partition    UInt32,
-    follows      UInt64,
-    likes        UInt64,
-    shares       UInt64,
-    replies      UInt64,
-    mentions     UInt64,
-    thanks       UInt64,
+    engagements  UInt64,
+    value        Float64,
+    reciprocated UInt64,
+    snubbed      UInt64,
     version      UInt64,
     updated_at   DateTime('UTC')
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (window, window_start, src, dst, stream, partition);
+ORDER BY (window, window_start, org, direction, src, dst, stream, partition);
+
+CREATE TABLE IF NOT EXISTS reciprocity.snubs
+(
+    id         String,
+    src        String,
+    dst        String,
+    kind       String,
+    ts         Float64,
+    snub_ts    Float64,
+    time       DateTime('UTC'),
+    stream     String,
+    updated_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (stream, src, dst, id, kind);
+
+CREATE TABLE IF NOT EXISTS reciprocity.omissions
+(
+    post_id    String,
+    left_out   String,
+    by_org     String,
+    entities   Array(String),
+    ts         Float64,
+    time       DateTime('UTC'),
+    stream     String,
+    updated_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (stream, left_out, post_id);
+
+CREATE TABLE IF NOT EXISTS reciprocity.alerts
+(
+    id         String,
+    kind       String,
+    org        String,
+    other      String,
+    ts         Float64,
+    time       DateTime('UTC'),
+    message    String,
+    details    String,
+    stream     String,
+    created_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (stream, kind, org, id);
 
 CREATE TABLE IF NOT EXISTS reciprocity.dead_letters
 (

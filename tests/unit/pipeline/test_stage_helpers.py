@@ -416,7 +416,7 @@ def test_drop_alerts() -> None:
     assert (pair.id, pair.kind, pair.org, pair.other, pair.ts) == (
         "drop_pair:ext:uni:2026-03-05T00:00:00Z", DROP_PAIR, "uni", "ext", float(day(3)))
     assert pair.message == ("ext engaged uni 1 times on 2026-03-05, below 0.5 x the mean of "
-                            "the previous 7 days (4)")
+                            "the previous 7 days (4.0)")
     assert pair.details == {"day": "2026-03-05T00:00:00Z", "count": 1, "baseline": 4.0}
     inbound = drop_alert(DROP_INBOUND, "uni", "", day(3), 0, 5.5, 0.25, 3)
     assert (inbound.id, inbound.org, inbound.other) == (
