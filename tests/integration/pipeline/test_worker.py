@@ -13,8 +13,10 @@ import itertools
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 from kafka import KafkaConsumer
+from pydantic import SecretStr
 
 from pipeline.broker import EmbeddedBroker
 from pipeline.report import pair_rows
@@ -78,3 +80,55 @@ def test_dlq_topic_and_replay_from_zero(broker: EmbeddedBroker, tmp_path: Path) 
         assert {w: pair_rows(store, w) for w in ("1h", "1d")} == first
     finally:
         store.close()
+
+
+def test_alerts_reach_the_topic_the_table_and_the_webhook(broker: EmbeddedBroker,
+                                                          tmp_path: Path) -> None:
+    """The seed scenario's alerts: every one in the alerts table, on the alerts
+    topic (JSON, keyed by id) and POSTed to a Slack-compatible webhook."""
+    from aiohttp import web
+
+    from pipeline.broker import free_port
+    from pipeline.report import alert_rows
+    from producers.scenarios import write_scenario
+
+    events, registry_path = write_scenario("seed", tmp_path)
+    registry = load_registry(registry_path)
+    topic = f"events-{next(_ids)}-{uuid.uuid4().hex[:6]}"
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_post("/hooks/secret-token", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        settings = settings_for(broker, f"chdb://{tmp_path / 'store'}",
+                                f"test-{uuid.uuid4().hex[:8]}", topic).model_copy(update={
+            "alerts_topic": f"{topic}.alerts", "watched_orgs": ("sci",),
+            "webhook_url": SecretStr(f"http://127.0.0.1:{port}/hooks/secret-token"),
+        })
+        try:
+            await run_lines(settings, registry, store, jsonl_lines(events))
+        finally:
+            await runner.cleanup()
+
+    store = open_backend(f"chdb://{tmp_path / 'store'}")
+    try:
+        asyncio.run(go())
+        stored = alert_rows(store)
+    finally:
+        store.close()
+    ids = {a["id"] for a in stored}
+    assert ids and {a["org"] for a in stored} == {"sci"}  # watched orgs only
+    assert {a["kind"] for a in stored} == {"snub", "omission", "drop_pair"}
+    on_topic = read_topic(broker, f"{topic}.alerts", len(ids))
+    assert {r.key.decode() for r in on_topic} == ids
+    assert all(orjson.loads(r.value)["id"] == r.key.decode() for r in on_topic)
+    assert {h["alert"]["id"] for h in received} == ids  # at least once: repeats allowed
+    assert all(h["text"] == h["alert"]["message"] for h in received)
