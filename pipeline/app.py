@@ -142,7 +142,7 @@ class Pipeline:
         self.clock = clock
         self.notify = notify
         self.stats = PipelineStats()
-        params = settings.params()
+        self.params = params = settings.params()
         self.ingest = Ingest(registry, params.lateness_s)
         self.pair_stage = PairStage(registry, params, settings.partitions)
         self.inbound_stage = InboundStage(params, settings.partitions)
@@ -345,7 +345,7 @@ class Pipeline:
         await self._send_dead_letters(settings.topic, outcome.dead_letters)
         stream, now = settings.effective_stream_id, self.clock()
         alerts = [omission_alert(o) for o in outcome.omissions
-                  if self.pair_stage.params.watched(o.left_out)]
+                  if self.params.watched(o.left_out)]
         batch = SinkBatch(
             omissions=[OmissionRow(o.post_id, o.left_out, o.by, list(o.entities), o.ts,
                                    to_utc(o.ts), stream, now) for o in outcome.omissions],

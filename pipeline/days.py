@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.reciprocity import is_drop
+
 DAY = 86400
 
 
@@ -53,7 +55,7 @@ class DaySeries:
             day = self.next
             baseline = sum(self.counts.get(day - k * DAY, 0) for k in range(1, days + 1)) / days
             count = self.counts.get(day, 0)
-            if baseline >= min_baseline and count < (1 - threshold) * baseline:
+            if is_drop(count, baseline, threshold, min_baseline):
                 drops.append((day, count, baseline))
             # the next evaluation needs days from (day + 1 - days) on
             oldest = day + DAY - days * DAY

@@ -39,7 +39,7 @@ from typing import Any
 from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
 from pipeline.days import DaySeries, day_of
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
-from pipeline.reciprocity import Params
+from pipeline.reciprocity import Params, first_return
 from pipeline.routing import Routed, decode, pair_key
 from pipeline.sinks.base import OrgRollupRow, PairWindowRow
 from pipeline.watermark import WatermarkTracker
@@ -290,7 +290,7 @@ class PairStage:
             previous: Pending | None = None
             for entry in pending:
                 ts, event_id, kind = entry
-                first = _first_return(returns, ts, horizon)
+                first = first_return(returns, ts, horizon)
                 if first is not None and first <= watermark:
                     slot: int = RECIPROCATED
                     out.counts.reciprocated += 1
@@ -360,7 +360,7 @@ class PairStage:
             pending = state.pending[direction]
             if pending:
                 ts = pending[0][0]
-                first = _first_return(state.times[1 - direction], ts, horizon)
+                first = first_return(state.times[1 - direction], ts, horizon)
                 candidates.append(first if first is not None else ts + horizon)
             series = state.days[direction]
             if series is not None and (due := series.deadline()) is not None:
@@ -419,14 +419,6 @@ class PairStage:
                               if orgs[o].community), None) or "external"
             self._community[org] = community
         return community
-
-
-def _first_return(returns: list[float], ts: float, horizon: float) -> float | None:
-    """The earliest time in ``returns`` within (ts, ts + horizon]."""
-    i = bisect.bisect_right(returns, ts)
-    if i < len(returns) and returns[i] <= ts + horizon:
-        return returns[i]
-    return None
 
 
 def snub_row_fields(snub: Snub) -> dict[str, str]:

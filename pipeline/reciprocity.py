@@ -9,7 +9,7 @@ tunable of the definitions.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -98,36 +98,18 @@ def omissions(event: Event, registry: Registry) -> list[Omission]:
     ]
 
 
-def drop_alert(
-    history: Sequence[float],
-    current: float,
-    threshold: float = 0.5,
-    windows: int = 7,
-    min_baseline: float = 5.0,
-) -> bool:
-    """Whether a closed daily window's engagements are a drop.
-
-    ``history`` holds the previous daily windows, oldest first; the baseline is
-    the mean of the last ``windows`` of them (fewer at the start of a series is
-    not enough: no alert until ``windows`` days exist). Alert when the baseline
-    is at least ``min_baseline`` and ``current < (1 - threshold) * baseline``.
-    """
-    if len(history) < windows:
-        return False
-    baseline = sum(history[-windows:]) / windows
+def is_drop(current: float, baseline: float, threshold: float = 0.5,
+            min_baseline: float = 5.0) -> bool:
+    """The drop rule for one closed day: the baseline (mean of the previous
+    days) is at least ``min_baseline`` and ``current < (1 - threshold) * baseline``.
+    Which days have a baseline is :class:`pipeline.days.DaySeries`'s business."""
     return baseline >= min_baseline and current < (1 - threshold) * baseline
 
 
-def first_return_delays(
-    given: Iterable[float], returned: Iterable[float], horizon_s: float
-) -> list[float | None]:
-    """For each engagement time in ``given`` (A -> B), the delay to the first
-    engagement in ``returned`` (B -> A) with a time in (t, t + horizon], or None
-    when there is none (a snub once the watermark passes t + horizon).
-    One returning engagement may reciprocate several earlier ones."""
-    back = sorted(returned)
-    out: list[float | None] = []
-    for t in given:
-        i = bisect.bisect_right(back, t)  # first return strictly after t
-        out.append(back[i] - t if i < len(back) and back[i] - t <= horizon_s else None)
-    return out
+def first_return(returns: Sequence[float], ts: float, horizon_s: float) -> float | None:
+    """The earliest time in sorted ``returns`` within ``(ts, ts + horizon_s]``:
+    the first engagement that reciprocates one at ``ts``, or None."""
+    i = bisect.bisect_right(returns, ts)  # first return strictly after ts
+    if i < len(returns) and returns[i] <= ts + horizon_s:
+        return returns[i]
+    return None

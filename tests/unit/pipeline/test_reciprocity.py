@@ -7,8 +7,8 @@ import pytest
 from pipeline.reciprocity import (
     Omission,
     balance,
-    drop_alert,
-    first_return_delays,
+    first_return,
+    is_drop,
     omissions,
     pair_reciprocity,
     value,
@@ -64,19 +64,19 @@ def test_omissions_need_a_registered_poster_and_a_post() -> None:
     assert omissions(like, REG) == []
 
 
-def test_drop_alert_rule() -> None:
-    week = [10.0] * 7
-    assert drop_alert(week, 4.9)  # below (1 - 0.5) x 10
-    assert not drop_alert(week, 5.0)  # not strictly below
-    assert not drop_alert(week[:6], 0.0)  # fewer than 7 previous days: no baseline yet
-    assert not drop_alert([4.0] * 7, 0.0)  # baseline under min_baseline
-    assert drop_alert([0.0] * 3 + [10.0] * 7, 1.0)  # only the last 7 days count
+def test_drop_rule() -> None:
+    assert is_drop(4.9, 10.0)  # below (1 - 0.5) x 10
+    assert not is_drop(5.0, 10.0)  # not strictly below
+    assert not is_drop(0.0, 4.0)  # baseline under min_baseline
+    assert is_drop(0.0, 4.0, min_baseline=4.0)
+    assert is_drop(7.0, 10.0, threshold=0.25) and not is_drop(7.5, 10.0, threshold=0.25)
 
 
-def test_first_return_delays() -> None:
-    horizon = 72 * 3600.0
-    given = [0.0, 10.0, 100.0, 500.0]
-    returned = [10.0, 50.0, 500.0 + horizon]
-    # t=0 -> 10; t=10 -> 50 (a return at exactly t does not count); t=100 -> none
-    # within (100, 100+H]? 500+H is past 100+H -> None; t=500 -> exactly t+H counts
-    assert first_return_delays(given, returned, horizon) == [10.0, 40.0, None, horizon]
+def test_first_return() -> None:
+    horizon = 100.0
+    returned = [10.0, 50.0, 500.0, 600.0]
+    assert first_return(returned, 0.0, horizon) == 10.0
+    assert first_return(returned, 10.0, horizon) == 50.0  # strictly after t
+    assert first_return(returned, 60.0, horizon) is None  # 500 is beyond t + H
+    assert first_return(returned, 500.0 - horizon, horizon) == 500.0  # t + H counts
+    assert first_return([], 0.0, horizon) is None
