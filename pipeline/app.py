@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 #: key prefix of a partition's watermark record in a stage table
 _TRACKER = "wm:"
+#: Seconds a partition may stay behind what the fetcher read, with no batch in
+#: flight, before the worker calls it a hole at the tail of the stream.
+TAIL_HOLE_S = 20.0
 
 
 def utc_now() -> datetime:
@@ -177,6 +180,8 @@ class Pipeline:
         self._last_input: dict[int, float] = {}
         self._idle: set[int] = set()
         self._route_lock = asyncio.Lock()
+        self._busy = 0  # batches in flight, all agents
+        self._behind_since: dict[tuple[str, int, int], float] = {}
         #: highest offset sent to each internal (topic, partition)
         self.sent: dict[tuple[str, int], int] = {}
         # mode types receivers as a union of callables that mypy cannot match to a method
@@ -193,6 +198,9 @@ class Pipeline:
         )
         self.app.timer(interval=max(0.1, settings.idle_timeout_s / 3),
                        name="reciprocity.idle")(self._check_idle)
+        self.app.timer(interval=TAIL_HOLE_S / 4, name="reciprocity.holes")(
+            self._check_tail_holes
+        )
 
     # -- plumbing shared by the agents ------------------------------------------------
 
@@ -212,6 +220,7 @@ class Pipeline:
             settings.batch_max, within=settings.batch_within_s
         )
         async for events in batches:
+            self._busy += 1
             try:
                 await handle(events)
             except Exception as exc:
@@ -225,6 +234,44 @@ class Pipeline:
                 self.stats.fatal = exc
                 self.stats.progress.set()
                 await asyncio.Event().wait()
+            finally:
+                self._busy -= 1
+
+    async def _check_tail_holes(self) -> None:
+        """Timer: catch a hole at the end of a partition, which no later message
+        reveals to the sequence check. Faust's fetcher drops messages it reads
+        while the flow is suspended for table recovery yet records them as read
+        (faust-streaming#596); when they were the last ones, the stream just
+        waits. A partition whose read offset stays at or past the next offset we
+        expect, while no batch is in flight, for ``TAIL_HOLE_S`` seconds lost
+        messages: stop so a restart re-reads them (a false alarm only costs a
+        restart: every write is idempotent)."""
+        read = getattr(self.app.consumer, "_read_offset", None)  # Faust internals
+        if not read:
+            return
+        now = time.monotonic()
+        behind = self._behind_since
+        seen = set()
+        for tp, offset in list(read.items()):
+            guard = self.guards.get(tp.topic)
+            expected = None if guard is None else guard.expected.get(tp.partition)
+            if offset is None or expected is None or offset < expected:
+                continue
+            key = (tp.topic, tp.partition, expected)
+            seen.add(key)
+            since = behind.setdefault(key, now)
+            if self._busy:
+                behind[key] = now  # a batch in flight may still deliver them
+            elif now - since >= TAIL_HOLE_S and self.stats.fatal is None:
+                self.stats.fatal = OffsetHoleError(
+                    f"offsets {expected}..{offset} of {tp.topic}[{tp.partition}] were read "
+                    "but never reached the stream (faust-streaming#596); stopping so a "
+                    "restart re-reads them"
+                )
+                log.error("%s", self.stats.fatal)
+                self.stats.progress.set()
+        for key in set(behind) - seen:
+            del behind[key]
 
     def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
         """The events to apply: in offset order, redeliveries dropped.
