@@ -119,6 +119,7 @@ def _matches(url: str, expected: Result) -> Exception | None:
     return None
 
 
+@pytest.mark.timeout(120 * (settings.get_profile(PROFILE).max_examples + 5))
 @settings(settings.get_profile(PROFILE))
 @given(data=st.data())
 def test_streaming_equals_batch(data: st.DataObject, broker: EmbeddedBroker,
