@@ -553,6 +553,8 @@ class Pipeline:
         await self.sink.write(batch)
         await self._publish_alerts(alerts)
         for last, outcome in outcomes:
+            if not stage.owns(last.message.partition):
+                continue  # revoked meanwhile: its new owner replays from the last commit
             self._set_current(last)
             for key, doc in outcome.states.items():
                 self.pair_table[key] = doc
@@ -589,6 +591,8 @@ class Pipeline:
         await self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now)))
         await self._publish_alerts(alerts)
         for last, outcome in outcomes:
+            if not stage.owns(last.message.partition):
+                continue  # revoked meanwhile (see process_pairs)
             self._set_current(last)
             for org, doc in outcome.states.items():
                 self.inbound_table[orjson.dumps(org).decode()] = doc
