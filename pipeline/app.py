@@ -273,6 +273,24 @@ class Pipeline:
         for key in set(behind) - seen:
             del behind[key]
 
+    async def _expect_start(self, topic: str, events: Sequence[Any]) -> None:
+        """For partitions new to this worker, expect the offset consumption resumes
+        from: the committed one, else the earliest. Faust's recovery can drop the
+        first messages it fetched (faust-streaming#596), and without this the
+        sequence check would take the first message it sees as the start."""
+        guard = self.guards[topic]
+        fresh = {e.message.tp for e in events if e.message.partition not in guard.expected}
+        if not fresh:
+            return
+        consumer = self.app.consumer
+        committed = getattr(consumer, "_committed_offset", {})  # Faust internals
+        earliest = await consumer.earliest_offsets(*fresh)
+        for tp in fresh:
+            # a commit older than the log start (retention) resumes at the log start
+            starts = [int(o) for o in (committed.get(tp), earliest.get(tp)) if o is not None]
+            if starts:
+                guard.start(tp.partition, max(starts))
+
     def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
         """The events to apply: in offset order, redeliveries dropped.
 
@@ -375,6 +393,7 @@ class Pipeline:
     async def process(self, events: Sequence[Any]) -> None:
         """Process one batch of input events end to end (see module docstring)."""
         settings = self.settings
+        await self._expect_start(settings.topic, events)
         applied = self._in_sequence(settings.topic, events)
         messages = [
             Message(e.message.partition, e.message.offset, e.value, e.message.key)
@@ -521,6 +540,7 @@ class Pipeline:
     async def process_pairs(self, events: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.pairs_topic
+        await self._expect_start(topic, events)
         applied = self._in_sequence(topic, events)
         stage = self.pair_stage
         stream, now = settings.effective_stream_id, self.clock()
@@ -570,6 +590,7 @@ class Pipeline:
     async def process_inbound(self, events: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.inbound_topic
+        await self._expect_start(topic, events)
         applied = self._in_sequence(topic, events)
         stage = self.inbound_stage
         stream, now = settings.effective_stream_id, self.clock()

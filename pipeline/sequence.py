@@ -38,6 +38,11 @@ class SequenceGuard:
     #: next offset expected per partition (unknown until its first message)
     expected: dict[int, int] = field(default_factory=dict)
 
+    def start(self, partition: int, offset: int) -> None:
+        """Expect ``offset`` first (where consumption resumes after an assignment):
+        a first message past it reveals a hole at the head of the partition."""
+        self.expected.setdefault(partition, offset)
+
     def forget(self, partition: int) -> None:
         """Drop what is known of a partition (revoked or reassigned)."""
         self.expected.pop(partition, None)

@@ -39,3 +39,15 @@ def test_partitions_are_independent_and_forgettable() -> None:
     assert guard.check(0, 2) is A
     guard.forget(1)
     assert guard.check(1, 30) is A  # after reassignment the sequence restarts
+
+
+def test_start_reveals_a_hole_at_the_head() -> None:
+    guard = SequenceGuard()
+    guard.start(0, 100)  # consumption resumes at the committed offset 100
+    assert guard.check(0, 300) is Verdict.HOLE  # 100..299 never reached the stream
+    guard = SequenceGuard()
+    guard.start(0, 100)
+    assert guard.check(0, 100) is Verdict.APPLY
+    guard.start(0, 5)  # already known: a later start does not rewind it
+    assert guard.check(0, 101) is Verdict.APPLY
+    assert guard.check(0, 50) is Verdict.STALE
