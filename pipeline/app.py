@@ -332,6 +332,7 @@ class Pipeline:
                 guard.forget(tp.partition)
             if tp.topic == settings.topic:
                 self._indexed.discard(tp.partition)  # rebuild if it comes back
+                self._max_ts.pop(tp.partition, None)
                 self._last_input.pop(tp.partition, None)
                 self._idle.discard(tp.partition)
             elif tp.topic == settings.pairs_topic:
