@@ -36,6 +36,7 @@ from pipeline.sinks import StoreError, open_backend
 from producers.kafka_writer import KafkaEventWriter
 from tests.reference_analytics import Params, Result, recompute
 from tests.support.compare import assert_rollups_match, assert_store_matches
+from tests.support.files import write_case
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +122,55 @@ def _matches(url: str, expected: Result) -> Exception | None:
     return None
 
 
+def run_case(broker: EmbeddedBroker, clickhouse_url: str, tmp: Path,
+             keys: list[bytes | None], partitions: int, workers: int) -> None:
+    """Produce ``tmp/events.jsonl`` (line i keyed by ``keys[i]``, None: by its
+    event id) to a fresh topic while ``workers`` worker processes run, and wait
+    until the store equals the reference (or fail with the difference)."""
+    expected = recompute(tmp / "events.jsonl", tmp / "registry.yaml", PARAMS)
+    assert not expected.late
+    lines = (tmp / "events.jsonl").read_bytes().splitlines()
+    name = f"prop-{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(clickhouse_url)  # a fresh database per example
+    url = urlunsplit(parts._replace(path=f"/{parts.path.strip('/')}_{name[5:]}"))
+    ensure_pipeline_topics(Settings(broker=broker.url, topic=name, dlq_topic=f"{name}.dlq",
+                                    alerts_topic=f"{name}.alerts", app_id=name,
+                                    partitions=partitions))
+    env = {**os.environ, **ENV, "RECIPROCITY_BROKER": broker.url, "RECIPROCITY_TOPIC": name,
+           "RECIPROCITY_DLQ_TOPIC": f"{name}.dlq", "RECIPROCITY_ALERTS_TOPIC": f"{name}.alerts",
+           "RECIPROCITY_PARTITIONS": str(partitions), "RECIPROCITY_CLICKHOUSE_URL": url,
+           "RECIPROCITY_REGISTRY": str(tmp / "registry.yaml"), "RECIPROCITY_APP_ID": name,
+           "RECIPROCITY_SESSION_TIMEOUT_S": "6", "RECIPROCITY_HEARTBEAT_INTERVAL_S": "1",
+           "RECIPROCITY_REBALANCE_TIMEOUT_S": "20", "RECIPROCITY_IDLE_TIMEOUT_S": "2",
+           "RECIPROCITY_BATCH_WITHIN_S": "0.2", "RECIPROCITY_LOG_LEVEL": "INFO"}
+    procs = [_worker(env, tmp / f"w{i}.log") for i in range(workers)]
+    try:
+        writer = KafkaEventWriter([broker.bootstrap], name)
+        try:
+            for line, key in zip(lines, keys, strict=True):
+                writer.send(line, key=key)
+            writer.flush()
+        finally:
+            writer.close()
+        deadline = time.monotonic() + 90
+        problem = _matches(url, expected)
+        while problem is not None and time.monotonic() < deadline:
+            for i, proc in enumerate(procs):
+                assert proc.poll() is None, (tmp / f"w{i}.log").read_text()[-3000:]
+            time.sleep(1)
+            problem = _matches(url, expected)
+        if problem is not None:
+            raise problem
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.mark.timeout(120 * (settings.get_profile(PROFILE).max_examples + 5))
 @settings(settings.get_profile(PROFILE))
 @given(data=st.data())
@@ -135,46 +185,16 @@ def test_streaming_equals_batch(data: st.DataObject, broker: EmbeddedBroker,
     (tmp / "registry.yaml").write_text(yaml.safe_dump(registry))
     body = [orjson.dumps(line[0] if len(line) == 1 else line) for line in lines]
     (tmp / "events.jsonl").write_bytes(b"\n".join(body) + b"\n")
-    expected = recompute(tmp / "events.jsonl", tmp / "registry.yaml", PARAMS)
-    assert not expected.late
+    keys: list[bytes | None] = [events[0]["id"].encode() for events in lines]
+    run_case(broker, clickhouse_url, tmp, keys, partitions, workers)
 
-    name = f"prop-{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(clickhouse_url)  # a fresh database per example
-    url = urlunsplit(parts._replace(path=f"/{parts.path.strip('/')}_{name[5:]}"))
-    ensure_pipeline_topics(Settings(broker=broker.url, topic=name, dlq_topic=f"{name}.dlq",
-                                    alerts_topic=f"{name}.alerts", app_id=name,
-                                    partitions=partitions))
-    env = {**os.environ, **ENV, "RECIPROCITY_BROKER": broker.url, "RECIPROCITY_TOPIC": name,
-           "RECIPROCITY_DLQ_TOPIC": f"{name}.dlq", "RECIPROCITY_ALERTS_TOPIC": f"{name}.alerts",
-           "RECIPROCITY_PARTITIONS": str(partitions), "RECIPROCITY_CLICKHOUSE_URL": url,
-           "RECIPROCITY_REGISTRY": str(tmp / "registry.yaml"), "RECIPROCITY_APP_ID": name,
-           "RECIPROCITY_SESSION_TIMEOUT_S": "6", "RECIPROCITY_HEARTBEAT_INTERVAL_S": "1",
-           "RECIPROCITY_REBALANCE_TIMEOUT_S": "20", "RECIPROCITY_IDLE_TIMEOUT_S": "2",
-           "RECIPROCITY_BATCH_WITHIN_S": "0.2", "RECIPROCITY_LOG_LEVEL": "INFO"}
-    procs = [_worker({**env, "RECIPROCITY_WEB_PORT": str(7000 + i)}, tmp / f"w{i}.log")
-             for i in range(workers)]
-    try:
-        writer = KafkaEventWriter([broker.bootstrap], name)
-        try:
-            for line, events in zip(body, lines, strict=True):
-                writer.send(line, key=events[0]["id"].encode())
-            writer.flush()
-        finally:
-            writer.close()
-        deadline = time.monotonic() + 90
-        problem = _matches(url, expected)
-        while problem is not None and time.monotonic() < deadline:
-            for proc in procs:
-                assert proc.poll() is None, (tmp / "w0.log").read_text()[-3000:]
-            time.sleep(1)
-            problem = _matches(url, expected)
-        if problem is not None:
-            raise problem
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+
+def test_two_workers_three_partitions(broker: EmbeddedBroker, clickhouse_url: str,
+                                      tmp_path: Path) -> None:
+    """A fixed larger case that always runs the way the compose file does: two
+    workers, three partitions, simulated events with duplicates and bad lines."""
+    write_case(tmp_path, n_events=800, seed=21)
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    kept = [line for line in lines if line.strip()]
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join(kept) + b"\n")
+    run_case(broker, clickhouse_url, tmp_path, [None] * len(kept), partitions=3, workers=2)
