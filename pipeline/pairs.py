@@ -44,7 +44,6 @@ from pipeline.routing import Routed, decode, pair_key
 from pipeline.sinks.base import OrgRollupRow, PairWindowRow
 from pipeline.watermark import WatermarkTracker
 from pipeline.windows import to_utc, window_label
-from schemas.event import format_ts
 from schemas.registry import Registry
 
 N_KINDS = 6
@@ -149,7 +148,6 @@ class PairStage:
         self.weights = params.kind_weights
         self.windows = [(size, window_label(size)) for size in params.windows]
         self._partitions: dict[int, _Partition] = {}
-        self._retired: dict[str, dict[WindowKey, list[Any]]] = {}
         self._lineage: dict[str, tuple[str, ...]] = {}
         self._community: dict[str, str] = {}
 
@@ -188,7 +186,6 @@ class PairStage:
         dirty: dict[str, set[WindowKey]] = {}
         #: figures of windows retired during the batch whose last change is unwritten
         retired: dict[str, dict[WindowKey, list[Any]]] = {}
-        self._retired = retired
         for message in messages:
             out.counts.messages += 1
             out.last_offset = message.offset
@@ -200,7 +197,7 @@ class PairStage:
                 tracker.tag = message.offset
             watermark = tracker.watermark()
             if watermark is not None:
-                self._advance(part, watermark, message.offset, dirty, out)
+                self._advance(part, watermark, message.offset, dirty, retired, out)
         for key, windows in dirty.items():
             state = part.states[key]
             out.states[key] = state.to_json()
@@ -263,7 +260,8 @@ class PairStage:
         series.add(day, params.drop_days)
 
     def _advance(self, part: _Partition, watermark: float, offset: int,
-                 dirty: dict[str, set[WindowKey]], out: PairOutcome) -> None:
+                 dirty: dict[str, set[WindowKey]],
+                 retired: dict[str, dict[WindowKey, list[Any]]], out: PairOutcome) -> None:
         heap = part.heap
         while heap and heap[0][0] <= watermark:
             due, key = heapq.heappop(heap)
@@ -272,13 +270,14 @@ class PairStage:
             del part.deadline[key]
             state = part.states[key]
             windows = dirty.setdefault(key, set())
-            if self._decide(state, watermark, windows, out):
+            if self._decide(state, watermark, windows, retired.setdefault(key, {}), out):
                 state.tag = offset
             self._schedule(part, key, state)
 
     def _decide(self, state: PairState, watermark: float, windows: set[WindowKey],
-                out: PairOutcome) -> bool:
-        """Decide what the watermark closes for a pair; True when anything changed."""
+                retired: dict[WindowKey, list[Any]], out: PairOutcome) -> bool:
+        """Decide what the watermark closes for a pair; True when anything changed.
+        Windows dropped here whose last change is not written yet go to ``retired``."""
         params = self.params
         horizon = params.horizon_s
         changed = False
@@ -340,7 +339,7 @@ class PairStage:
         for wkey in [w for w in state.windows if w[1] + w[0] + horizon <= watermark]:
             figures = state.windows.pop(wkey)
             if wkey in windows:
-                self._retired.setdefault(pair_key(state.lo, state.hi), {})[wkey] = figures
+                retired[wkey] = figures
             changed = True
         return changed
 
@@ -419,9 +418,3 @@ class PairStage:
                               if orgs[o].community), None) or "external"
             self._community[org] = community
         return community
-
-
-def snub_row_fields(snub: Snub) -> dict[str, str]:
-    """A snub as the report prints it."""
-    return {"id": snub.id, "src": snub.src, "dst": snub.dst, "kind": snub.kind_name,
-            "ts": format_ts(snub.ts), "snub_ts": format_ts(snub.snub_ts)}
