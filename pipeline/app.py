@@ -498,16 +498,18 @@ class Pipeline:
         """Timer: input partitions silent for the idle timeout stop holding the
         watermark back (docs/metrics.md)."""
         limit = time.monotonic() - self.settings.idle_timeout_s
-        quiet = [p for p, last in self._last_input.items() if last <= limit]
-        if quiet:
-            await self.declare_idle(quiet)
+        if any(last <= limit for last in self._last_input.values()):
+            await self.declare_idle(quiet_since=limit)
 
-    async def declare_idle(self, partitions: Iterable[int] | None = None) -> None:
-        """Tell the downstream stages that these input partitions (default: all
-        assigned) are idle, and wait for delivery. After it, :attr:`sent` holds
-        the offsets a drained run waits for."""
+    async def declare_idle(self, quiet_since: float | None = None) -> None:
+        """Tell the downstream stages that the assigned input partitions are idle
+        (only those without input since ``quiet_since``, a monotonic time, when
+        given), and wait for delivery. After it, :attr:`sent` holds the offsets a
+        drained run waits for."""
         async with self._route_lock:
-            chosen = sorted(self._last_input if partitions is None else partitions)
+            # decided under the lock: a batch routed meanwhile keeps its partition active
+            chosen = sorted(p for p, last in self._last_input.items()
+                            if quiet_since is None or last <= quiet_since)
             fresh = [p for p in chosen if p not in self._idle]
             if not fresh:
                 return
