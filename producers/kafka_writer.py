@@ -66,11 +66,12 @@ class KafkaEventWriter:
             bootstrap_servers=bootstrap, client_id="reciprocity-producer", **options
         )
 
-    def send(self, value: bytes, key: bytes | None = None) -> None:
+    def send(self, value: bytes, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None) -> None:
         """Queue one message; ``key`` defaults to the event id found in ``value``."""
         if key is None:
             key = event_key(value)
-        future = self._producer.send(self.topic, value=value, key=key)
+        future = self._producer.send(self.topic, value=value, key=key, headers=headers)
         future.add_callback(self._delivered)
         future.add_errback(self._failed)
 
