@@ -293,6 +293,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output(settings: Settings) -> Any:
+    from pipeline.broker import ensure_topics
+    from producers.output import KafkaOutput
+
+    ensure_topics(settings.bootstrap_servers, [settings.topic, settings.source_dlq_topic],
+                  settings.partitions)
+    return KafkaOutput(settings.bootstrap_servers, settings.topic, settings.source_dlq_topic)
+
+
+def _print_produced(summary: Any) -> None:
+    c = summary.counts
+    rows = [("source", summary.source), ("produced", c.produced),
+            ("delivered", summary.delivered), ("failed", summary.failed),
+            ("skipped", c.skipped), ("dead-lettered", c.dead_lettered)]
+    rows += [(f"  {reason}", n) for reason, n in sorted(c.reasons.items())]
+    for name, value in rows:
+        print(f"{name:<14} {value:>10}")
+    print(f"{'seconds':<14} {summary.seconds:>10.1f}")
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from producers import run
+
+    settings = _settings(args)
+    if args.source == "replay":
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"{args.file}: no such file")
+        if args.speed is not None and args.speed <= 0:
+            raise UsageError("--speed must be positive")
+        summary = run.replay_file(_output(settings), path, args.format, args.speed)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise UsageError(f"unknown source {args.source}")
+    _print_produced(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reciprocity",
@@ -324,6 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", help="directory for the generated files and the store "
                       "(default: a new temp dir)")
     demo.set_defaults(func=cmd_demo)
+
+    produce = sub.add_parser("produce", help="stream a source's events into Kafka")
+    psub = produce.add_subparsers(dest="source", required=True)
+
+    def produce_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        source = psub.add_parser(name, help=help_text)
+        source.add_argument("--broker", help="Kafka URL kafka://host:port [RECIPROCITY_BROKER]")
+        source.add_argument("--topic", help="topic to write [RECIPROCITY_TOPIC]")
+        source.add_argument("--registry", help="organization registry YAML "
+                            "[RECIPROCITY_REGISTRY]")
+        source.set_defaults(func=cmd_produce)
+        return source
+
+    replay = produce_parser("replay", "a JSONL (contract v1) or CSV file, fast or paced")
+    replay.add_argument("file", help="the file to replay")
+    replay.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    replay.add_argument("--speed", type=float, default=None,
+                        help="keep the events' original pacing divided by SPEED "
+                        "(1 = real time; default: as fast as possible)")
 
     report = sub.add_parser("report", help="print results from the store")
     rsub = report.add_subparsers(dest="report", required=True)

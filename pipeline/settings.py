@@ -100,6 +100,20 @@ class Settings(BaseSettings):
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
     )
     log_level: str = Field("WARNING", description="RECIPROCITY_LOG_LEVEL: log level.")
+    source_dlq_topic: str = Field(
+        "social-events.source-dlq",
+        description=(
+            "RECIPROCITY_SOURCE_DLQ_TOPIC: where sources put records they cannot map "
+            "(headers source.reason, source.name, source.error)."
+        ),
+    )
+    thanks_words: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "RECIPROCITY_THANKS_WORDS: comma-separated words that make a reply or mention a "
+            "thank-you (default: the built-in multilingual list, docs/producers.md)."
+        ),
+    )
     alerts_topic: str = Field(
         "reciprocity-alerts", description="RECIPROCITY_ALERTS_TOPIC: topic alerts go to (JSON)."
     )
@@ -211,7 +225,7 @@ class Settings(BaseSettings):
             raise ValueError("each kind may have one weight only")
         return tuple(out)
 
-    @field_validator("watched_orgs", mode="before")
+    @field_validator("watched_orgs", "thanks_words", mode="before")
     @classmethod
     def _parse_orgs(cls, value: Any) -> tuple[str, ...]:
         if isinstance(value, str):

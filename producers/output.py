@@ -44,8 +44,9 @@ class EventOutput(Protocol):
     def skip(self, reason: str) -> None:
         """Count a record deliberately not produced."""
 
-    def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
-        """Keep a record that could not be mapped, with why and where from."""
+    def dead_letter(self, raw: bytes, reason: str, source: str, detail: str = "") -> None:
+        """Keep a record that could not be mapped, with why (``reason`` a short
+        code, ``detail`` the specifics) and where from."""
 
     def flush(self) -> None:
         """Wait for delivery of everything queued; raise if anything was lost."""
@@ -70,7 +71,7 @@ class ListOutput:
             self.counts.skipped += 1
             self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1
 
-    def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+    def dead_letter(self, raw: bytes, reason: str, source: str, detail: str = "") -> None:
         with self._lock:
             self.dead.append((raw, reason, source))
             self.counts.dead_lettered += 1
@@ -93,7 +94,12 @@ class KafkaOutput:
         self._lock = threading.Lock()
 
     def send(self, event: Event) -> None:
-        self._events.send(encode_event(event), key=event.id.encode())
+        self.send_raw(encode_event(event), event.id.encode())
+
+    def send_raw(self, value: bytes, key: bytes | None = None) -> None:
+        """A message value as is (file replay: the pipeline validates it);
+        ``key`` defaults to the event id found in the value."""
+        self._events.send(value, key=key)
         with self._lock:
             self.counts.produced += 1
 
@@ -102,9 +108,10 @@ class KafkaOutput:
             self.counts.skipped += 1
             self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1
 
-    def dead_letter(self, raw: bytes, reason: str, source: str) -> None:
+    def dead_letter(self, raw: bytes, reason: str, source: str, detail: str = "") -> None:
         self._dead.send(raw, key=None, headers=[("source.reason", reason.encode()),
-                                                ("source.name", source.encode())])
+                                                ("source.name", source.encode()),
+                                                ("source.error", detail.encode())])
         with self._lock:
             self.counts.dead_lettered += 1
             self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1
@@ -113,6 +120,11 @@ class KafkaOutput:
         """Raises :class:`producers.kafka_writer.DeliveryError` if anything was lost."""
         self._events.flush()
         self._dead.flush()
+
+    def delivery(self) -> tuple[int, int]:
+        """(delivered, failed) records so far, events and dead letters together."""
+        events, dead = self._events.counts, self._dead.counts
+        return events.produced + dead.produced, events.failed + dead.failed
 
     def close(self) -> None:
         self._events.close()

@@ -14,14 +14,8 @@ Examples: ``HYPOTHESIS_PROFILE=nightly`` runs 200, the default (CI) a few.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
@@ -30,13 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.broker import EmbeddedBroker
-from pipeline.runner import ensure_pipeline_topics
-from pipeline.settings import Settings
-from pipeline.sinks import StoreError, open_backend
 from producers.kafka_writer import KafkaEventWriter
-from tests.reference_analytics import Params, Result, recompute
-from tests.support.compare import assert_rollups_match, assert_store_matches
+from tests.reference_analytics import Params, recompute
 from tests.support.files import write_case
+from tests.support.live import live_workers
 
 pytestmark = pytest.mark.integration
 
@@ -105,23 +96,6 @@ def streams(draw: st.DrawFn, registry: dict[str, Any]) -> list[list[dict[str, An
     return lines
 
 
-def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-
-
-def _matches(url: str, expected: Result) -> Exception | None:
-    store = open_backend(url)
-    try:
-        assert_store_matches(store, expected)
-        assert_rollups_match(store, expected)
-    except (AssertionError, StoreError) as exc:  # not there yet (or never: then it fails)
-        return exc
-    finally:
-        store.close()
-    return None
-
-
 def run_case(broker: EmbeddedBroker, clickhouse_url: str, tmp: Path,
              keys: list[bytes | None], partitions: int, workers: int) -> None:
     """Produce ``tmp/events.jsonl`` (line i keyed by ``keys[i]``, None: by its
@@ -130,45 +104,16 @@ def run_case(broker: EmbeddedBroker, clickhouse_url: str, tmp: Path,
     expected = recompute(tmp / "events.jsonl", tmp / "registry.yaml", PARAMS)
     assert not expected.late
     lines = (tmp / "events.jsonl").read_bytes().splitlines()
-    name = f"prop-{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(clickhouse_url)  # a fresh database per example
-    url = urlunsplit(parts._replace(path=f"/{parts.path.strip('/')}_{name[5:]}"))
-    ensure_pipeline_topics(Settings(broker=broker.url, topic=name, dlq_topic=f"{name}.dlq",
-                                    alerts_topic=f"{name}.alerts", app_id=name,
-                                    partitions=partitions))
-    env = {**os.environ, **ENV, "RECIPROCITY_BROKER": broker.url, "RECIPROCITY_TOPIC": name,
-           "RECIPROCITY_DLQ_TOPIC": f"{name}.dlq", "RECIPROCITY_ALERTS_TOPIC": f"{name}.alerts",
-           "RECIPROCITY_PARTITIONS": str(partitions), "RECIPROCITY_CLICKHOUSE_URL": url,
-           "RECIPROCITY_REGISTRY": str(tmp / "registry.yaml"), "RECIPROCITY_APP_ID": name,
-           "RECIPROCITY_SESSION_TIMEOUT_S": "6", "RECIPROCITY_HEARTBEAT_INTERVAL_S": "1",
-           "RECIPROCITY_REBALANCE_TIMEOUT_S": "20", "RECIPROCITY_IDLE_TIMEOUT_S": "2",
-           "RECIPROCITY_BATCH_WITHIN_S": "0.2", "RECIPROCITY_LOG_LEVEL": "INFO"}
-    procs = [_worker(env, tmp / f"w{i}.log") for i in range(workers)]
-    try:
-        writer = KafkaEventWriter([broker.bootstrap], name)
+    with live_workers(broker, clickhouse_url, tmp / "registry.yaml", tmp, partitions, workers,
+                      ENV) as stack:
+        writer = KafkaEventWriter([broker.bootstrap], stack.topic)
         try:
             for line, key in zip(lines, keys, strict=True):
                 writer.send(line, key=key)
             writer.flush()
         finally:
             writer.close()
-        deadline = time.monotonic() + 90
-        problem = _matches(url, expected)
-        while problem is not None and time.monotonic() < deadline:
-            for i, proc in enumerate(procs):
-                assert proc.poll() is None, (tmp / f"w{i}.log").read_text()[-3000:]
-            time.sleep(1)
-            problem = _matches(url, expected)
-        if problem is not None:
-            raise problem
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stack.wait_until_matches(expected)
 
 
 @pytest.mark.timeout(120 * (settings.get_profile(PROFILE).max_examples + 5))
