@@ -11,12 +11,12 @@ PYTHON=${PYTHON:-python3}
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-if ! command -v clickhouse-server >/dev/null 2>&1; then
-  echo "== installing clickhouse-server (Debian package) for integration tests"
+if ! command -v clickhouse-server >/dev/null 2>&1 || ! command -v kcat >/dev/null 2>&1; then
+  echo "== installing clickhouse-server and kcat (Debian packages) for integration tests"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null 2>&1 || {
+  $SUDO apt-get install -y -qq clickhouse-server clickhouse-client kcat >/dev/null 2>&1 || {
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq clickhouse-server clickhouse-client
+    $SUDO apt-get install -y -qq clickhouse-server clickhouse-client kcat
   }
 fi
 
