@@ -110,7 +110,7 @@ DEFAULT_BACKOFF: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 #: environment variable holding the whole tokens document (YAML or JSON text)
 TOKENS_ENV: Final = "RECIPROCITY_MASTODON_TOKENS"
 #: prefix of per-account token variables: RECIPROCITY_MASTODON_TOKEN_MED_NEWS
-TOKEN_ENV_PREFIX: Final = "RECIPROCITY_MASTODON_TOKEN_"
+TOKEN_ENV_PREFIX: Final = "RECIPROCITY_MASTODON_TOKEN_"  # noqa: S105 (a variable name)
 
 # Skip and dead-letter reasons: stable strings (counted in SourceCounts.reasons).
 SKIP_IGNORED_TYPE: Final = "ignored_type"
@@ -370,7 +370,8 @@ def html_to_text(html: str) -> str:
     parser = _TextExtractor()
     parser.feed(html)
     parser.close()
-    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in "".join(parser.parts).split("\n"))
+    text = "".join(parser.parts)
+    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
