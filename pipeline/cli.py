@@ -313,6 +313,28 @@ def _print_produced(summary: Any) -> None:
     print(f"{'seconds':<14} {summary.seconds:>10.1f}")
 
 
+def _thanks_rule(settings: Settings) -> Any:
+    from producers.thanks import DEFAULT_THANKS_WORDS, ThanksRule
+
+    return ThanksRule(settings.thanks_words or DEFAULT_THANKS_WORDS)
+
+
+def _produce_mastodon(args: argparse.Namespace, settings: Settings) -> Any:
+    from producers import mastodon
+    from producers.run import run_async_source
+
+    registry = load_registry(settings.registry)
+    accounts = mastodon.load_accounts(args.tokens, registry=registry)
+    if not accounts:
+        raise UsageError("no Mastodon accounts configured (--tokens FILE or "
+                         "RECIPROCITY_MASTODON_TOKENS)")
+    output = _output(settings)
+    streamer = mastodon.MastodonStreamer(
+        accounts, mastodon.mapper_factory(registry, accounts, _thanks_rule(settings)), output)
+    return asyncio.run(run_async_source(output, "mastodon", streamer.run,
+                                        settings.stats_interval_s))
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from producers import run
 
@@ -324,6 +346,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         if args.speed is not None and args.speed <= 0:
             raise UsageError("--speed must be positive")
         summary = run.replay_file(_output(settings), path, args.format, args.speed)
+    elif args.source == "mastodon":
+        summary = _produce_mastodon(args, settings)
     else:  # pragma: no cover - argparse restricts the choices
         raise UsageError(f"unknown source {args.source}")
     _print_produced(summary)
@@ -381,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the events' original pacing divided by SPEED "
                         "(1 = real time; default: as fast as possible)")
 
+    masto = produce_parser("mastodon", "Mastodon streaming: notifications and own posts of "
+                           "the registry's accounts")
+    masto.add_argument("--tokens", help="YAML/JSON: registry account id -> {instance, token "
+                       "or token_env} (default: RECIPROCITY_MASTODON_TOKENS)")
+
     report = sub.add_parser("report", help="print results from the store")
     rsub = report.add_subparsers(dest="report", required=True)
 
@@ -424,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         # the reader (head, less) went away: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (UsageError, RegistryError, ValueError) as exc:
+    except (UsageError, RegistryError, ValueError) as exc:  # incl. MastodonConfigError
         print(f"reciprocity: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:

@@ -41,9 +41,12 @@ Decisions:
   a repost or a post, so their deletes are skipped (``undo_ignored``). Only a
   follow has an inverse (``unfollow``). A delete frame carries no record, so
   the mapper keeps a bounded map ``(did, rkey) -> (collection, subject DID)``
-  of the follows it produced; the delete of a follow made before the
-  connector saw it (or before a restart: the map lives in memory) is skipped
-  as ``unknown_rkey``.
+  of the follows it produced (only registry accounts' follows, so it stays
+  small); the client saves it beside the cursor file, so it survives
+  restarts. The delete of a follow made before the connector first saw it is
+  skipped as ``unknown_rkey``.
+- **Edits.** ``update`` commits are skipped (``update_ignored``): the record
+  was counted when created, and its id would be the same anyway.
 - **Posts.** Mentions are the ``app.bsky.richtext.facet#mention`` features of
   ``record.facets``. Facet byte ranges are UTF-8 byte offsets into
   ``record.text``; a facet whose range is not a valid slice of the text's
@@ -74,9 +77,10 @@ Decisions:
   ``...:follow:{rkey}:unfollow`` for an unfollow (the follow has the plain
   id). ``ts`` is Jetstream's ``time_us`` / 1e6, ``platform`` is ``bluesky``.
 - Malformed frames (not JSON, required fields missing or of the wrong type)
-  are dead-lettered with the original bytes, source ``bluesky`` and a reason
-  naming the field (``invalid_json``, ``bad_frame: commit.rkey must be a
-  non-empty string``, ...: a fixed set of strings, safe as counter keys).
+  are dead-lettered with the original bytes, source ``bluesky``, reason
+  ``invalid_json`` or ``invalid_frame`` and a detail naming the field
+  (``commit.rkey must be a non-empty string``). Optional parts that are
+  malformed (facets) are ignored instead. The mapper never raises.
 
 Delivery is at least once. The cursor (``time_us`` of the last frame fully
 handed to the output) is written atomically to a file, at most every
@@ -85,10 +89,12 @@ handed to the output) is written atomically to a file, at most every
 delivered. A (re)connection resumes ``rewind_seconds`` before the cursor, as
 Jetstream recommends for gapless playback; events replayed that way are
 dropped by a bounded set of recently produced ids (``duplicate``) within one
-process, and by the pipeline's duplicate detection (same id) across restarts.
-If a flush fails, the cursor falls back to the last durable one, the ids
-produced since are forgotten and the client reconnects: they are produced
-again.
+process (dead letters too, by content), and by the pipeline's duplicate
+detection (same id) across restarts; skip counters may count a replayed
+frame twice. The kept follows are saved (atomically, when they changed)
+before the cursor, so they are never behind it. If a flush fails, the
+cursor falls back to the last durable one, the ids produced since are
+forgotten and the client reconnects: they are produced again.
 
 Filtering: ``wantedDids`` (the DIDs among the registry identities, see
 :func:`wanted_dids`) lets Jetstream send only the registry's accounts.
@@ -102,6 +108,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -137,6 +144,11 @@ MENTION_FEATURE: Final = "app.bsky.richtext.facet#mention"
 EMBED_RECORD: Final = "app.bsky.embed.record"
 EMBED_RECORD_WITH_MEDIA: Final = "app.bsky.embed.recordWithMedia"
 
+# dead-letter reason codes (the detail says which field is wrong)
+INVALID_JSON: Final = "invalid_json"
+INVALID_FRAME: Final = "invalid_frame"
+MAPPER_ERROR: Final = "mapper_error"
+
 #: Jetstream's limit on the ``wantedDids`` query parameter
 MAX_WANTED_DIDS: Final = 10_000
 
@@ -165,9 +177,11 @@ class Skip:
 
 @dataclass(frozen=True, slots=True)
 class Bad:
-    """A malformed frame, to dead-letter; ``time_us`` when the envelope was readable."""
+    """A malformed frame, to dead-letter: a short ``reason`` code, the ``detail``
+    (which field is wrong), and ``time_us`` when the envelope was readable."""
 
     reason: str
+    detail: str = ""
     time_us: int | None = None
 
 
@@ -177,9 +191,9 @@ MapResult = Mapped | Skip | Bad
 class _Malformed(Exception):
     """Internal: a required part of a commit is missing or of the wrong type."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 def _at_uri(value: object) -> tuple[str, str] | None:
@@ -214,24 +228,41 @@ class JetstreamMapper:
         self._max_follows = max_follows
         #: (actor DID, rkey) -> (collection, subject DID) of follows produced
         self._follows: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        #: bumped whenever a follow is kept (lets the client persist only changes)
+        self.follows_version = 0
+
+    def export_follows(self) -> list[list[str]]:
+        """The kept follows as ``[did, rkey, collection, subject]`` rows, oldest first."""
+        return [[did, rkey, coll, subject]
+                for (did, rkey), (coll, subject) in self._follows.items()]
+
+    def import_follows(self, rows: object) -> int:
+        """Keep follows exported earlier (malformed rows ignored); returns how many."""
+        kept = 0
+        for row in rows if isinstance(rows, list) else ():
+            if (isinstance(row, list) and len(row) == 4 and all(isinstance(v, str) for v in row)
+                    and row[2] == FOLLOW and _is_did(row[0]) and _is_did(row[3]) and row[1]):
+                self._keep_follow(row[0], row[1], row[3])
+                kept += 1
+        return kept
 
     def map(self, frame: bytes | str) -> MapResult:
         """One raw frame to events, a skip or a bad frame; never raises."""
         try:
             doc = orjson.loads(frame)
         except orjson.JSONDecodeError:
-            return Bad("invalid_json")
+            return Bad(INVALID_JSON, "not JSON")
         if not isinstance(doc, dict):
-            return Bad("bad_frame: not a JSON object")
+            return Bad(INVALID_FRAME, "not a JSON object")
         did, time_us, kind = doc.get("did"), doc.get("time_us"), doc.get("kind")
         if not _is_did(did):
-            return Bad("bad_frame: did must be a DID string")
+            return Bad(INVALID_FRAME, "did must be a DID string")
         if isinstance(time_us, bool) or not isinstance(time_us, int):
-            return Bad("bad_frame: time_us must be an integer")
+            return Bad(INVALID_FRAME, "time_us must be an integer")
         if not 0 <= time_us < _MAX_TIME_US:
-            return Bad("bad_frame: time_us outside 1970..2200")
+            return Bad(INVALID_FRAME, "time_us outside 1970..2200")
         if not isinstance(kind, str):
-            return Bad("bad_frame: kind must be a string", time_us)
+            return Bad(INVALID_FRAME, "kind must be a string", time_us)
         if kind in ("identity", "account"):
             return Skip(f"{kind}_frame", time_us)
         if kind != "commit":
@@ -242,24 +273,24 @@ class JetstreamMapper:
         try:
             return self._commit(did, actor, time_us, doc.get("commit"))
         except _Malformed as exc:
-            return Bad(exc.reason, time_us)
+            return Bad(INVALID_FRAME, exc.detail, time_us)
         except Exception:  # a mapping bug must not stop the stream: keep the frame
             log.exception("bluesky: unexpected error mapping a frame (dead-lettered)")
-            return Bad("mapper_error", time_us)
+            return Bad(MAPPER_ERROR, "unexpected error in the mapper", time_us)
 
     # -- commits
 
     def _commit(self, did: str, actor: str, time_us: int, commit: object) -> MapResult:
         if not isinstance(commit, dict):
-            raise _Malformed("bad_frame: commit must be an object")
+            raise _Malformed("commit must be an object")
         operation, collection, rkey = (
             commit.get("operation"), commit.get("collection"), commit.get("rkey"))
         if operation not in ("create", "update", "delete"):
-            raise _Malformed("bad_frame: commit.operation must be create, update or delete")
+            raise _Malformed("commit.operation must be create, update or delete")
         if not isinstance(collection, str) or not collection:
-            raise _Malformed("bad_frame: commit.collection must be a non-empty string")
+            raise _Malformed("commit.collection must be a non-empty string")
         if not isinstance(rkey, str) or not rkey:
-            raise _Malformed("bad_frame: commit.rkey must be a non-empty string")
+            raise _Malformed("commit.rkey must be a non-empty string")
         if collection not in _SHORT:
             return Skip("unwanted_collection", time_us)
         if operation == "update":
@@ -278,11 +309,11 @@ class JetstreamMapper:
 
         record = commit.get("record")
         if not isinstance(record, dict):
-            raise _Malformed("bad_frame: commit.record must be an object for a create")
+            raise _Malformed("commit.record must be an object for a create")
         if collection == FOLLOW:
             subject = record.get("subject")
             if not _is_did(subject):
-                raise _Malformed("bad_frame: follow record.subject must be a DID")
+                raise _Malformed("follow record.subject must be a DID")
             self._keep_follow(did, rkey, subject)
             return Mapped((self._event(base, ts, "follow", actor, self._account(subject)),),
                           time_us)
@@ -290,7 +321,7 @@ class JetstreamMapper:
             ref = record.get("subject")
             parsed = _at_uri(ref.get("uri") if isinstance(ref, dict) else None)
             if parsed is None:
-                raise _Malformed("bad_frame: record.subject.uri must be an at:// URI")
+                raise _Malformed("record.subject.uri must be an at:// URI")
             uri, author = parsed
             kind = "like" if collection == LIKE else "share"
             event = self._event(base, ts, kind, actor, self._account(author), subject=uri)
@@ -302,7 +333,7 @@ class JetstreamMapper:
     ) -> tuple[Event, ...]:
         text = record.get("text")
         if not isinstance(text, str):
-            raise _Malformed("bad_frame: post record.text must be a string")
+            raise _Malformed("post record.text must be a string")
         own_uri = f"at://{did}/{POST}/{rkey}"
         mentions = self._mentions(text, record.get("facets"))
         parent_uri, parent_author = self._reply_parent(record.get("reply"))
@@ -335,7 +366,7 @@ class JetstreamMapper:
         parent = reply.get("parent") if isinstance(reply, dict) else None
         parsed = _at_uri(parent.get("uri") if isinstance(parent, dict) else None)
         if parsed is None:
-            raise _Malformed("bad_frame: record.reply.parent.uri must be an at:// URI")
+            raise _Malformed("record.reply.parent.uri must be an at:// URI")
         return parsed
 
     @staticmethod
@@ -343,7 +374,7 @@ class JetstreamMapper:
         if embed is None:
             return None, None
         if not isinstance(embed, dict):
-            raise _Malformed("bad_frame: record.embed must be an object")
+            raise _Malformed("record.embed must be an object")
         kind = embed.get("$type")
         if kind == EMBED_RECORD:
             ref = embed.get("record")
@@ -354,7 +385,7 @@ class JetstreamMapper:
             return None, None  # images, links, video: not a quote
         parsed = _at_uri(ref.get("uri") if isinstance(ref, dict) else None)
         if parsed is None:
-            raise _Malformed("bad_frame: quote embed record.uri must be an at:// URI")
+            raise _Malformed("quote embed record.uri must be an at:// URI")
         return parsed
 
     def _mentions(self, text: str, facets: object) -> tuple[str, ...]:
@@ -382,6 +413,8 @@ class JetstreamMapper:
         return self._accounts.get(identity, identity)
 
     def _keep_follow(self, did: str, rkey: str, subject: str) -> None:
+        if self._follows.get((did, rkey)) != (FOLLOW, subject):
+            self.follows_version += 1
         self._follows[(did, rkey)] = (FOLLOW, subject)
         self._follows.move_to_end((did, rkey))
         while len(self._follows) > self._max_follows:
@@ -427,7 +460,7 @@ _registry_dids = wanted_dids  # JetstreamClient has a parameter of that name
 
 
 # --------------------------------------------------------------------------
-# Cursor file
+# Cursor and follows files
 
 
 def read_cursor(path: str | Path) -> int | None:
@@ -449,15 +482,25 @@ def read_cursor(path: str | Path) -> int | None:
     return cursor
 
 
-def write_cursor(path: str | Path, cursor: int) -> None:
-    """Write the cursor atomically: a temporary file, fsync, then ``os.replace``."""
-    target = Path(path)
-    tmp = target.with_name(f"{target.name}.tmp")
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(f"{cursor}\n")
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file beside ``path``, fsync, then ``os.replace``: all or nothing."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    os.replace(tmp, path)
+
+
+def write_cursor(path: str | Path, cursor: int) -> None:
+    """Write the cursor atomically."""
+    _write_atomically(Path(path), f"{cursor}\n".encode("ascii"))
+
+
+def follows_path_for(cursor_path: str | Path) -> Path:
+    """Where the kept follows live beside a cursor file: ``{cursor file}.follows``."""
+    path = Path(cursor_path)
+    return path.with_name(f"{path.name}.follows")
 
 
 # --------------------------------------------------------------------------
@@ -469,8 +512,18 @@ class _DeliveryFailed(Exception):
 
 
 def _public(url: str | URL) -> str:
-    """A URL safe to log: no credentials, no query."""
+    """A URL safe to log: no credentials, no query (the DID list, the cursor)."""
     return str(URL(url).with_user(None).with_query(None).with_fragment(None))
+
+
+def _describe(exc: object) -> str:
+    """An exception as ``Type: message``, any URL query in the message cut off."""
+    if not isinstance(exc, BaseException):
+        return str(exc)
+    text = str(exc)
+    if "?" in text:
+        text = text.split("?", 1)[0] + "?..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class JetstreamClient:
@@ -480,6 +533,9 @@ class JetstreamClient:
     ``wss://jetstream2.us-east.bsky.network/subscribe``. ``wanted_dids``
     defaults to :func:`wanted_dids` of the mapper's registry; with more than
     :data:`MAX_WANTED_DIDS` the subscription is unfiltered (the mapper filters).
+    The mapper's kept follows are saved beside the cursor (``{cursor}.follows``,
+    written before the cursor, only when they changed) so unfollows still map
+    after a restart.
     """
 
     def __init__(
@@ -498,42 +554,47 @@ class JetstreamClient:
         checkpoint_seconds: float = 5.0,
         heartbeat: float = 30.0,
     ) -> None:
-        if not backoff:
-            raise ValueError("backoff needs at least one delay")
+        if not backoff or any(delay < 0 for delay in backoff):
+            raise ValueError("backoff needs at least one delay, none negative")
         if dedup_window < 0 or checkpoint_frames < 1 or checkpoint_seconds <= 0:
-            raise ValueError("dedup_window >= 0, checkpoint_frames >= 1, checkpoint_seconds > 0")
+            raise ValueError("need dedup_window >= 0, checkpoint_frames >= 1, "
+                             "checkpoint_seconds > 0")
+        if rewind_seconds < 0:
+            raise ValueError("rewind_seconds must be >= 0")
         self._url = url
         self._mapper = mapper
         self._output = output
         self._cursor_path = Path(cursor_path)
+        self._follows_path = follows_path_for(cursor_path)
         self._collections = tuple(wanted_collections)
         self._backoff = tuple(backoff)
         self._dedup_window = dedup_window
         dids = list(wanted_dids) if wanted_dids is not None else _registry_dids(mapper.registry)
+        self._dids: tuple[str, ...] | None = tuple(dids)
         if len(dids) > MAX_WANTED_DIDS:
             log.warning("bluesky: %d DIDs exceed Jetstream's wantedDids limit (%d): "
                         "subscribing unfiltered, filtering client-side",
                         len(dids), MAX_WANTED_DIDS)
-            self._dids: tuple[str, ...] | None = None
+            self._dids = None
         elif not dids:
             log.warning("bluesky: no DID among the registry identities: subscribing "
-                        "unfiltered, every frame will be skipped as unknown_actor")
+                        "unfiltered, every commit will be skipped as unknown_actor")
             self._dids = None
-        else:
-            self._dids = tuple(dids)
         self._rewind_us = round(rewind_seconds * 1_000_000)
         self._checkpoint_frames = checkpoint_frames
         self._checkpoint_seconds = checkpoint_seconds
         self._heartbeat = heartbeat
 
-        #: time_us of the last frame fully handed to the output / last persisted one
+        #: time_us of the last frame fully handed to the output / the last one persisted
         self.cursor: int | None = None
         self.durable_cursor: int | None = None
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._pending: list[str] = []  # ids sent since the last successful flush
+        #: connections opened so far
+        self.connections = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()  # recent ids (and dead letters)
+        self._pending: list[str] = []  # of those, handed since the last successful flush
         self._frames_since = 0
         self._last_checkpoint = time.monotonic()
-        self.connections = 0
+        self._follows_saved = -1
 
     # -- public
 
@@ -549,21 +610,23 @@ class JetstreamClient:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then close, flush and persist the cursor.
 
-        Raises only if the final flush fails (the cursor is then not advanced,
-        so the next run replays what may have been lost).
+        Connection problems are logged and retried with backoff, forever.
+        Raises only if the saved cursor is unreadable, or if the final flush
+        fails (the cursor is then not advanced: the next run replays).
         """
         self.cursor = self.durable_cursor = read_cursor(self._cursor_path)
+        self._load_follows()
         self._last_checkpoint = time.monotonic()
         stop_task = asyncio.ensure_future(stop.wait())
         failures = 0
         try:
             async with aiohttp.ClientSession() as session:
                 while not stop.is_set():
-                    delivered = False
+                    received = False
                     try:
-                        delivered = await self._connection(session, stop_task)
+                        received = await self._connection(session, stop_task)
                     except _DeliveryFailed as exc:
-                        delivered = True  # the connection was fine; the output was not
+                        received = True  # the connection was fine, the output was not
                         self._rollback()
                         log.warning("bluesky: output failed (%s); resuming from cursor %s",
                                     _describe(exc.__cause__ or exc), self.cursor)
@@ -572,7 +635,7 @@ class JetstreamClient:
                                     _public(self._url), _describe(exc))
                     if stop.is_set():
                         break
-                    if delivered:
+                    if received:  # a connection that delivered resets the backoff
                         failures = 0
                     delay = self._backoff[min(failures, len(self._backoff) - 1)]
                     failures += 1
@@ -594,11 +657,11 @@ class JetstreamClient:
     async def _connection(
         self, session: aiohttp.ClientSession, stop_task: asyncio.Future[Any]
     ) -> bool:
-        """Consume one connection; True when at least one frame arrived."""
+        """Consume one connection until it ends or ``stop``; True if a frame arrived."""
         url = self.subscribe_url()
         log.info("bluesky: connecting to %s (cursor %s)", _public(url), self.cursor)
         connect = asyncio.ensure_future(session.ws_connect(
-            url, heartbeat=self._heartbeat, decode_text=False, autoclose=True))
+            url, heartbeat=self._heartbeat, decode_text=False))
         await asyncio.wait({connect, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if not connect.done():
             connect.cancel()
@@ -607,7 +670,7 @@ class JetstreamClient:
             return False
         ws = connect.result()
         self.connections += 1
-        delivered = False
+        received = False
         receive: asyncio.Future[Any] | None = None
         try:
             while True:
@@ -618,14 +681,14 @@ class JetstreamClient:
                                              return_when=asyncio.FIRST_COMPLETED)
                 if receive not in done:
                     if stop_task in done:
-                        return delivered
+                        return received
                     if self._frames_since:  # idle: make what was handed durable
                         await self._checkpoint()
                     continue
                 msg = receive.result()
                 receive = None
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    delivered = True
+                    received = True
                     data = msg.data
                     self._handle(data if isinstance(data, bytes) else str(data).encode())
                     if (self._frames_since >= self._checkpoint_frames
@@ -634,9 +697,9 @@ class JetstreamClient:
                         await self._checkpoint()
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     log.warning("bluesky: websocket error: %s", _describe(msg.data))
-                    return delivered
-                else:  # CLOSE, CLOSING, CLOSED
-                    return delivered
+                    return received
+                else:  # CLOSE, CLOSING, CLOSED: the server or the network ended it
+                    return received
         finally:
             if receive is not None and not receive.done():
                 receive.cancel()
@@ -652,31 +715,37 @@ class JetstreamClient:
         try:
             if isinstance(result, Mapped):
                 for event in result.events:
-                    if event.id in self._seen:
+                    if self._first_time(event.id):
+                        out.send(event)
+                    else:
                         out.skip("duplicate")
-                        continue
-                    self._remember(event.id)
-                    out.send(event)
             elif isinstance(result, Skip):
                 out.skip(result.reason)
+            elif self._first_time(f"dead:{hashlib.blake2b(raw, digest_size=16).hexdigest()}"):
+                out.dead_letter(raw, result.reason, SOURCE, result.detail)
             else:
-                out.dead_letter(raw, result.reason, SOURCE)
+                out.skip("duplicate")
         except Exception as exc:
             raise _DeliveryFailed("the output refused a record") from exc
         if result.time_us is not None:
             self.cursor = result.time_us
         self._frames_since += 1
 
-    def _remember(self, event_id: str) -> None:
-        self._pending.append(event_id)
-        if not self._dedup_window:
-            return
-        self._seen[event_id] = None
-        if len(self._seen) > self._dedup_window:
-            self._seen.popitem(last=False)
+    def _first_time(self, key: str) -> bool:
+        """Remember ``key``; False if it was seen recently (a replayed record)."""
+        if key in self._seen:
+            return False
+        self._pending.append(key)
+        if self._dedup_window:
+            self._seen[key] = None
+            if len(self._seen) > self._dedup_window:
+                self._seen.popitem(last=False)
+        return True
+
+    # -- durability
 
     async def _checkpoint(self) -> None:
-        """Flush the output, then persist the cursor (only after a successful flush)."""
+        """Flush the output; only then persist the follows (if changed) and the cursor."""
         cursor = self.cursor
         try:
             await asyncio.to_thread(self._output.flush)
@@ -685,29 +754,35 @@ class JetstreamClient:
         self._pending.clear()
         self._frames_since = 0
         self._last_checkpoint = time.monotonic()
-        if cursor is not None and cursor != self.durable_cursor:
-            try:
+        try:
+            version = self._mapper.follows_version
+            if version != self._follows_saved:  # before the cursor: never behind it
+                data = orjson.dumps(self._mapper.export_follows())
+                await asyncio.to_thread(_write_atomically, self._follows_path, data)
+                self._follows_saved = version
+            if cursor is not None and cursor != self.durable_cursor:
                 await asyncio.to_thread(write_cursor, self._cursor_path, cursor)
-            except OSError as exc:  # delivered anyway: a restart would replay, not lose
-                log.warning("bluesky: could not write cursor file %s: %s",
-                            self._cursor_path, _describe(exc))
-            else:
                 self.durable_cursor = cursor
+        except OSError as exc:  # delivered anyway: a restart replays more, loses nothing
+            log.warning("bluesky: could not write %s: %s", self._cursor_path, _describe(exc))
 
     def _rollback(self) -> None:
         """After a failed delivery: forget what was not durable, so it is produced again."""
-        for event_id in self._pending:
-            self._seen.pop(event_id, None)
+        for key in self._pending:
+            self._seen.pop(key, None)
         self._pending.clear()
         self.cursor = self.durable_cursor
         self._frames_since = 0
 
-
-def _describe(exc: object) -> str:
-    """An exception as ``Type: message`` (URLs in messages stripped of their query)."""
-    if isinstance(exc, BaseException):
-        text = str(exc)
-        if "?" in text:
-            text = text.split("?", 1)[0] + "?..."
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return str(exc)
+    def _load_follows(self) -> None:
+        try:
+            rows = orjson.loads(self._follows_path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("bluesky: ignoring unreadable %s (%s): deletes of earlier follows "
+                        "will be skipped as unknown_rkey", self._follows_path, _describe(exc))
+            return
+        kept = self._mapper.import_follows(rows)
+        self._follows_saved = self._mapper.follows_version
+        log.info("bluesky: %d kept follows loaded from %s", kept, self._follows_path)

@@ -11,7 +11,7 @@ second time (an already-decoded object is accepted too). Events handled:
 * ``notification``: something happened to our account. The notified account
   is the ``target``, the notification's ``account`` the ``actor``:
 
-  ============  =====================================================
+  ==============  ===================================================
   ``favourite``  ``like`` (subject: the liked status' uri)
   ``reblog``     ``share`` (subject: the shared status' uri)
   ``follow``     ``follow``
@@ -20,7 +20,7 @@ second time (an already-decoded object is accepted too). Events handled:
                  status replies to our account, else ``mention``
   other types    skipped, reason ``ignored_type`` (``follow_request``,
                  ``poll``, ``status``, ``update``, ``quote``, admin ...)
-  ============  =====================================================
+  ==============  ===================================================
 
 * ``update``: a status entered our home timeline. Only statuses *authored by
   our account* are used (others: skipped, ``not_own_status``): a reply to
@@ -57,7 +57,7 @@ the notification's (or our status') ``created_at``; ``platform`` is
 
 Bad input never raises: a frame that is not JSON, or whose payload is not a
 well-formed notification/status, goes to ``output.dead_letter(raw, reason,
-"mastodon")`` with reason ``invalid_json`` or ``invalid_message``.
+"mastodon", detail)`` with reason ``invalid_json`` or ``invalid_message``.
 
 Reconnects and gaps: streaming has no resume cursor, so whatever happens
 while a connection is down is not pushed again. After every reconnection the
@@ -409,7 +409,7 @@ def _obj(value: object, what: str) -> dict[str, Any]:
 
 def _text(obj: dict[str, Any], name: str, what: str) -> str:
     value = obj.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if name == "id" and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # ids are strings in Mastodon's API; tolerate numbers
     if not isinstance(value, str) or not value:
         raise _Bad(f"{what}.{name} must be a non-empty string")
@@ -896,7 +896,7 @@ class MastodonStreamer:
         if mapped.invalid is not None:
             log.debug("mastodon %s: dead letter %s: %s", st.account.account_id, mapped.invalid,
                       mapped.detail)
-            self._output.dead_letter(raw, mapped.invalid, SOURCE)
+            self._output.dead_letter(raw, mapped.invalid, SOURCE, st.redact(mapped.detail))
             return
         key = mapped.key
         if key is not None and key in st.seen:
