@@ -335,6 +335,22 @@ def _produce_mastodon(args: argparse.Namespace, settings: Settings) -> Any:
                                         settings.stats_interval_s))
 
 
+def _produce_bluesky(args: argparse.Namespace, settings: Settings) -> Any:
+    from producers import bluesky
+    from producers.run import run_async_source
+
+    registry = load_registry(settings.registry)
+    dids = bluesky.wanted_dids(registry)
+    if not dids:
+        raise UsageError(f"{settings.registry} lists no Bluesky DIDs among account identities")
+    output = _output(settings)
+    client = bluesky.JetstreamClient(
+        args.url, bluesky.JetstreamMapper(registry, _thanks_rule(settings)), output,
+        Path(args.cursor_file), wanted_dids=dids)
+    return asyncio.run(run_async_source(output, "bluesky", client.run,
+                                        settings.stats_interval_s))
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from producers import run
 
@@ -348,6 +364,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         summary = run.replay_file(_output(settings), path, args.format, args.speed)
     elif args.source == "mastodon":
         summary = _produce_mastodon(args, settings)
+    elif args.source == "bluesky":
+        summary = _produce_bluesky(args, settings)
     else:  # pragma: no cover - argparse restricts the choices
         raise UsageError(f"unknown source {args.source}")
     _print_produced(summary)
@@ -405,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the events' original pacing divided by SPEED "
                         "(1 = real time; default: as fast as possible)")
 
+    bsky = produce_parser("bluesky", "Bluesky Jetstream: follows, likes, reposts, posts, "
+                          "replies, quotes and mentions of the registry's DIDs")
+    bsky.add_argument("--url", default="wss://jetstream2.us-east.bsky.network/subscribe",
+                      help="Jetstream subscribe URL (default: a public Bluesky instance)")
+    bsky.add_argument("--cursor-file", dest="cursor_file", default="bluesky.cursor",
+                      help="where the resume cursor is kept (default bluesky.cursor)")
     masto = produce_parser("mastodon", "Mastodon streaming: notifications and own posts of "
                            "the registry's accounts")
     masto.add_argument("--tokens", help="YAML/JSON: registry account id -> {instance, token "

@@ -152,6 +152,7 @@ MAPPER_ERROR: Final = "mapper_error"
 #: Jetstream's limit on the ``wantedDids`` query parameter
 MAX_WANTED_DIDS: Final = 10_000
 
+_MAX_ID_LEN: Final = 512  # contract v1's limit on event ids
 _MAX_TIME_US: Final = 7_258_118_400 * 1_000_000  # 2200-01-01, the contract's limit
 
 
@@ -425,6 +426,8 @@ class JetstreamMapper:
         event_id: str, ts: float, kind: str, actor: str, target: str | None, *,
         mentions: tuple[str, ...] = (), subject: str | None = None,
     ) -> Event:
+        if len(event_id) > _MAX_ID_LEN:  # contract v1 would refuse it
+            raise _Malformed(f"did and rkey make an event id over {_MAX_ID_LEN} characters")
         return Event(id=event_id, ts=ts, kind=kind, actor=actor, target=target,
                      mentions=mentions, subject=subject, platform=PLATFORM)
 
@@ -553,6 +556,7 @@ class JetstreamClient:
         checkpoint_frames: int = 1000,
         checkpoint_seconds: float = 5.0,
         heartbeat: float = 30.0,
+        connect_timeout: float = 30.0,
     ) -> None:
         if not backoff or any(delay < 0 for delay in backoff):
             raise ValueError("backoff needs at least one delay, none negative")
@@ -584,6 +588,7 @@ class JetstreamClient:
         self._checkpoint_frames = checkpoint_frames
         self._checkpoint_seconds = checkpoint_seconds
         self._heartbeat = heartbeat
+        self._connect_timeout = connect_timeout
 
         #: time_us of the last frame fully handed to the output / the last one persisted
         self.cursor: int | None = None
@@ -620,7 +625,9 @@ class JetstreamClient:
         stop_task = asyncio.ensure_future(stop.wait())
         failures = 0
         try:
-            async with aiohttp.ClientSession() as session:
+            # the timeout bounds the handshake only, not the websocket's life
+            timeout = aiohttp.ClientTimeout(total=self._connect_timeout)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
                 while not stop.is_set():
                     received = False
                     try:

@@ -343,7 +343,8 @@ def build(config: SimulationConfig) -> Institution:
         orgs[org_id] = Org(org_id, name, None, "internal")
     by_level.append(roots)
     for depth, count in enumerate(counts[1:], start=1):
-        prefix, label = _LEVEL_PREFIXES[depth - 1] if depth <= 3 else ("unit", "Unit")
+        prefix, label = (_LEVEL_PREFIXES[depth - 1] if depth <= 3
+                         else (f"unit{depth}-", f"Level {depth} unit"))
         parents = by_level[-1]
         width = max(2, len(str(count)))
         # every parent of the level above gets a child before any gets two

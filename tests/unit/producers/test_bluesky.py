@@ -450,6 +450,8 @@ MALFORMED: list[tuple[bytes, str, int | None]] = [
     (commit_doc(operation="create", collection=POST, rkey="r",
                 record={"text": "x", "embed": {"$type": "app.bsky.embed.record", "record": {}}}),
      "quote embed record.uri must be an at:// URI", T),
+    (commit_doc(operation="create", collection=POST, rkey="r" * 500, record={"text": "x"}),
+     "did and rkey make an event id over 512 characters", T),
 ]
 
 
