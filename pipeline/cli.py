@@ -351,6 +351,66 @@ def _produce_bluesky(args: argparse.Namespace, settings: Settings) -> Any:
                                         settings.stats_interval_s))
 
 
+def _simulation_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from producers.simulator import SimulationConfig
+
+    options: dict[str, Any] = {"seed": args.seed, "n_orgs": args.orgs,
+                               "accounts_per_org": args.accounts_per_org, "days": args.days,
+                               **extra}
+    if args.events is not None:
+        options["n_events"] = args.events
+    if args.rate is not None:
+        options["rate"] = args.rate
+    try:
+        return SimulationConfig(**options)
+    except ValueError as exc:
+        raise UsageError(f"invalid simulation: {exc}") from None
+
+
+def _produce_simulate(args: argparse.Namespace, settings: Settings) -> Any:
+    """A simulated institution live: event times from now, sent in real time
+    (or as fast as possible with --fast); its registry written for the pipeline."""
+    from producers import run
+    from producers.simulator import simulate
+    from schemas.event import parse_ts
+    from schemas.registry import dump_registry
+
+    try:
+        start = parse_ts(args.start) if args.start else float(int(time.time()))
+    except ValueError as exc:
+        raise UsageError(f"--start: {exc}") from None
+    config = _simulation_config(args, start_ts=start)
+    registry, events = simulate(config)
+    Path(args.registry_out).write_text(dump_registry(registry), encoding="utf-8")
+    print(f"registry of the simulated institution: {args.registry_out} "
+          f"({len(registry.orgs)} orgs, {len(registry.org_of_account)} accounts)", flush=True)
+    total = None if config.rate is not None else config.n_events
+    return run.run_lines(_output(settings), "simulate", run.simulated_lines(events),
+                         None if args.fast else 1.0, total)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``reciprocity simulate --out DIR``: a file and its registry."""
+    from producers.simulator import write_simulation
+
+    start = time.monotonic()
+    events_path, registry_path = write_simulation(_simulation_config(args), Path(args.out))
+    print(f"{events_path}\n{registry_path}\n({time.monotonic() - start:.1f} s)")
+    return 0
+
+
+def _simulation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--orgs", type=int, default=60, help="orgs, partners included (60)")
+    parser.add_argument("--accounts-per-org", dest="accounts_per_org", type=int, default=3,
+                        help="accounts per org (3)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="number of events (default 100000; ignored with --rate)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="target events per second of event time (overrides --events)")
+    parser.add_argument("--days", type=float, default=7.0, help="days of event time (7)")
+    parser.add_argument("--seed", type=int, default=7, help="seed (7): same seed, same output")
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from producers import run
 
@@ -366,6 +426,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         summary = _produce_mastodon(args, settings)
     elif args.source == "bluesky":
         summary = _produce_bluesky(args, settings)
+    elif args.source == "simulate":
+        summary = _produce_simulate(args, settings)
     else:  # pragma: no cover - argparse restricts the choices
         raise UsageError(f"unknown source {args.source}")
     _print_produced(summary)
@@ -423,6 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the events' original pacing divided by SPEED "
                         "(1 = real time; default: as fast as possible)")
 
+    simulate_live = produce_parser("simulate", "a simulated institution, live from now "
+                                   "(real time, or --fast)")
+    _simulation_options(simulate_live)
+    simulate_live.add_argument("--start", help="event time of the start, RFC 3339 or epoch "
+                               "seconds (default: now)")
+    simulate_live.add_argument("--fast", action="store_true",
+                               help="send as fast as possible instead of in real time")
+    simulate_live.add_argument("--registry-out", dest="registry_out",
+                               default="simulated-registry.yaml",
+                               help="where to write the institution's registry for the "
+                               "pipeline (simulated-registry.yaml)")
     bsky = produce_parser("bluesky", "Bluesky Jetstream: follows, likes, reposts, posts, "
                           "replies, quotes and mentions of the registry's DIDs")
     bsky.add_argument("--url", default="wss://jetstream2.us-east.bsky.network/subscribe",
@@ -433,6 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "the registry's accounts")
     masto.add_argument("--tokens", help="YAML/JSON: registry account id -> {instance, token "
                        "or token_env} (default: RECIPROCITY_MASTODON_TOKENS)")
+
+    simulate_file = sub.add_parser("simulate", help="write a simulated institution's events "
+                                   "(JSONL) and registry to a directory")
+    simulate_file.add_argument("--out", required=True, help="directory to write to")
+    _simulation_options(simulate_file)
+    simulate_file.set_defaults(func=cmd_simulate)
 
     report = sub.add_parser("report", help="print results from the store")
     rsub = report.add_subparsers(dest="report", required=True)

@@ -36,7 +36,7 @@ def produce(stack_env: dict[str, str], *args: str) -> dict[str, float]:
     counts = {}
     for line in result.stdout.splitlines():
         name, _, value = line.rpartition(" ")
-        if name.strip() and name.strip() != "source":
+        if name.strip() and value.replace(".", "", 1).isdigit():
             counts[name.strip()] = float(value)
     return counts
 
@@ -123,4 +123,27 @@ def test_kcat_producing_contract_v1_is_accepted(broker: EmbeddedBroker, clickhou
         subprocess.run(["kcat", "-P", "-b", broker.bootstrap, "-t", stack.topic, "-K", "\t"],
                        input=b"\n".join(keyed) + b"\n", check=True, timeout=60,
                        env=kcat_env(tmp_path))
+        stack.wait_until_matches(expected)
+
+
+def test_produce_simulate_feeds_the_running_pipeline(broker: EmbeddedBroker,
+                                                     clickhouse_url: str, tmp_path: Path) -> None:
+    from producers.simulator import SimulationConfig, simulate
+    from schemas.event import encode_event
+    from schemas.registry import dump_registry
+
+    config = SimulationConfig(seed=3, n_orgs=12, accounts_per_org=2, days=1.0, n_events=800,
+                              start_ts=1772409600.0)
+    registry, events = simulate(config)
+    registry_path = tmp_path / "registry.yaml"
+    registry_path.write_text(dump_registry(registry))
+    (tmp_path / "events.jsonl").write_bytes(b"".join(encode_event(e) + b"\n" for e in events))
+    expected = recompute(tmp_path / "events.jsonl", registry_path)
+    with live_workers(broker, clickhouse_url, registry_path, tmp_path) as stack:
+        summary = produce(stack.env, "simulate", "--fast", "--seed", "3", "--orgs", "12",
+                          "--accounts-per-org", "2", "--days", "1", "--events", "800",
+                          "--start", "2026-03-02T00:00:00Z", "--registry-out",
+                          str(tmp_path / "written.yaml"), "--broker", broker.url)
+        assert summary["produced"] == summary["delivered"] == 800
+        assert (tmp_path / "written.yaml").read_text() == registry_path.read_text()
         stack.wait_until_matches(expected)
