@@ -124,6 +124,9 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
         # unacked on purpose, and commits only ever cover acked (flushed) events.
         "stream_wait_empty": False,
     }
+    credentials = settings.faust_credentials()
+    if credentials is not None:
+        options["broker_credentials"] = credentials
     options.update(overrides)
     return faust.App(settings.app_id, **options)
 
@@ -201,6 +204,10 @@ class Pipeline:
         self.app.timer(interval=TAIL_HOLE_S / 4, name="reciprocity.holes")(
             self._check_tail_holes
         )
+        if settings.web_enabled:
+            from pipeline import web
+
+            web.install(self)
 
     # -- plumbing shared by the agents ------------------------------------------------
 

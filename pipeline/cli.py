@@ -297,9 +297,11 @@ def _output(settings: Settings) -> Any:
     from pipeline.broker import ensure_topics
     from producers.output import KafkaOutput
 
+    options = settings.kafka_client_options()
     ensure_topics(settings.bootstrap_servers, [settings.topic, settings.source_dlq_topic],
-                  settings.partitions)
-    return KafkaOutput(settings.bootstrap_servers, settings.topic, settings.source_dlq_topic)
+                  settings.partitions, **options)
+    return KafkaOutput(settings.bootstrap_servers, settings.topic, settings.source_dlq_topic,
+                       **options)
 
 
 def _print_produced(summary: Any) -> None:

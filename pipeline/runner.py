@@ -126,6 +126,7 @@ def ensure_pipeline_topics(settings: Settings) -> None:
         [settings.topic, settings.dlq_topic, settings.pairs_topic, settings.inbound_topic,
          settings.alerts_topic],
         settings.partitions,
+        **settings.kafka_client_options(),
     )
     for topic in (settings.topic, settings.pairs_topic, settings.inbound_topic):
         if counts.get(topic, settings.partitions) != settings.partitions:
@@ -212,7 +213,8 @@ def produce_lines(
     lines per second; ``cancel`` stops early, after flushing what was sent.
     Raises :class:`~producers.kafka_writer.DeliveryError` if any line was lost.
     """
-    writer = KafkaEventWriter(settings.bootstrap_servers, settings.topic)
+    writer = KafkaEventWriter(settings.bootstrap_servers, settings.topic,
+                              **settings.kafka_client_options())
     n = 0
     started = time.monotonic()
     try:

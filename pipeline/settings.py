@@ -7,6 +7,7 @@ password) are ``SecretStr`` and print masked.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECIPROCITY_", frozen=True, extra="forbid",
         hide_input_in_errors=True,  # a rejected URL may carry a password
+        # Secrets may come from files (Kubernetes/compose secrets): a file named
+        # after the variable, e.g. reciprocity_clickhouse_url, in this directory.
+        secrets_dir=os.environ.get("RECIPROCITY_SECRETS_DIR") or None,
     )
 
     broker: str = Field(
@@ -81,9 +85,42 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(
         0.5, gt=0, description="RECIPROCITY_BATCH_WITHIN_S: longest wait to fill a batch."
     )
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT",
+        description=(
+            "RECIPROCITY_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+        ),
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-512",
+        description="RECIPROCITY_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+    )
+    kafka_sasl_username: str = Field(
+        "", description="RECIPROCITY_KAFKA_SASL_USERNAME: SASL user (SASL_* protocols)."
+    )
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""),
+        description="RECIPROCITY_KAFKA_SASL_PASSWORD: SASL password (secret; or a secrets file).",
+    )
+    kafka_ssl_cafile: str = Field(
+        "", description="RECIPROCITY_KAFKA_SSL_CAFILE: CA bundle to verify the brokers (SSL)."
+    )
+    kafka_ssl_certfile: str = Field(
+        "", description="RECIPROCITY_KAFKA_SSL_CERTFILE: client certificate (mutual TLS)."
+    )
+    kafka_ssl_keyfile: str = Field(
+        "", description="RECIPROCITY_KAFKA_SSL_KEYFILE: client key (mutual TLS)."
+    )
     web_enabled: bool = Field(False, description="RECIPROCITY_WEB_ENABLED: Faust web server.")
     web_host: str = Field("127.0.0.1", description="RECIPROCITY_WEB_HOST: web bind address.")
     web_port: int = Field(6066, description="RECIPROCITY_WEB_PORT: web port.")
+    web_token: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "RECIPROCITY_WEB_TOKEN: when set, /metrics and the live page require "
+            "'Authorization: Bearer <token>' (/health never does)."
+        ),
+    )
     session_timeout_s: float = Field(
         60.0, gt=0, description="RECIPROCITY_SESSION_TIMEOUT_S: consumer group session timeout."
     )
@@ -239,6 +276,22 @@ class Settings(BaseSettings):
             raise ValueError("the webhook URL must start with http:// or https://")
         return value
 
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _check_protocol(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        return value
+
+    @field_validator("kafka_sasl_mechanism")
+    @classmethod
+    def _check_mechanism(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ValueError("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        return value
+
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
@@ -284,10 +337,50 @@ class Settings(BaseSettings):
         """Broker URL as host:port strings for kafka-python/aiokafka."""
         return [h for h in self.broker.removeprefix("kafka://").split(";") if h]
 
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options for kafka-python clients (producers, admin)."""
+        protocol = self.kafka_security_protocol
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            for name in ("cafile", "certfile", "keyfile"):
+                path = getattr(self, f"kafka_ssl_{name}")
+                if path:
+                    options[f"ssl_{name}"] = path
+        if protocol.startswith("SASL"):
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism,
+                           sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        return options
+
+    def faust_credentials(self) -> Any:
+        """Broker credentials for Faust (aiokafka), or None for PLAINTEXT."""
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        import faust
+
+        context = None
+        if protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+            if self.kafka_ssl_certfile:
+                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+        mechanism = self.kafka_sasl_mechanism
+        return faust.SASLCredentials(
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password.get_secret_value(),
+            ssl_context=context, mechanism=mechanism,
+        )
+
     def masked(self) -> dict[str, Any]:
         """Effective settings for display, with secrets masked."""
         out = self.model_dump()
         out["clickhouse_url"] = mask_url(self.clickhouse_url.get_secret_value())
+        for secret in ("kafka_sasl_password", "web_token"):
+            out[secret] = "***" if getattr(self, secret).get_secret_value() else ""
         if self.webhook_url is not None:
             out["webhook_url"] = mask_webhook(self.webhook_url.get_secret_value())
         return out

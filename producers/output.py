@@ -85,12 +85,14 @@ class KafkaOutput:
     """Events to the input topic (keyed by event id), unmappable records to a
     dead-letter topic with ``source.reason`` / ``source.name`` headers."""
 
-    def __init__(self, bootstrap: list[str], topic: str, dlq_topic: str) -> None:
+    def __init__(self, bootstrap: list[str], topic: str, dlq_topic: str,
+                 **client_options: object) -> None:
+        """``client_options`` are kafka-python security options (SASL/SSL)."""
         from producers.kafka_writer import KafkaEventWriter
 
         self.counts = SourceCounts()
-        self._events = KafkaEventWriter(bootstrap, topic)
-        self._dead = KafkaEventWriter(bootstrap, dlq_topic)
+        self._events = KafkaEventWriter(bootstrap, topic, **client_options)
+        self._dead = KafkaEventWriter(bootstrap, dlq_topic, **client_options)
         self._lock = threading.Lock()
 
     def send(self, event: Event) -> None:

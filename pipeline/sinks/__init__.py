@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.sinks.base import (
@@ -61,6 +62,8 @@ class AsyncSink:
         self.retry_delays = retry_delays
         self.failures = 0
         self.batches = 0
+        #: seconds spent in successful writes (with their retries), for metrics
+        self.write_seconds = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
 
     async def run(self, fn: object, *args: object) -> object:
@@ -73,6 +76,7 @@ class AsyncSink:
     async def write(self, batch: SinkBatch) -> None:
         if not batch:
             return
+        started = time.monotonic()
         for attempt, delay in enumerate((*self.retry_delays, None)):
             try:
                 await self.run(self.backend.write, batch)
@@ -85,6 +89,7 @@ class AsyncSink:
                 await asyncio.sleep(delay)
             else:
                 self.batches += 1
+                self.write_seconds += time.monotonic() - started
                 return
 
     async def close(self) -> None:
