@@ -413,6 +413,24 @@ def _simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed (7): same seed, same output")
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``reciprocity config show``: the effective settings, secrets masked."""
+    import orjson
+
+    settings = _settings(args)
+    values = settings.masked()
+    if args.format == "json":
+        print(orjson.dumps(values, option=orjson.OPT_SORT_KEYS).decode())
+        return 0
+    for name in type(settings).model_fields:
+        value = values[name]
+        if isinstance(value, (list, tuple)):
+            value = ",".join("=".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+                             for v in value)
+        print(f"RECIPROCITY_{name.upper():<32} {value}")
+    return 0
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from producers import run
 
@@ -508,6 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "the registry's accounts")
     masto.add_argument("--tokens", help="YAML/JSON: registry account id -> {instance, token "
                        "or token_env} (default: RECIPROCITY_MASTODON_TOKENS)")
+
+    config = sub.add_parser("config", help="the effective settings")
+    csub = config.add_subparsers(dest="config", required=True)
+    show = csub.add_parser("show", help="print every setting (environment and defaults), "
+                           "secrets masked")
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    show.set_defaults(func=cmd_config)
 
     simulate_file = sub.add_parser("simulate", help="write a simulated institution's events "
                                    "(JSONL) and registry to a directory")

@@ -204,3 +204,33 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         if name.startswith("web_"):
             var = "RECIPROCITY_WEB_ENABLED"  # the web settings share one README row
         assert var in readme, f"{var} is not documented in README.md"
+
+
+def test_kafka_security_options_and_masking() -> None:
+    plain = Settings()
+    assert plain.kafka_client_options() == {"security_protocol": "PLAINTEXT"}
+    assert plain.faust_credentials() is None
+    sasl = Settings(kafka_security_protocol="sasl_ssl", kafka_sasl_username="app",
+                    kafka_sasl_password=SecretStr("hunter2"), kafka_ssl_cafile="/ca.pem")
+    options = sasl.kafka_client_options()
+    assert options == {"security_protocol": "SASL_SSL", "ssl_cafile": "/ca.pem",
+                       "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "app",
+                       "sasl_plain_password": "hunter2"}
+    assert sasl.masked()["kafka_sasl_password"] == "***"
+    assert "hunter2" not in repr(sasl) and "hunter2" not in str(sasl.masked())
+    with pytest.raises(ValidationError, match="SASL_SSL"):
+        Settings(kafka_security_protocol="TLS")
+    with pytest.raises(ValidationError, match="SCRAM"):
+        Settings(kafka_sasl_mechanism="GSSAPI")
+
+
+def test_secrets_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "reciprocity_kafka_sasl_password").write_text("from-a-file")
+    (tmp_path / "reciprocity_clickhouse_url").write_text("clickhouse://u:pw@ch:9000/db")
+
+    class FromFiles(Settings):
+        model_config = {**Settings.model_config, "secrets_dir": str(tmp_path)}
+
+    settings = FromFiles()
+    assert settings.kafka_sasl_password.get_secret_value() == "from-a-file"
+    assert settings.masked()["clickhouse_url"] == "clickhouse://u:***@ch:9000/db"
