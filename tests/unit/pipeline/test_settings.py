@@ -216,7 +216,7 @@ def test_kafka_security_options_and_masking() -> None:
     assert options == {"security_protocol": "SASL_SSL", "ssl_cafile": "/ca.pem",
                        "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "app",
                        "sasl_plain_password": "hunter2"}
-    assert sasl.masked()["kafka_sasl_password"] == "***"
+    assert sasl.masked()["kafka_sasl_password"] == "***"  # noqa: S105 - the mask
     assert "hunter2" not in repr(sasl) and "hunter2" not in str(sasl.masked())
     with pytest.raises(ValidationError, match="SASL_SSL"):
         Settings(kafka_security_protocol="TLS")
@@ -228,9 +228,6 @@ def test_secrets_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "reciprocity_kafka_sasl_password").write_text("from-a-file")
     (tmp_path / "reciprocity_clickhouse_url").write_text("clickhouse://u:pw@ch:9000/db")
 
-    class FromFiles(Settings):
-        model_config = {**Settings.model_config, "secrets_dir": str(tmp_path)}
-
-    settings = FromFiles()
+    settings = Settings(_secrets_dir=tmp_path)  # what RECIPROCITY_SECRETS_DIR sets
     assert settings.kafka_sasl_password.get_secret_value() == "from-a-file"
     assert settings.masked()["clickhouse_url"] == "clickhouse://u:***@ch:9000/db"
