@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from pipeline.app import Pipeline
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp refuses a charset here
 
 
 def authorized(token: str, header: str | None) -> bool:

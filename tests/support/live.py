@@ -60,9 +60,11 @@ def matches(url: str, expected: Result) -> Exception | None:
 @contextlib.contextmanager
 def live_workers(broker: EmbeddedBroker, clickhouse_url: str, registry: Path, tmp: Path,
                  partitions: int = 2, workers: int = 1,
-                 extra_env: dict[str, str] | None = None) -> Iterator[LiveStack]:
+                 extra_env: dict[str, str] | None = None,
+                 web_ports: list[int] | None = None) -> Iterator[LiveStack]:
     """Start ``workers`` worker processes on a fresh topic (created with
-    ``partitions``), consumer group and database; stop them on exit."""
+    ``partitions``), consumer group and database; stop them on exit. With
+    ``web_ports``, worker i serves /health and /metrics on ``web_ports[i]``."""
     name = f"live-{uuid.uuid4().hex[:8]}"
     parts = urlsplit(clickhouse_url)
     url = urlunsplit(parts._replace(path=f"/{parts.path.strip('/')}_{name[5:]}"))
@@ -80,10 +82,13 @@ def live_workers(broker: EmbeddedBroker, clickhouse_url: str, registry: Path, tm
            **(extra_env or {})}
     logs = [tmp / f"worker{i}.log" for i in range(workers)]
     procs = []
-    for log in logs:
+    for i, log in enumerate(logs):
+        own = dict(env)
+        if web_ports is not None:
+            own.update(RECIPROCITY_WEB_ENABLED="true", RECIPROCITY_WEB_PORT=str(web_ports[i]))
         with open(log, "wb") as out:  # the child keeps its own descriptor
             procs.append(subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"],
-                                          env=env, stdout=out, stderr=subprocess.STDOUT))
+                                          env=own, stdout=out, stderr=subprocess.STDOUT))
     try:
         yield LiveStack(name, url, env, procs, logs)
     finally:
