@@ -15,9 +15,10 @@
 # digest; update both stages together.)
 
 # ---------------------------------------------------------------------------
-# build: wheels of the project and of every dependency. faust-streaming ships
-# only a source distribution; with a C compiler here it builds its optional
-# Cython speed-ups. The compiler never reaches the final image.
+# build: wheels of the project and of every dependency. Most dependencies ship
+# binary wheels; the C compiler is for any that does not on the target platform
+# (faust-streaming's sdist then builds its Cython speed-ups). The compiler never
+# reaches the final image.
 FROM python:3.11.11-slim-bookworm AS build
 
 # Debian point releases replace package versions, so exact apt pins would break

@@ -338,8 +338,8 @@ def test_clickhouse_gets_the_ddl_and_credentials_from_env() -> None:
     # the health check waits for the DDL's last table
     check = " ".join(service["healthcheck"]["test"])
     table = re.search(r"EXISTS TABLE (\w+\.\w+)", check)
-    assert table and f"CREATE TABLE IF NOT EXISTS {table[1]}" in ddl
-    assert ddl.rstrip().rsplit("CREATE TABLE", 1)[1].split()[3] == table[1]
+    created = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+\.\w+)", ddl)
+    assert table and created and created[-1] == table[1]
     raw_env = load_compose()["services"]["clickhouse"]["environment"]
     assert raw_env["CLICKHOUSE_PASSWORD"].startswith("${CLICKHOUSE_PASSWORD:?")
     assert raw_env["CLICKHOUSE_USER"].startswith("${CLICKHOUSE_USER")
@@ -372,7 +372,6 @@ def test_workers_scale_restart_and_read_the_producers_registry() -> None:
     assert worker["restart"] == "on-failure"
     assert "ports" not in worker, "worker web ports stay inside the compose network"
     assert "container_name" not in worker, "a fixed name would prevent replicas"
-    assert (ROOT / worker["build"]["context"].replace("../..", ".")).resolve() == ROOT
     assert (COMPOSE_DIR / worker["build"]["context"]).resolve() == ROOT
     assert (ROOT / worker["build"]["dockerfile"]).is_file()
     assert producer["build"] == worker["build"] and producer["image"] == worker["image"]
@@ -424,8 +423,8 @@ def test_health_checks_dependencies_and_volumes() -> None:
             else:
                 pytest.fail(f"{name} -> {dep}: use service_healthy or "
                             "service_completed_successfully")
-        for image in [service.get("image", "")]:
-            assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image!r}"
+        image = service.get("image", "")
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image!r}"
     declared = set(doc["volumes"])
     named = set()
     for name, service in services.items():
