@@ -535,17 +535,37 @@ class Pipeline:
     async def _pairs_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._run_batches(stream, self.process_pairs)
 
-    def _stage_items(self, table: Any, partition: int,
-                     key_partition: Callable[[str], int]) -> tuple[Any, list[tuple[str, Any]]]:
+    def _load_stage(self, stage: PairStage | InboundStage, table: Any, partition: int,
+                    decode: Callable[[str], str]) -> None:
+        """Give a stage a partition new to it, from what its table holds (the table
+        was recovered from its changelog by the time the partition's events come)."""
+        if stage.owns(partition):
+            return
+        n = self.settings.partitions
         tracker = None
         states = []
         for key, value in table.items():
             if key.startswith(_TRACKER):
                 if int(key[len(_TRACKER):]) == partition:
                     tracker = value
-            elif key_partition(key) == partition:
-                states.append((key, value))
-        return tracker, states
+            elif partition_for(decode(key), n) == partition:
+                states.append((decode(key), value))
+        stage.load(partition, tracker, states)
+
+    def _persist_stage(self, stage: PairStage | InboundStage, table: Any,
+                       outcomes: Sequence[tuple[Any, Any]], encode: Callable[[str], str]) -> None:
+        """Write each touched key's state, then each partition's tracker: after a
+        crash the tracker is never ahead of the states. Called after the results
+        are out (a crash in between replays the batch against the old state and
+        writes the same results again; the other way round the replay would find
+        the batch applied and write nothing)."""
+        for last, outcome in outcomes:
+            if not stage.owns(last.message.partition):
+                continue  # revoked meanwhile: its new owner replays from the last commit
+            self._set_current(last)
+            for key, doc in outcome.states.items():
+                table[encode(key)] = doc
+            table[f"{_TRACKER}{last.message.partition}"] = outcome.tracker
 
     async def process_pairs(self, events: Sequence[Any]) -> None:
         settings = self.settings
@@ -554,16 +574,12 @@ class Pipeline:
         applied = self._in_sequence(topic, events)
         stage = self.pair_stage
         stream, now = settings.effective_stream_id, self.clock()
-        n = settings.partitions
         batch = SinkBatch()
         alerts: list[Alert] = []
         dead: list[DeadLetter] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
-            if not stage.owns(partition):
-                tracker, states = self._stage_items(
-                    self.pair_table, partition, lambda k: partition_for(k, n))
-                stage.load(partition, tracker, states)
+            self._load_stage(stage, self.pair_table, partition, _same)
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages, stream, now)
             outcomes.append((group[-1], outcome))
@@ -576,20 +592,10 @@ class Pipeline:
             _add_counts(self.stats.pairs, outcome.counts)
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
-        # Results out first, state second: a crash in between replays the batch
-        # against the old state and writes the same results again. The other way
-        # round, the replay would find the batch applied and write nothing.
         await self._send_dead_letters(topic, dead)
         await self.sink.write(batch)
         await self._publish_alerts(alerts)
-        for last, outcome in outcomes:
-            if not stage.owns(last.message.partition):
-                continue  # revoked meanwhile: its new owner replays from the last commit
-            self._set_current(last)
-            for key, doc in outcome.states.items():
-                self.pair_table[key] = doc
-            # the tracker last: after a crash it is never ahead of the pair states
-            self.pair_table[f"{_TRACKER}{last.message.partition}"] = outcome.tracker
+        self._persist_stage(stage, self.pair_table, outcomes, _same)  # results first, then state
         self._done(topic, applied)
 
     # -- stage 3: inbound --------------------------------------------------------------
@@ -604,31 +610,33 @@ class Pipeline:
         applied = self._in_sequence(topic, events)
         stage = self.inbound_stage
         stream, now = settings.effective_stream_id, self.clock()
-        n = settings.partitions
         alerts: list[Alert] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
-            if not stage.owns(partition):
-                tracker, states = self._stage_items(
-                    self.inbound_table, partition,
-                    lambda k: partition_for(orjson.loads(k), n))
-                stage.load(partition, tracker, ((orjson.loads(k), v) for k, v in states))
+            self._load_stage(stage, self.inbound_table, partition, _org_of_key)
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages)
             outcomes.append((group[-1], outcome))
             alerts.extend(outcome.alerts)
             _add_counts(self.stats.inbound, outcome.counts)
-        # results first, state second (see process_pairs)
         await self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now)))
         await self._publish_alerts(alerts)
-        for last, outcome in outcomes:
-            if not stage.owns(last.message.partition):
-                continue  # revoked meanwhile (see process_pairs)
-            self._set_current(last)
-            for org, doc in outcome.states.items():
-                self.inbound_table[orjson.dumps(org).decode()] = doc
-            self.inbound_table[f"{_TRACKER}{last.message.partition}"] = outcome.tracker
+        self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
         self._done(topic, applied)
+
+
+def _same(key: str) -> str:
+    return key
+
+
+def _org_of_key(key: str) -> str:
+    """Inbound table keys are JSON strings: no org id can look like a tracker key."""
+    org: str = orjson.loads(key)
+    return org
+
+
+def _key_of_org(org: str) -> str:
+    return orjson.dumps(org).decode()
 
 
 def _pair_of(record: Engagement) -> str:

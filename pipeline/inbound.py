@@ -9,7 +9,6 @@ is closed.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from pipeline.days import DaySeries, day_of
 from pipeline.ingest import Message
 from pipeline.reciprocity import Params
 from pipeline.routing import decode
-from pipeline.watermark import WatermarkTracker
+from pipeline.watermark import StagePartition, WatermarkTracker
 
 
 @dataclass(slots=True)
@@ -57,23 +56,15 @@ class InboundOutcome:
     last_offset: int = -1
 
 
-class _Partition:
-    def __init__(self, tracker: WatermarkTracker) -> None:
-        self.tracker = tracker
-        self.states: dict[str, InboundState] = {}
-        self.heap: list[tuple[float, str]] = []
-        self.deadline: dict[str, float] = {}
-
-
 class InboundStage:
     def __init__(self, params: Params, sources: int) -> None:
         self.params = params
         self.sources = sources
-        self._partitions: dict[int, _Partition] = {}
+        self._partitions: dict[int, StagePartition[InboundState]] = {}
 
     def load(self, partition: int, tracker: dict[str, Any] | None,
              states: Iterable[tuple[str, list[Any]]]) -> None:
-        part = _Partition(
+        part = StagePartition[InboundState](
             WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
             else WatermarkTracker.from_json(tracker, self.sources, self.params.lateness_s)
         )
@@ -135,15 +126,10 @@ class InboundStage:
         out.tracker = part.tracker.to_json()
         return out
 
-    def _advance(self, part: _Partition, watermark: float, touched: set[str],
+    def _advance(self, part: StagePartition[InboundState], watermark: float, touched: set[str],
                  out: InboundOutcome) -> None:
         params = self.params
-        heap = part.heap
-        while heap and heap[0][0] <= watermark:
-            due, org = heapq.heappop(heap)
-            if part.deadline.get(org) != due:
-                continue
-            del part.deadline[org]
+        for org in part.deadlines.pop_due(watermark):
             state = part.states[org]
             if state.series is not None:
                 for day, count, baseline in state.series.evaluate(
@@ -156,11 +142,5 @@ class InboundStage:
             touched.add(org)
             self._schedule(part, org, state)
 
-    def _schedule(self, part: _Partition, org: str, state: InboundState) -> None:
-        due = None if state.series is None else state.series.deadline()
-        if due is None:
-            part.deadline.pop(org, None)
-            return
-        if part.deadline.get(org) != due:
-            part.deadline[org] = due
-            heapq.heappush(part.heap, (due, org))
+    def _schedule(self, part: StagePartition[InboundState], org: str, state: InboundState) -> None:
+        part.deadlines.set(org, None if state.series is None else state.series.deadline())

@@ -21,15 +21,14 @@ State per pair (:class:`PairState`), all JSON-able for the Faust changelog:
 - ``tag``: the internal-topic offset of the last message that changed the
   pair; rows carry ``tag + 1`` as their version, so the newest state wins.
 
-Each pair has a deadline, the watermark at which it next changes on its own;
-a heap of deadlines per partition means a watermark step touches only the
-pairs that are due.
+Each pair has a deadline, the watermark at which it next changes on its own
+(``pipeline.watermark.Deadlines``), so a watermark step touches only the pairs
+that are due.
 """
 
 from __future__ import annotations
 
 import bisect
-import heapq
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.reciprocity import Params, first_return
 from pipeline.routing import Routed, decode, pair_key
 from pipeline.sinks.base import OrgRollupRow, PairWindowRow
-from pipeline.watermark import WatermarkTracker
+from pipeline.watermark import StagePartition, WatermarkTracker
 from pipeline.windows import to_utc, window_label
 from schemas.registry import Registry
 
@@ -128,16 +127,6 @@ class PairOutcome:
     last_offset: int = -1
 
 
-class _Partition:
-    """In-memory state of one internal partition."""
-
-    def __init__(self, tracker: WatermarkTracker) -> None:
-        self.tracker = tracker
-        self.states: dict[str, PairState] = {}
-        self.heap: list[tuple[float, str]] = []
-        self.deadline: dict[str, float] = {}
-
-
 class PairStage:
     """Stage 2 logic for the internal partitions this worker owns."""
 
@@ -147,7 +136,7 @@ class PairStage:
         self.sources = sources
         self.weights = params.kind_weights
         self.windows = [(size, window_label(size)) for size in params.windows]
-        self._partitions: dict[int, _Partition] = {}
+        self._partitions: dict[int, StagePartition[PairState]] = {}
         self._lineage: dict[str, tuple[str, ...]] = {}
         self._community: dict[str, str] = {}
 
@@ -156,7 +145,7 @@ class PairStage:
     def load(self, partition: int, tracker: dict[str, Any] | None,
              states: Iterable[tuple[str, list[Any]]]) -> None:
         """(Re)build a partition's state from what the table holds."""
-        part = _Partition(
+        part = StagePartition[PairState](
             WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
             else WatermarkTracker.from_json(tracker, self.sources, self.params.lateness_s)
         )
@@ -205,7 +194,7 @@ class PairStage:
         out.tracker = part.tracker.to_json()
         return out
 
-    def _apply_records(self, part: _Partition, partition: int, message: Message,
+    def _apply_records(self, part: StagePartition[PairState], partition: int, message: Message,
                        routed: Routed, dirty: dict[str, set[WindowKey]],
                        out: PairOutcome) -> None:
         source = routed.source
@@ -259,15 +248,10 @@ class PairStage:
             series = state.days[direction] = DaySeries.begin(day, params.drop_days)
         series.add(day, params.drop_days)
 
-    def _advance(self, part: _Partition, watermark: float, offset: int,
+    def _advance(self, part: StagePartition[PairState], watermark: float, offset: int,
                  dirty: dict[str, set[WindowKey]],
                  retired: dict[str, dict[WindowKey, list[Any]]], out: PairOutcome) -> None:
-        heap = part.heap
-        while heap and heap[0][0] <= watermark:
-            due, key = heapq.heappop(heap)
-            if part.deadline.get(key) != due:
-                continue  # superseded entry
-            del part.deadline[key]
+        for key in part.deadlines.pop_due(watermark):
             state = part.states[key]
             windows = dirty.setdefault(key, set())
             if self._decide(state, watermark, windows, retired.setdefault(key, {}), out):
@@ -343,14 +327,8 @@ class PairStage:
             changed = True
         return changed
 
-    def _schedule(self, part: _Partition, key: str, state: PairState) -> None:
-        due = self._deadline(state)
-        if due is None:
-            part.deadline.pop(key, None)
-            return
-        if part.deadline.get(key) != due:
-            part.deadline[key] = due
-            heapq.heappush(part.heap, (due, key))
+    def _schedule(self, part: StagePartition[PairState], key: str, state: PairState) -> None:
+        part.deadlines.set(key, self._deadline(state))
 
     def _deadline(self, state: PairState) -> float | None:
         horizon = self.params.horizon_s

@@ -11,7 +11,11 @@ back: a partition that was idle and wakes up does not reopen closed time.
 
 from __future__ import annotations
 
-from typing import Any
+import heapq
+from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
+
+S = TypeVar("S")
 
 
 class WatermarkTracker:
@@ -62,3 +66,41 @@ class WatermarkTracker:
         tracker.closed = None if doc["closed"] is None else float(doc["closed"])
         tracker.tag = int(doc["tag"])
         return tracker
+
+
+class Deadlines:
+    """Which keys are due at a watermark: the watermark each key next changes at,
+    in a heap with lazy invalidation, so a watermark step touches only the keys
+    that are due instead of every key of the partition."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+
+    def set(self, key: str, due: float | None) -> None:
+        """``key`` next changes when the watermark reaches ``due`` (None: never)."""
+        if due is None:
+            self._due.pop(key, None)
+        elif self._due.get(key) != due:
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, key))
+
+    def pop_due(self, watermark: float) -> Iterator[str]:
+        """The keys due at ``watermark``, each forgotten as it is yielded (set a
+        new deadline for it meanwhile if it has one)."""
+        heap = self._heap
+        while heap and heap[0][0] <= watermark:
+            due, key = heapq.heappop(heap)
+            if self._due.get(key) != due:
+                continue  # superseded by a later set()
+            del self._due[key]
+            yield key
+
+
+class StagePartition(Generic[S]):
+    """What a keyed stage holds in memory for one internal partition."""
+
+    def __init__(self, tracker: WatermarkTracker) -> None:
+        self.tracker = tracker
+        self.states: dict[str, S] = {}
+        self.deadlines = Deadlines()
