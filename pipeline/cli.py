@@ -249,7 +249,9 @@ def _demo_random(args: argparse.Namespace) -> int:
         back = totals.get((dst, src), 0)
         flag = "  <- never returned" if back == 0 else ""
         print(f"  {src:>8} -> {dst:<8} {given:>5}   returned {back:>5}{flag}")
-    print(f"\nreciprocity report pairs --store {workdir / 'store'} --window 1d")
+    store = workdir / "store"
+    print(f"\nmore: reciprocity report pairs|snubs|omissions|alerts|orgs --store {store}")
+    print("a story: reciprocity demo --scenario seed")
     return 0
 
 
