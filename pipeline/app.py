@@ -298,13 +298,14 @@ class Pipeline:
             if starts:
                 guard.start(tp.partition, max(starts))
 
-    def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
+    async def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
         """The events to apply: in offset order, redeliveries dropped.
 
         Raises :class:`OffsetHoleError` before anything is applied when the
         stream skipped offsets; the worker then stops, and a restart resumes
         from the last commit, which is never past the hole.
         """
+        await self._expect_start(topic, events)
         applied: list[Any] = []
         guard = self.guards[topic]
         for event in events:
@@ -401,8 +402,7 @@ class Pipeline:
     async def process(self, events: Sequence[Any]) -> None:
         """Process one batch of input events end to end (see module docstring)."""
         settings = self.settings
-        await self._expect_start(settings.topic, events)
-        applied = self._in_sequence(settings.topic, events)
+        applied = await self._in_sequence(settings.topic, events)
         messages = [
             Message(e.message.partition, e.message.offset, e.value, e.message.key)
             for e in applied
@@ -570,8 +570,7 @@ class Pipeline:
     async def process_pairs(self, events: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.pairs_topic
-        await self._expect_start(topic, events)
-        applied = self._in_sequence(topic, events)
+        applied = await self._in_sequence(topic, events)
         stage = self.pair_stage
         stream, now = settings.effective_stream_id, self.clock()
         batch = SinkBatch()
@@ -606,8 +605,7 @@ class Pipeline:
     async def process_inbound(self, events: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.inbound_topic
-        await self._expect_start(topic, events)
-        applied = self._in_sequence(topic, events)
+        applied = await self._in_sequence(topic, events)
         stage = self.inbound_stage
         stream, now = settings.effective_stream_id, self.clock()
         alerts: list[Alert] = []
