@@ -52,6 +52,7 @@ from pipeline.sinks import (
     AsyncSink,
     DeadLetterRow,
     OmissionRow,
+    PipelineBatchRow,
     SinkBatch,
     SnubRow,
 )
@@ -102,6 +103,18 @@ def dead_letter_rows(dead: Iterable[DeadLetter], stream: str,
                      now: datetime) -> list[DeadLetterRow]:
     return [DeadLetterRow(stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, now)
             for d in dead]
+
+
+def batch_rows(outcome: IngestOutcome, stream: str, now: datetime) -> list[PipelineBatchRow]:
+    """Rate and lag figures of a stage-1 batch, one row per input partition."""
+    processed = now.timestamp()
+    return [
+        PipelineBatchRow(stream, partition, outcome.first_offsets[partition],
+                         outcome.last_offsets[partition], c.messages, c.events, c.late,
+                         c.duplicates, c.dead_lettered, outcome.batch_max_ts.get(partition),
+                         processed, now)
+        for partition, c in sorted(outcome.partition_counts.items())
+    ]
 
 
 def faust_app(settings: Settings, **overrides: Any) -> faust.App:
@@ -425,6 +438,7 @@ class Pipeline:
                                    to_utc(o.ts), stream, now) for o in outcome.omissions],
             alerts=alert_rows(alerts, stream, now),
             dead_letters=dead_letter_rows(outcome.dead_letters, stream, now),
+            pipeline_batches=batch_rows(outcome, stream, now),
         )
         await self.sink.write(batch)
         await self._publish_alerts(alerts)

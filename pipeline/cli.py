@@ -415,6 +415,30 @@ def _simulation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed (7): same seed, same output")
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """``reciprocity db migrate``: apply the schema migrations the store lacks."""
+    from pipeline.sinks import open_backend
+    from pipeline.sinks.migrations import migrate
+
+    settings = _settings(args)
+    if args.cluster is not None:
+        settings = settings.model_copy(update={"clickhouse_cluster": args.cluster})
+    cluster = settings.clickhouse_cluster or None
+    if cluster is not None and not cluster.isidentifier():
+        raise UsageError(f"--cluster {cluster!r}: must be a plain identifier")
+    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    try:
+        applied = migrate(backend, cluster)
+    finally:
+        backend.close()
+    where = f"{backend.database}" + (f" on cluster {cluster}" if cluster else "")
+    for migration in applied:
+        print(f"{migration.number:03d}_{migration.name:<10} {migration.status}")
+    changed = sum(m.status != "present" for m in applied)
+    print(f"schema of {where}: {len(applied)} migrations, {changed} new")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """``reciprocity config show``: the effective settings, secrets masked."""
     import orjson
@@ -529,6 +553,19 @@ def build_parser() -> argparse.ArgumentParser:
     masto.add_argument("--tokens", help="YAML/JSON: registry account id -> {instance, token "
                        "or token_env} (default: RECIPROCITY_MASTODON_TOKENS)")
 
+    db = sub.add_parser("db", help="the store's schema")
+    dsub = db.add_subparsers(dest="db", required=True)
+    db_migrate = dsub.add_parser(
+        "migrate", help="apply the schema migrations the store lacks (idempotent; "
+        "workers also do it on start)")
+    group = db_migrate.add_mutually_exclusive_group()
+    group.add_argument("--store", help="embedded store directory")
+    group.add_argument("--clickhouse", help="ClickHouse URL")
+    db_migrate.add_argument("--cluster", help="ClickHouse cluster name: replicated + "
+                            "Distributed tables, DDL ON CLUSTER (default: "
+                            "RECIPROCITY_CLICKHOUSE_CLUSTER)")
+    db_migrate.set_defaults(func=cmd_db)
+
     config = sub.add_parser("config", help="the effective settings")
     csub = config.add_subparsers(dest="config", required=True)
     show = csub.add_parser("show", help="print every setting (environment and defaults), "
@@ -592,9 +629,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.broker import BrokerError
         from pipeline.runner import PipelineFailed
         from pipeline.sinks import StoreError
+        from pipeline.sinks.migrations import MigrationError
         from producers.kafka_writer import DeliveryError
 
-        if isinstance(exc, PipelineFailed | BrokerError | DeliveryError | StoreError):
+        if isinstance(exc, PipelineFailed | BrokerError | DeliveryError | StoreError
+                      | MigrationError):
             print(f"reciprocity: {exc}", file=sys.stderr)
             return 1
         raise

@@ -121,7 +121,12 @@ class IngestOutcome:
     #: engagements per source partition, in offset order
     engagements: dict[int, list[Engagement]] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
+    #: the same counts per input partition (for the ``pipeline_batches`` table)
+    partition_counts: dict[int, Counts] = field(default_factory=dict)
+    first_offsets: dict[int, int] = field(default_factory=dict)
     last_offsets: dict[int, int] = field(default_factory=dict)
+    #: largest event time of the valid events of this batch, per partition
+    batch_max_ts: dict[int, float] = field(default_factory=dict)
 
 
 def split_message(value: bytes) -> list[tuple[Event | Invalid, bytes]] | Invalid:
@@ -160,10 +165,13 @@ class Ingest:
     ) -> IngestOutcome:
         """One batch. Messages of a partition must come in offset order."""
         out = IngestOutcome()
-        counts = out.counts
         for message in messages:
-            counts.messages += 1
             partition, offset = message.partition, message.offset
+            counts = out.partition_counts.get(partition)
+            if counts is None:
+                counts = out.partition_counts[partition] = Counts()
+                out.first_offsets[partition] = offset
+            counts.messages += 1
             out.last_offsets[partition] = offset
             items = split_message(message.value)
             if isinstance(items, Invalid):
@@ -181,8 +189,10 @@ class Ingest:
                                                        message.key))
                     continue
                 counts.valid += 1
+                if event.ts > out.batch_max_ts.get(partition, float("-inf")):
+                    out.batch_max_ts[partition] = event.ts
                 late = self._verdict(event, partition, offset, item_index, first_seen,
-                                     max_ts, out)
+                                     max_ts, out, counts)
                 if late is None:
                     counts.duplicates += 1
                     continue
@@ -195,7 +205,9 @@ class Ingest:
                         f"{partition} (largest event time seen minus {self.lateness_s:g} s)",
                         raw, message.key))
                     continue
-                self._use(event, partition, offset, out)
+                self._use(event, partition, offset, out, counts)
+        for partition_counts in out.partition_counts.values():
+            out.counts.add(partition_counts)
         return out
 
     def _verdict(
@@ -207,6 +219,7 @@ class Ingest:
         first_seen: Mapping[str, Sequence[int]],
         max_ts: Mapping[int, float],
         out: IngestOutcome,
+        counts: Counts,
     ) -> bool | None:
         """Late (True), to use (False) or a duplicate (None); records new ids and
         moves the partition's largest event time."""
@@ -218,7 +231,7 @@ class Ingest:
         if seen is not None:
             if seen[:3] != (partition, offset, item):
                 return None
-            out.counts.replayed += 1
+            counts.replayed += 1
             late = bool(seen[3])  # a replay keeps its first verdict
         else:
             high = out.max_ts.get(partition, max_ts.get(partition))
@@ -230,8 +243,8 @@ class Ingest:
                 out.max_ts[partition] = event.ts
         return late
 
-    def _use(self, event: Event, partition: int, offset: int, out: IngestOutcome) -> None:
-        counts = out.counts
+    def _use(self, event: Event, partition: int, offset: int, out: IngestOutcome,
+             counts: Counts) -> None:
         registry = self.registry
         found = omissions(event, registry)
         if found:

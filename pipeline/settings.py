@@ -64,6 +64,13 @@ class Settings(BaseSettings):
             "or chdb:///path (embedded, the default)."
         ),
     )
+    clickhouse_cluster: str = Field(
+        "",
+        description=("RECIPROCITY_CLICKHOUSE_CLUSTER: ClickHouse cluster name for cluster mode "
+                     "(replicated local tables + Distributed tables, DDL ON CLUSTER); empty "
+                     "for a single server."),
+        pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+    )
     registry: str = Field("registry.yaml", description="RECIPROCITY_REGISTRY: registry YAML.")
     windows: Annotated[tuple[int, ...], NoDecode] = Field(
         (3600, 86400),

@@ -18,6 +18,7 @@ from pipeline.sinks.base import (
     OmissionRow,
     OrgRollupRow,
     PairWindowRow,
+    PipelineBatchRow,
     SinkBatch,
     SnubRow,
     StoreError,
@@ -25,7 +26,7 @@ from pipeline.sinks.base import (
 
 __all__ = [
     "AlertRow", "AsyncSink", "Backend", "DeadLetterRow", "OmissionRow", "OrgRollupRow",
-    "PairWindowRow", "SinkBatch", "SnubRow", "StoreError",
+    "PairWindowRow", "PipelineBatchRow", "SinkBatch", "SnubRow", "StoreError",
     "open_backend",
 ]
 
@@ -70,8 +71,8 @@ class AsyncSink:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)  # type: ignore[arg-type]
 
-    async def ensure_schema(self) -> None:
-        await self.run(self.backend.ensure_schema)
+    async def ensure_schema(self, cluster: str | None = None) -> None:
+        await self.run(self.backend.ensure_schema, cluster)
 
     async def write(self, batch: SinkBatch) -> None:
         if not batch:

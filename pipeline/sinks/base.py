@@ -7,6 +7,7 @@ the event loop never waits on ClickHouse.
 
 from __future__ import annotations
 
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 
 from pipeline.sinks.schema import TABLES, Table
 
+log = logging.getLogger(__name__)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -123,6 +125,23 @@ class DeadLetterRow(NamedTuple):
     received_at: datetime
 
 
+class PipelineBatchRow(NamedTuple):
+    """One input partition's share of one stage-1 batch: rate and lag figures."""
+
+    stream: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    messages: int
+    events: int
+    late: int
+    duplicates: int
+    dead_lettered: int
+    max_event_ts: float | None
+    processed_ts: float
+    time: datetime
+
+
 @dataclass(slots=True)
 class SinkBatch:
     """Rows of one pipeline batch, per table. Field names are table names."""
@@ -133,6 +152,7 @@ class SinkBatch:
     omissions: list[OmissionRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
+    pipeline_batches: list[PipelineBatchRow] = field(default_factory=list)
 
     def tables(self) -> list[tuple[Table, Sequence[tuple[Any, ...]]]]:
         """(table, rows) for every table with rows, in schema order."""
@@ -164,15 +184,27 @@ class Backend(ABC):
         )
         return bool(rows) and int(rows[0][0]) > 0
 
-    @abstractmethod
-    def ensure_schema(self) -> None:
-        """Create the database and tables if missing. Safe to call on every start."""
+    def ensure_schema(self, cluster: str | None = None) -> None:
+        """Apply the schema migrations the store lacks (see
+        :mod:`pipeline.sinks.migrations`). Safe to call on every start."""
+        from pipeline.sinks.migrations import migrate
 
-    @abstractmethod
+        migrate(self, cluster or None, log=log.info)
+
     def write(self, batch: SinkBatch) -> None:
         """Write one batch, one INSERT per table. Idempotent: writing the same
         rows again leaves the same query results. Raises on failure; the caller
         retries and never acks the source offsets of a failed batch."""
+        for table, rows in batch.tables():
+            self.insert(table, rows)
+
+    @abstractmethod
+    def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert rows (tuples in ``table``'s column order) in one batch."""
+
+    @abstractmethod
+    def execute(self, statement: str) -> None:
+        """Run one DDL statement (from our own code, never user text)."""
 
     @abstractmethod
     def query(self, sql: str) -> list[tuple[Any, ...]]:

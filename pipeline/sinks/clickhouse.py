@@ -7,14 +7,15 @@ parameters ``secure=1`` (TLS; ``clickhouses://`` implies it), ``verify=0``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as DriverError
 
-from pipeline.sinks.base import Backend, SinkBatch, StoreError, check_identifier
-from pipeline.sinks.schema import ddl
+from pipeline.sinks.base import Backend, StoreError, check_identifier
+from pipeline.sinks.schema import Table
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -50,20 +51,18 @@ class ClickHouseServerBackend(Backend):
         self._where = f"ClickHouse at {kwargs['host']}:{kwargs['port']}"
         self._client = Client(**kwargs)
 
-    def ensure_schema(self) -> None:
+    def execute(self, statement: str) -> None:
         try:
-            for statement in ddl(self.database):
-                self._client.execute(statement)
+            self._client.execute(statement)
         except (DriverError, OSError) as exc:
-            raise StoreError(f"{self._where}: cannot create the schema: {exc}") from exc
+            raise StoreError(f"{self._where}: {exc}") from exc
 
-    def write(self, batch: SinkBatch) -> None:
+    def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
         # Always the parameterized INSERT form: inline VALUES hang on 18.16.
-        for table, rows in batch.tables():
-            cols = ", ".join(table.column_names)
-            self._client.execute(
-                f"INSERT INTO {self.database}.{table.name} ({cols}) VALUES", list(rows)
-            )
+        cols = ", ".join(table.column_names)
+        self._client.execute(
+            f"INSERT INTO {self.database}.{table.name} ({cols}) VALUES", list(rows)
+        )
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         try:

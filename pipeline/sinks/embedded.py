@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import orjson
 import pyarrow as pa
 
-from pipeline.sinks.base import Backend, SinkBatch, StoreError, check_identifier
-from pipeline.sinks.schema import Table, ddl
+from pipeline.sinks.base import Backend, StoreError, check_identifier
+from pipeline.sinks.schema import Table
 
 DEFAULT_DATABASE = "reciprocity"
 _TS = pa.timestamp("s", tz="UTC")
@@ -70,18 +70,16 @@ class ChdbBackend(Backend):
                 "may open an embedded store; is a reciprocity run still using it?)"
             ) from exc
 
-    def ensure_schema(self) -> None:
-        for statement in ddl(self.database):
-            self._session.query(statement)
+    def execute(self, statement: str) -> None:
+        self._session.query(statement)
 
-    def write(self, batch: SinkBatch) -> None:
-        for table, rows in batch.tables():
-            data = arrow_table(table, rows)  # noqa: F841 - read by name by Python()
-            cols = ", ".join(table.column_names)
-            target = f"{self.database}.{table.name}"  # validated identifier
-            self._session.query(
-                f"INSERT INTO {target} ({cols}) SELECT {cols} FROM Python(data)"  # noqa: S608
-            )
+    def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+        data = arrow_table(table, rows)  # noqa: F841 - read by name by Python()
+        cols = ", ".join(table.column_names)
+        target = f"{self.database}.{table.name}"  # validated identifier
+        self._session.query(
+            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM Python(data)"  # noqa: S608
+        )
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         result = self._session.query(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from pipeline.sinks import AsyncSink, Backend, DeadLetterRow, SinkBatch
+from pipeline.sinks.schema import Table
 
 
 class FlakyBackend(Backend):
@@ -29,6 +31,12 @@ class FlakyBackend(Backend):
             self.failures -= 1
             raise ConnectionError("store unreachable")
         self.written.append(batch)
+
+    def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+        raise AssertionError("write() is the only path the sink uses")
+
+    def execute(self, statement: str) -> None:
+        pass
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return []
