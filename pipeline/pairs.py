@@ -200,6 +200,7 @@ class PairStage:
         source = routed.source
         closed = part.tracker.closed
         applied_before: dict[str, int] = {}
+        touched: dict[str, PairState] = {}
         for record in routed.records:
             out.counts.records += 1
             key = pair_key(record.src, record.dst)
@@ -227,6 +228,8 @@ class PairStage:
                 continue
             out.counts.applied += 1
             self._add(state, record.src, record.kind, record.id, record.ts, windows)
+            touched[key] = state
+        for key, state in touched.items():  # once per pair, not per record
             self._schedule(part, key, state)
 
     def _add(self, state: PairState, src: str, kind: int, event_id: str, ts: float,

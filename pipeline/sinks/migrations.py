@@ -11,7 +11,7 @@ Portability: the SQL in ``deploy/clickhouse/NNN_*.sql`` runs on Debian's
 ClickHouse 18.16 and on modern ClickHouse. Extras a server may lack
 (LowCardinality columns, TTL retention) are in their own migration, applied
 only where :class:`Server` says they are supported and recorded as skipped
-elsewhere.
+elsewhere (and applied by the first migrate after an upgrade).
 
 Cluster mode (``--cluster NAME``): tables become ReplicatedReplacingMergeTree
 ``*_local`` tables plus Distributed tables under the plain names, every
@@ -192,7 +192,8 @@ def _migrations_ddl(target: Target) -> list[str]:
 def recorded(backend: Backend) -> dict[int, tuple[str, str]]:
     """Applied migrations: number -> (checksum, status)."""
     rows = backend.query(
-        f"SELECT number, argMax(checksum, applied_at), argMax(status, applied_at) "  # noqa: S608
+        "SELECT number, argMax(checksum, applied_at), "  # noqa: S608
+        "if(countIf(status = 'applied') > 0, 'applied', argMax(status, applied_at)) "
         f"FROM {backend.database}.{MIGRATIONS_TABLE} GROUP BY number"
     )
     return {int(n): (str(c), str(s)) for n, c, s in rows}
@@ -217,8 +218,10 @@ def migrate(backend: Backend, cluster: str | None = None,
                 raise MigrationError(
                     f"migration {migration.label} was applied with checksum {stored} but the "
                     f"code's is {checksum}: applied migrations must not change; add a new one")
-            result.append(Applied(migration.number, migration.name, "present"))
-            continue
+            if not (status == "skipped" and migration.needs_extras and server.extras):
+                result.append(Applied(migration.number, migration.name, "present"))
+                continue
+            # skipped on an older server that has since been upgraded: apply it now
         status = "applied"
         if migration.needs_extras and not server.extras:
             status = "skipped"

@@ -36,6 +36,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 BASE_IMAGE = "python:3.11.11-slim-bookworm"
 BROKERS = ("kafka-1", "kafka-2", "kafka-3")
+#: services that run once and exit 0; others depend on them completing
+ONE_SHOTS = {"topic-init", "db-migrate"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
 
 # Compose interpolation: $$ escapes, ${NAME}, ${NAME:-default}, ${NAME-default},
@@ -265,6 +267,7 @@ def test_producer_and_worker_environments_are_valid_settings(
     for name in ("producer", "worker"):
         settings = settings_from(service_env(doc, name), monkeypatch)
         assert settings.bootstrap_servers == [f"{b}:9092" for b in BROKERS], name
+    settings_from(service_env(doc, "db-migrate"), monkeypatch)
     worker = settings_from(service_env(doc, "worker"), monkeypatch)
     assert worker.web_enabled is True
     assert worker.web_host == "0.0.0.0"  # noqa: S104 - inside the compose network only
@@ -326,25 +329,50 @@ def test_topic_init_creates_every_topic_of_the_pipeline(monkeypatch: pytest.Monk
         assert init["depends_on"][broker] == {"condition": "service_healthy"}
 
 
-def test_clickhouse_gets_the_ddl_and_credentials_from_env() -> None:
+def test_clickhouse_gets_credentials_from_env_and_no_schema() -> None:
     doc = resolved()
     service = doc["services"]["clickhouse"]
     assert service["image"] == "clickhouse/clickhouse-server:24.8"
     mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"])
-    ddl_dir = (COMPOSE_DIR / mounts["/docker-entrypoint-initdb.d"]).resolve()
-    assert ddl_dir == ROOT / "deploy" / "clickhouse"
-    assert (ddl_dir / "001_init.sql").is_file()
-    ddl = (ddl_dir / "001_init.sql").read_text(encoding="utf-8")
-    # the health check waits for the DDL's last table
-    check = " ".join(service["healthcheck"]["test"])
-    table = re.search(r"EXISTS TABLE (\w+\.\w+)", check)
-    created = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+\.\w+)", ddl)
-    assert table and created and created[-1] == table[1]
+    # the schema is db-migrate's: no init scripts that would bypass schema_migrations
+    assert mounts == {"/var/lib/clickhouse": "clickhouse-data"}
+    # healthy once it answers a query (not once some table exists)
+    check = service["healthcheck"]["test"]
+    assert check[0] == "CMD-SHELL"
+    assert "clickhouse-client" in check[1] and "--query 'SELECT 1'" in check[1]
+    assert '--password "$CLICKHOUSE_PASSWORD"' in check[1]
     raw_env = load_compose()["services"]["clickhouse"]["environment"]
     assert raw_env["CLICKHOUSE_PASSWORD"].startswith("${CLICKHOUSE_PASSWORD:?")
     assert raw_env["CLICKHOUSE_USER"].startswith("${CLICKHOUSE_USER")
     for port in service.get("ports", []):
         assert str(port).startswith("127.0.0.1:"), "ClickHouse is published on loopback only"
+
+
+def test_db_migrate_applies_the_schema_before_the_workers_and_grafana(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.cli import build_parser, cmd_db
+
+    doc = resolved()
+    services = doc["services"]
+    migrate, worker = services["db-migrate"], services["worker"]
+    assert migrate["command"] == ["db", "migrate"]
+    assert build_parser().parse_args(migrate["command"]).func is cmd_db
+    assert migrate["image"] == worker["image"] and migrate["build"] == worker["build"]
+    # the workers' store, single-server mode (no cluster in compose)
+    env = service_env(doc, "db-migrate")
+    assert env["RECIPROCITY_CLICKHOUSE_URL"] == service_env(doc, "worker")[
+        "RECIPROCITY_CLICKHOUSE_URL"]
+    assert settings_from(env, monkeypatch).clickhouse_cluster == ""
+    assert settings_from(service_env(doc, "worker"), monkeypatch).clickhouse_cluster == ""
+    assert migrate["depends_on"] == {"clickhouse": {"condition": "service_healthy"}}
+    # retried while ClickHouse finishes starting, but not forever
+    assert re.fullmatch(r"on-failure:\d+", migrate["restart"])
+    # the image's health check probes the worker's web server
+    assert migrate["healthcheck"] == {"disable": True}
+    for name in ("worker", "grafana"):
+        assert services[name]["depends_on"]["db-migrate"] == {
+            "condition": "service_completed_successfully"}, name
 
 
 def test_grafana_installs_the_plugin_and_mounts_our_provisioning() -> None:
@@ -390,6 +418,8 @@ def test_workers_scale_restart_and_read_the_producers_registry() -> None:
     assert worker["depends_on"]["producer"] == {"condition": "service_healthy"}
     assert "load_registry" in " ".join(producer["healthcheck"]["test"])
     assert worker["depends_on"]["clickhouse"] == {"condition": "service_healthy"}
+    assert worker["depends_on"]["db-migrate"] == {
+        "condition": "service_completed_successfully"}
     assert worker["depends_on"]["topic-init"] == {
         "condition": "service_completed_successfully"}
     assert producer["depends_on"]["topic-init"] == {
@@ -407,19 +437,22 @@ def test_worker_health_check_calls_health_on_the_web_port() -> None:
 def test_health_checks_dependencies_and_volumes() -> None:
     doc = resolved()
     services = doc["services"]
-    one_shots = {name for name, s in services.items() if s.get("restart") == "no"}
-    assert one_shots == {"topic-init"}
+    assert set(services) >= ONE_SHOTS
     for name, service in services.items():
-        if name not in one_shots:
+        if name in ONE_SHOTS:
+            assert service.get("restart", "no") == "no" or re.fullmatch(
+                r"on-failure:\d+", service["restart"]), f"{name}: a one-shot retries finitely"
+        else:
             assert "healthcheck" in service, f"{name} has no health check"
+            assert not service["healthcheck"].get("disable"), f"{name}: health check disabled"
             assert service.get("restart") == "on-failure", name
         for dep, spec in (service.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
             condition = spec["condition"]
             if condition == "service_healthy":
-                assert "healthcheck" in services[dep], f"{dep} can never be healthy"
+                assert dep not in ONE_SHOTS, f"{dep} exits, it is never healthy"
             elif condition == "service_completed_successfully":
-                assert dep in one_shots, f"{dep} never completes"
+                assert dep in ONE_SHOTS, f"{dep} never completes"
             else:
                 pytest.fail(f"{name} -> {dep}: use service_healthy or "
                             "service_completed_successfully")

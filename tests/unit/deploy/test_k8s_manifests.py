@@ -8,10 +8,8 @@
   name is a setting, the ConfigMap parses with the settings and keeps the
   documented defaults, probes and metrics hit the web port, mounted files exist,
   secrets stay out of ConfigMaps, selectors match, the kustomization lists every
-  default manifest, topics/ACLs/users follow the settings.
-
-``python tests/unit/deploy/test_k8s_manifests.py`` prints the replicated DDL
-that ``reference/clickhouse-altinity.yaml`` must hold.
+  default manifest, topics/ACLs/users follow the settings, the schema Job and
+  the workers migrate the ClickHouse installation's cluster.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import pytest
 import yaml
 
 from pipeline.settings import Settings
-from pipeline.sinks.schema import render_sql
 from producers.mastodon import parse_accounts
 from schemas.registry import parse_registry
 
@@ -55,7 +52,7 @@ CRD_KINDS = {
 #: Settings whose deployment value differs from the documented default, on purpose.
 DEPLOYMENT_OVERRIDES = {
     "broker", "kafka_security_protocol", "kafka_sasl_username", "kafka_ssl_cafile",
-    "registry", "partitions",
+    "registry", "partitions", "clickhouse_cluster",
 }
 #: Kubernetes kinds that are not namespaced.
 CLUSTER_SCOPED = {"Namespace"}
@@ -702,26 +699,6 @@ def test_kafka_user_may_do_what_the_application_does() -> None:
 # -- ClickHouse (Altinity) -----------------------------------------------------------------
 
 
-PATH_ARGS = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
-
-
-def replicated_ddl(cluster: str = "reciprocity") -> str:
-    """deploy/clickhouse/001_init.sql as ReplicatedReplacingMergeTree ON CLUSTER."""
-    out = []
-    for line in render_sql("reciprocity").splitlines():
-        if line.startswith("--"):
-            continue
-        create = re.fullmatch(r"(CREATE (?:DATABASE|TABLE) IF NOT EXISTS \S+?)(;?)", line)
-        if create:
-            line = f"{create.group(1)} ON CLUSTER {cluster}{create.group(2)}"
-        engine = re.fullmatch(r"ENGINE = ReplacingMergeTree(?:\((\w+)\))?", line)
-        if engine:
-            args = PATH_ARGS + (f", {engine.group(1)}" if engine.group(1) else "")
-            line = f"ENGINE = ReplicatedReplacingMergeTree({args})"
-        out.append(line)
-    return "\n".join(out).strip() + "\n"
-
-
 def clickhouse_docs() -> list[dict[str, Any]]:
     return load(REFERENCE / "clickhouse-altinity.yaml")
 
@@ -772,37 +749,53 @@ def test_clickhouse_url_template_points_at_the_installation() -> None:
     Settings(clickhouse_url=url)  # a valid setting
 
 
-def test_replicated_schema_matches_the_generated_ddl() -> None:
-    docs = clickhouse_docs()
-    (chi,) = find(docs, "ClickHouseInstallation")
+def chi_cluster() -> str:
+    (chi,) = find(clickhouse_docs(), "ClickHouseInstallation")
     (cluster,) = chi["spec"]["configuration"]["clusters"]
-    schema = one(docs, "ConfigMap", "reciprocity-clickhouse-schema")["data"][
-        "001_init_replicated.sql"]
-    assert schema == replicated_ddl(cluster["name"]), (
-        "regenerate: python tests/unit/deploy/test_k8s_manifests.py")
-    assert "ENGINE = ReplacingMergeTree" not in schema
-    statements = [s for s in schema.split(";") if s.strip()]
-    assert len(statements) == render_sql("reciprocity").count("\nCREATE ")
-    assert all(f"ON CLUSTER {cluster['name']}" in s for s in statements)
+    return str(cluster["name"])
 
 
-def test_replicated_schema_parses() -> None:
-    chdb = pytest.importorskip("chdb")
-    for statement in (s for s in replicated_ddl().split(";") if s.strip()):
-        ast = chdb.query(f"EXPLAIN AST {statement}", "CSV").bytes().decode()
-        assert "CreateQuery" in ast, statement
+def migrate_job() -> dict[str, Any]:
+    return one(clickhouse_docs(), "Job", "reciprocity-db-migrate")
 
 
-def test_schema_job_runs_the_schema_file() -> None:
-    docs = clickhouse_docs()
-    job = one(docs, "Job", "reciprocity-clickhouse-schema")
-    pod = job["spec"]["template"]
-    (container,) = pod["spec"]["containers"]
-    script = " ".join(container["command"])
-    (path,) = re.findall(r"--queries-file (\S+)", script)
-    _, volume, relative = mount_of(container, pod, path)
-    assert_file_in_volume(volume, relative, docs, "schema")
-    assert clickhouse_service() in script
+def test_schema_job_migrates_the_installations_cluster() -> None:
+    from pipeline.cli import build_parser, cmd_db
+
+    job = migrate_job()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == IMAGE, "the workers' image"
+    args = build_parser().parse_args(container["args"])
+    assert args.func is cmd_db and args.db == "migrate"
+    assert args.cluster == chi_cluster()
+    assert args.store is None and args.clickhouse is None, "the URL comes from the Secret"
+    # the workers' ClickHouse URL, from their Secret (the Job is in their namespace)
+    assert job["metadata"]["namespace"] == worker()["metadata"]["namespace"] == NAMESPACE
+    env = container_env(container)
+    assert set(env) == {"RECIPROCITY_CLICKHOUSE_URL"}
+    ref = env["RECIPROCITY_CLICKHOUSE_URL"]["valueFrom"]["secretKeyRef"]
+    worker_secrets = {s["secretRef"]["name"] for s in worker_container()["envFrom"]
+                      if "secretRef" in s}
+    assert ref["name"] in worker_secrets
+    assert ref["key"] in one(secret_template(), "Secret", ref["name"])["stringData"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert job["spec"]["backoffLimit"] >= 5, "retries until the installation answers"
+
+
+def test_workers_migrate_in_cluster_mode_on_the_same_cluster() -> None:
+    """Workers apply the migrations on start: in the single-server form they would
+    create unreplicated tables on whichever replica they reach."""
+    assert deployed_settings().clickhouse_cluster == chi_cluster()
+    env = effective_env(worker_container(), docs_of("config.yaml"))
+    assert env["RECIPROCITY_CLICKHOUSE_CLUSTER"] == chi_cluster()
+
+
+def test_committed_cluster_sql_is_for_the_installations_cluster() -> None:
+    """deploy/clickhouse/cluster/ shows what the Job applies on this installation."""
+    sql = "".join(p.read_text() for p in sorted((ROOT / "deploy" / "clickhouse" / "cluster")
+                                                 .glob("*.sql")))
+    clusters = set(re.findall(r"ON CLUSTER (\w+)", sql))
+    assert clusters == {chi_cluster()}
 
 
 # -- Grafana -------------------------------------------------------------------------------
@@ -825,7 +818,3 @@ def test_grafana_datasource_reads_clickhouse_with_the_read_only_user() -> None:
     grafana_secret = one(secret_template(), "Secret", "reciprocity-grafana-clickhouse")
     assert variable in grafana_secret["stringData"]
     assert grafana_secret["metadata"]["namespace"] == cm["metadata"]["namespace"]
-
-
-if __name__ == "__main__":
-    print(replicated_ddl(), end="")

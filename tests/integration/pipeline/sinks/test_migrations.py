@@ -215,3 +215,16 @@ def test_event_rate_and_lag(loaded: Backend) -> None:
         (minute, 25, 85, 1, 2, 1)]
     # partition 1 had no valid event: no lag sample
     assert rows(loaded, "SELECT partition, lag_s FROM {db}.pipeline_lag") == [(0, 5.0)]
+
+
+def test_extras_skipped_before_an_upgrade_are_applied_after_it(
+        store: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not server(store).extras:
+        pytest.skip("needs a server with the extras (chdb) to play the upgraded one")
+    with monkeypatch.context() as old_server:
+        old_server.setattr(Server, "extras", property(lambda self: False))
+        assert [m.status for m in migrate(store)] == ["applied", "applied", "skipped"]
+    assert [m.status for m in migrate(store)] == ["present", "present", "applied"]
+    assert [m.status for m in migrate(store)] == ["present"] * 3
+    create = str(store.query(f"SHOW CREATE TABLE {store.database}.pipeline_batches")[0][0])
+    assert "TTL" in create
