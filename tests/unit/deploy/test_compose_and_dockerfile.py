@@ -388,6 +388,17 @@ def test_grafana_installs_the_plugin_and_mounts_our_provisioning() -> None:
         ROOT / "deploy" / "grafana" / "provisioning"
     )
     assert service["depends_on"]["clickhouse"] == {"condition": "service_healthy"}
+    # the dashboards are mounted where our file provider reads them
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/"
+                               "reciprocity.yaml").read_text(encoding="utf-8"))
+    (path,) = {p["options"]["path"] for p in provider["providers"]}
+    assert (COMPOSE_DIR / mounts[path]).resolve() == ROOT / "deploy" / "grafana" / "dashboards"
+    # every variable the datasource file reads is set for Grafana
+    datasource = "\n".join(
+        line for line in (ROOT / "deploy/grafana/provisioning/datasources/clickhouse.yaml")
+        .read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("#"))
+    needed = set(re.findall(r"\$\{?([A-Z_]+)", datasource))
+    assert needed and needed <= set(env), needed - set(env)
 
 
 def test_workers_scale_restart_and_read_the_producers_registry() -> None:
