@@ -164,6 +164,9 @@ class Pipeline:
         self.params = params = settings.params()
         self.ingest = Ingest(registry, params.lateness_s)
         self.pair_stage = PairStage(registry, params, settings.partitions)
+        #: called after each pair-stage sink write with the event times of the
+        #: engagements it made queryable (``reciprocity bench`` measures latency)
+        self._on_written: Callable[[list[float]], None] | None = None
         self.inbound_stage = InboundStage(params, settings.partitions)
         self.app = faust_app(settings, **app_overrides)
         n = settings.partitions
@@ -607,9 +610,20 @@ class Pipeline:
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
         await self._send_dead_letters(topic, dead)
         await self.sink.write(batch)
+        if self.on_written is not None:
+            self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
         await self._publish_alerts(alerts)
         self._persist_stage(stage, self.pair_table, outcomes, _same)  # results first, then state
         self._done(topic, applied)
+
+    @property
+    def on_written(self) -> Callable[[list[float]], None] | None:
+        return self._on_written
+
+    @on_written.setter
+    def on_written(self, callback: Callable[[list[float]], None] | None) -> None:
+        self._on_written = callback
+        self.pair_stage.keep_applied_ts = callback is not None
 
     # -- stage 3: inbound --------------------------------------------------------------
 

@@ -125,6 +125,8 @@ class PairOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: PairCounts = field(default_factory=PairCounts)
     last_offset: int = -1
+    #: event times of the engagements applied (only when the stage keeps them)
+    applied_ts: list[float] = field(default_factory=list)
 
 
 class PairStage:
@@ -137,6 +139,8 @@ class PairStage:
         self.weights = params.kind_weights
         self.windows = [(size, window_label(size)) for size in params.windows]
         self._partitions: dict[int, StagePartition[PairState]] = {}
+        #: fill ``PairOutcome.applied_ts`` (for latency measurements)
+        self.keep_applied_ts = False
         self._lineage: dict[str, tuple[str, ...]] = {}
         self._community: dict[str, str] = {}
 
@@ -229,6 +233,8 @@ class PairStage:
             out.counts.applied += 1
             self._add(state, record.src, record.kind, record.id, record.ts, windows)
             touched[key] = state
+            if self.keep_applied_ts:
+                out.applied_ts.append(record.ts)
         for key, state in touched.items():  # once per pair, not per record
             self._schedule(part, key, state)
 
