@@ -24,6 +24,9 @@ from schemas.registry import RegistryError, load_registry
 
 log = logging.getLogger("reciprocity")
 
+#: where ``reciprocity demo`` serves the live page unless told otherwise
+DEMO_PORT = 6066
+
 
 class UsageError(Exception):
     """Bad options or configuration; printed without a traceback, exit code 2."""
@@ -130,8 +133,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _demo_scenario(args: argparse.Namespace) -> int:
     """A story-driven scenario, streamed live, then the focus org's report."""
     from pipeline import report
-    from pipeline.runner import run_file
-    from pipeline.sinks import open_backend
     from producers.scenarios import FOCUS, write_scenario
 
     workdir = Path(args.dir or tempfile.mkdtemp(prefix=f"reciprocity-{args.scenario}-"))
@@ -140,21 +141,27 @@ def _demo_scenario(args: argparse.Namespace) -> int:
     focus = FOCUS[args.scenario]
     settings = _settings(args, registry=str(registry_path),
                          clickhouse_url=f"chdb://{(workdir / 'store').resolve()}",
-                         stream_id=f"demo-{args.scenario}")
+                         stream_id=f"demo-{args.scenario}", **_demo_web(args))
     print(f"scenario {args.scenario}: {len(registry.orgs)} orgs, "
           f"{len(registry.org_of_account)} accounts; streaming {events_path} at "
           f"{args.rate:g} events/s through Kafka -> Faust -> ClickHouse (embedded)", flush=True)
-    backend = open_backend(settings.clickhouse_url.get_secret_value())
-    try:
-        summary = asyncio.run(run_file(settings, registry, backend, events_path,
-                                       rate=args.rate, on_progress=_progress_printer()))
-        snubs = report.snub_rows(backend, src=focus)
-        omitted = report.omission_rows(backend, left_out=focus)
-        totals = report.pair_totals(backend, "1d")
+
+    def read(backend: Any) -> tuple[Any, ...]:
         drops = [a for a in report.alert_rows(backend, org=focus)
                  if a["kind"] in ("drop_pair", "drop_inbound")]
-    finally:
-        backend.close()
+        return (report.snub_rows(backend, src=focus),
+                report.omission_rows(backend, left_out=focus),
+                report.pair_totals(backend, "1d"), drops)
+
+    def show(summary: Any, found: tuple[Any, ...]) -> None:
+        _show_scenario(settings, registry, workdir, focus, summary, *found)
+
+    _run_demo(args, settings, registry, events_path, read, show)
+    return 0
+
+
+def _show_scenario(settings: Settings, registry: Any, workdir: Path, focus: str,
+                   summary: Any, snubs: Any, omitted: Any, totals: Any, drops: Any) -> None:
     print(f"\nfiles and store in {workdir}")
     _print_summary(summary)
     org = registry.orgs[focus]
@@ -181,7 +188,84 @@ def _demo_scenario(args: argparse.Namespace) -> int:
         for alert in drops:
             print(f"    {alert['ts'][:10]}  {alert['message']}")
     print(f"\nreciprocity report snubs --store {workdir / 'store'} --src {focus}")
-    return 0
+
+
+def _demo_web(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings that serve the live page on 127.0.0.1 at ``--port``: default
+    6066, or a free port (said so) when 6066 is busy; 0 means any free port.
+    A busy port given explicitly is a usage error."""
+    from pipeline.broker import free_port
+
+    port = args.port
+    if port is None:
+        port = DEMO_PORT
+        if not _port_free(port):
+            port = free_port()
+            print(f"port {DEMO_PORT} is busy: the live page uses port {port}", flush=True)
+    elif port == 0:
+        port = free_port()
+    elif not 0 < port < 65536:
+        raise UsageError(f"--port {port}: not a TCP port")
+    elif not _port_free(port):
+        raise UsageError(f"--port {port}: 127.0.0.1:{port} is in use (choose another "
+                         "port, or --port 0 for any free one)")
+    return {"web_enabled": True, "web_host": "127.0.0.1", "web_port": port}
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        # as the web server binds: a port left in TIME_WAIT is free, a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _run_demo(args: argparse.Namespace, settings: Settings, registry: Any, events_path: Path,
+              read: Any, show: Any) -> None:
+    """Stream ``events_path`` through a worker that serves the live page, then
+    print the report: ``read(backend)`` (blocking) gets its data and
+    ``show(summary, data)`` prints it. With ``--serve`` the report is printed
+    once the input is drained and the worker and page stay up until Ctrl-C."""
+    from pipeline.runner import run_file
+    from pipeline.sinks import open_backend
+
+    url = f"http://{settings.web_host}:{settings.web_port}/"
+    progress = _progress_printer()
+    drained = False
+
+    def on_progress(stats: Any) -> None:
+        if not drained:
+            progress(stats)
+
+    def on_ready(pipeline: Any) -> None:
+        hint = ("  (RECIPROCITY_WEB_TOKEN is set: open it as "
+                f"{url}#token=<the token>)" if settings.web_token.get_secret_value() else "")
+        print(f"live page: {url}{hint}", flush=True)
+
+    async def on_drained(pipeline: Any, summary: Any) -> None:
+        nonlocal drained
+        drained = True
+        show(summary, await pipeline.sink.run(read, pipeline.sink.backend))
+        print(f"\nserving the live page at {url} until Ctrl-C (the store is in use "
+              "until then)", flush=True)
+
+    hooks: dict[str, Any] = {"on_progress": on_progress, "on_ready": on_ready}
+    if args.serve:
+        hooks["on_drained"] = on_drained
+    backend = open_backend(settings.clickhouse_url.get_secret_value())
+    try:
+        summary = asyncio.run(run_file(settings, registry, backend, events_path,
+                                       rate=args.rate, **hooks))
+        found = None if args.serve else read(backend)
+    finally:
+        backend.close()
+    if found is not None:
+        show(summary, found)
 
 
 def _tally(names: Any) -> list[tuple[str, int]]:
@@ -208,8 +292,6 @@ def _progress_printer() -> Any:
 
 def _demo_random(args: argparse.Namespace) -> int:
     from pipeline.report import pair_rows
-    from pipeline.runner import run_file
-    from pipeline.sinks import open_backend
     from producers.simulator import build_institution, simulate_events
     from schemas.event import encode_event
     from schemas.registry import dump_registry
@@ -225,18 +307,17 @@ def _demo_random(args: argparse.Namespace) -> int:
             handle.write(encode_event(event) + b"\n")
     settings = _settings(args, registry=str(workdir / "registry.yaml"),
                          clickhouse_url=f"chdb://{(workdir / 'store').resolve()}",
-                         stream_id="demo")
+                         stream_id="demo", **_demo_web(args))
     print(f"demo institution: {len(inst.registry.orgs)} orgs, "
           f"{len(inst.registry.org_of_account)} accounts; streaming {args.events} events "
           f"at {args.rate:g}/s through Kafka -> Faust -> ClickHouse (embedded)", flush=True)
-    progress = _progress_printer()
-    backend = open_backend(settings.clickhouse_url.get_secret_value())
-    try:
-        summary = asyncio.run(run_file(settings, inst.registry, backend, events_path,
-                                       rate=args.rate, on_progress=progress))
-        rows = pair_rows(backend, "1d")
-    finally:
-        backend.close()
+    _run_demo(args, settings, inst.registry, events_path,
+              lambda backend: pair_rows(backend, "1d"),
+              lambda summary, rows: _show_random(workdir, summary, rows))
+    return 0
+
+
+def _show_random(workdir: Path, summary: Any, rows: Any) -> None:
     print(f"\nfiles and store in {workdir}")
     _print_summary(summary)
     totals: dict[tuple[str, str], int] = {}
@@ -252,7 +333,6 @@ def _demo_random(args: argparse.Namespace) -> int:
     store = workdir / "store"
     print(f"\nmore: reciprocity report pairs|snubs|omissions|alerts|orgs --store {store}")
     print("a story: reciprocity demo --scenario seed")
-    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -480,6 +560,33 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``reciprocity bench``: every variant on one generated topic (docs/benchmarks.md).
+    Exit code 1 when the pipeline's results differ from the reference or a
+    variant failed; never because of a time."""
+    import orjson
+
+    from pipeline.bench import VARIANTS, BenchConfig, run_bench
+    from pipeline.bench.report import table
+    from pipeline.windows import window_label
+
+    settings = _settings(args)  # the pipeline variants use the environment's settings
+    only = tuple(v.strip() for v in args.only.split(",") if v.strip()) if args.only else VARIANTS
+    config = BenchConfig(
+        events=args.events, orgs=args.orgs, accounts=args.accounts, days=args.days,
+        partitions=args.partitions, pack=args.pack, rate=args.rate,
+        latency_seconds=args.latency_seconds, variant_timeout_s=args.variant_timeout,
+        windows=tuple((window_label(size), size) for size in settings.windows), only=only,
+        out=args.out,
+    )
+    doc = run_bench(config)
+    if args.format == "table":
+        print(table(doc))
+    print(orjson.dumps(doc).decode(), flush=True)
+    failed = any(str(v.get("note", "")).startswith("FAILED") for v in doc["variants"].values())
+    return 1 if failed or doc["exact"] is False else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reciprocity",
@@ -510,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "that its parent snubs and leaves out, while partners reciprocate")
     demo.add_argument("--dir", help="directory for the generated files and the store "
                       "(default: a new temp dir)")
+    demo.add_argument("--port", type=int, default=None,
+                      help=f"port of the live page on 127.0.0.1 (default {DEMO_PORT}, or a "
+                      f"free one if {DEMO_PORT} is busy; 0: any free port)")
+    demo.add_argument("--serve", action="store_true",
+                      help="after the report, keep the worker and the live page up until "
+                      "Ctrl-C")
     demo.set_defaults(func=cmd_demo)
 
     produce = sub.add_parser("produce", help="stream a source's events into Kafka")
@@ -578,6 +691,31 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_file.add_argument("--out", required=True, help="directory to write to")
     _simulation_options(simulate_file)
     simulate_file.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="throughput, latency and memory of the pipeline "
+                           "against the Python ceiling, a Faust baseline and Quix Streams")
+    bench.add_argument("--events", type=int, default=1_000_000,
+                       help="events in the generated topic (1000000)")
+    bench.add_argument("--orgs", type=int, default=1000, help="orgs (1000)")
+    bench.add_argument("--accounts", type=int, default=10_000,
+                       help="accounts, spread evenly over the orgs (10000)")
+    bench.add_argument("--days", type=float, default=30.0, help="days of event time (30)")
+    bench.add_argument("--partitions", type=int, default=4, help="topic partitions (4)")
+    bench.add_argument("--pack", type=int, default=500,
+                       help="events per message of the packed topic (500)")
+    bench.add_argument("--rate", type=float, default=10_000.0,
+                       help="offered events/s of the latency phase (10000)")
+    bench.add_argument("--latency-seconds", dest="latency_seconds", type=float, default=60.0,
+                       help="duration of the latency phase (60)")
+    bench.add_argument("--variant-timeout", dest="variant_timeout", type=float, default=60.0,
+                       help="time box of the baseline and the peer, seconds from their "
+                       "first event; their rate covers what they processed (60)")
+    bench.add_argument("--only", help="comma-separated variants to run (default all): "
+                       "ceiling,baseline,peer,pipeline_packed,pipeline_single,latency")
+    bench.add_argument("--format", choices=("table", "json"), default="table",
+                       help="table (then the JSON line) or only the JSON line")
+    bench.add_argument("--out", help="directory for bench.json, bench.png and the logs")
+    bench.set_defaults(func=cmd_bench)
 
     report = sub.add_parser("report", help="print results from the store")
     rsub = report.add_subparsers(dest="report", required=True)

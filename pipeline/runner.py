@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from faust.worker import Worker
 
@@ -50,6 +50,15 @@ class _EmbeddedWorker(Worker):
     def install_signal_handlers(self) -> None:
         return None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: set once the app is fully started (tables recovered, web server up)
+        self.ready = asyncio.Event()
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        self.ready.set()
+
 
 class PipelineFailed(RuntimeError):
     """The worker stopped on an error it could not recover from."""
@@ -67,13 +76,16 @@ async def run_worker(
     backend: Backend,
     stop_when: StopWhen | None = None,
     stop_event: asyncio.Event | None = None,
+    on_ready: Callable[[Pipeline], None] | None = None,
     **app_overrides: Any,
 ) -> PipelineStats:
     """Run a worker until ``await stop_when(pipeline)`` holds, ``stop_event`` is
     set or a fatal error happens (then :class:`PipelineFailed` is raised).
+    ``on_ready(pipeline)`` is called once when the worker has fully started
+    (its web server, if enabled, is listening).
     ``app_overrides`` go to the Faust app (e.g. ``datadir``)."""
     sink = AsyncSink(backend)
-    await sink.ensure_schema()
+    await sink.ensure_schema(settings.clickhouse_cluster)
     notifier = None
     if settings.webhook_url is not None:
         notifier = WebhookNotifier(settings.webhook_url.get_secret_value())
@@ -94,6 +106,9 @@ async def run_worker(
                 raise PipelineFailed(f"pipeline stopped: {stats.fatal!r}") from stats.fatal
             if started.done() and started.exception() is not None:
                 raise PipelineFailed(f"worker failed to start: {started.exception()!r}")
+            if on_ready is not None and worker.ready.is_set():
+                on_ready(pipeline)
+                on_ready = None
             if stop_when is not None and await stop_when(pipeline):
                 break
             stats.progress.clear()
@@ -241,13 +256,19 @@ async def run_lines(
     stop_event: asyncio.Event | None = None,
     rate: float | None = None,
     on_progress: Callable[[PipelineStats], None] | None = None,
+    on_ready: Callable[[Pipeline], None] | None = None,
+    on_drained: Callable[[Pipeline, RunSummary], Awaitable[None]] | None = None,
 ) -> RunSummary:
     """Produce ``lines`` to the configured broker while a worker processes them.
 
     With ``until_drained`` the worker stops once every produced message is
     processed and flushed; otherwise it runs on until ``stop_event``.
     ``rate`` paces production (lines/s); ``on_progress`` sees the live stats
-    a few times a second.
+    a few times a second; ``on_ready`` is :func:`run_worker`'s.
+    With ``until_drained`` and ``on_drained`` the worker does not stop once
+    drained: ``await on_drained(pipeline, summary)`` runs once with the summary
+    so far (it must read the store through ``pipeline.sink.run``: the worker
+    still owns the backend), then the worker runs on until ``stop_event``.
     """
     started = time.monotonic()
     summary = RunSummary(stream=settings.effective_stream_id)
@@ -257,36 +278,52 @@ async def run_lines(
     production = loop.run_in_executor(None, produce_lines, settings, lines, rate, cancel)
 
     check: StopWhen | None = None
+    serving = False  # drained, on_drained done: run on until stop_event
 
     async def stop_when(pipeline: Pipeline) -> bool:
-        nonlocal check
+        nonlocal check, serving
         if on_progress is not None:
             on_progress(pipeline.stats)
-        if not until_drained or not production.done():
+        if serving or not until_drained or not production.done():
             return False
         if check is None:
             summary.lines, summary.produced = production.result()
             check = drained(dict(summary.produced.last_offsets))
-        return await check(pipeline)
+        if not await check(pipeline):
+            return False
+        if on_drained is None:
+            return True
+        serving = True
+        pair_rows = await pipeline.sink.run(count_pair_rows, backend,
+                                            settings.effective_stream_id)
+        _fill_summary(summary, pipeline.stats, cast(int, pair_rows), started)
+        await on_drained(pipeline, summary)
+        return False
 
     try:
         # Faust's data directory (nothing durable with the in-memory table store)
         # goes to a temporary directory, not the working directory.
         with tempfile.TemporaryDirectory(prefix="reciprocity-faust-") as datadir:
             stats = await run_worker(settings, registry, backend, stop_when, stop_event,
-                                     datadir=datadir)
+                                     on_ready, datadir=datadir)
     finally:
         cancel.set()  # stopped early (signal, failure): stop producing too
         with contextlib.suppress(Exception):
             await production
     summary.lines, summary.produced = production.result()
+    _fill_summary(summary, stats, count_pair_rows(backend, settings.effective_stream_id),
+                  started)
+    return summary
+
+
+def _fill_summary(summary: RunSummary, stats: PipelineStats, pair_rows: int,
+                  started: float) -> None:
     summary.counts = stats.counts
     summary.snubs = stats.pairs.snubs
     summary.drops = stats.pairs.drops + stats.inbound.drops
     summary.alerts = stats.alerts
-    summary.pair_rows = count_pair_rows(backend, settings.effective_stream_id)
+    summary.pair_rows = pair_rows
     summary.seconds = time.monotonic() - started
-    return summary
 
 
 def count_pair_rows(backend: Backend, stream: str) -> int:
@@ -310,7 +347,8 @@ async def run_file(
     **run_options: Any,
 ) -> RunSummary:
     """``reciprocity run --input``: embedded broker unless ``external_broker``.
-    ``run_options`` go to :func:`run_lines` (``rate``, ``on_progress``)."""
+    ``run_options`` go to :func:`run_lines` (``rate``, ``on_progress``,
+    ``on_ready``, ``on_drained``)."""
     stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

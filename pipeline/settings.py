@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     web_token: SecretStr = Field(
         SecretStr(""),
         description=(
-            "RECIPROCITY_WEB_TOKEN: when set, /metrics and the live page require "
-            "'Authorization: Bearer <token>' (/health never does)."
+            "RECIPROCITY_WEB_TOKEN: when set, /metrics and /api/live (the live page's data) "
+            "require 'Authorization: Bearer <token>'; open the page as /#token=<token> "
+            "(/health and the page's HTML never need it)."
         ),
     )
     session_timeout_s: float = Field(

@@ -1,4 +1,5 @@
-"""The worker's HTTP endpoints on Faust's web server: ``/health`` and ``/metrics``.
+"""The worker's HTTP endpoints on Faust's web server: ``/health``, ``/metrics``
+and the live page (``/`` and ``/api/live``, see :mod:`pipeline.live`).
 
 - ``GET /health``: 200 ``{"status": "ok", ...}`` while the worker runs, 503
   once it has stopped on an error (it then exits; a supervisor restarts it).
@@ -6,6 +7,10 @@
 - ``GET /metrics``: Prometheus text format, computed from the live counters at
   scrape time. When ``RECIPROCITY_WEB_TOKEN`` is set it requires
   ``Authorization: Bearer <token>``.
+- ``GET /``: the live page, an HTML shell without data (never needs a token;
+  with one, open it as ``/#token=<token>``).
+- ``GET /api/live``: the live page's data (JSON) read from the store; same
+  token rule as ``/metrics``.
 
 The web server is off unless ``RECIPROCITY_WEB_ENABLED`` and binds to
 ``RECIPROCITY_WEB_HOST`` (loopback by default); expose it only with a token.
@@ -20,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from pipeline import live
 
 if TYPE_CHECKING:
     from pipeline.app import Pipeline
@@ -109,7 +116,8 @@ def _highwater(consumer: Any, topic: str, partition: int) -> int | None:
 
 
 def install(pipeline: Pipeline) -> CollectorRegistry:
-    """Register ``/health`` and ``/metrics`` on the pipeline's Faust app."""
+    """Register ``/health``, ``/metrics``, ``/`` and ``/api/live`` on the
+    pipeline's Faust app."""
     app = pipeline.app
     registry = CollectorRegistry()
     registry.register(PipelineCollector(pipeline))
@@ -129,5 +137,19 @@ def install(pipeline: Pipeline) -> CollectorRegistry:
             return web.json({"error": "unauthorized"}, status=401,
                             headers={"WWW-Authenticate": "Bearer"})
         return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE)
+
+    page, page_headers = live.render_page()
+    live_data = live.LiveData(pipeline.sink, max(pipeline.settings.windows))
+
+    @app.page("/")
+    async def live_page(web: Any, request: Any) -> Any:
+        return web.html(page, headers=dict(page_headers))
+
+    @app.page("/api/live")
+    async def live_api(web: Any, request: Any) -> Any:
+        if not authorized(token, request.headers.get("Authorization")):
+            return web.json({"error": "unauthorized"}, status=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        return web.json(await live_data.get(), headers={"Cache-Control": "no-store"})
 
     return registry
