@@ -67,6 +67,9 @@ _TRACKER = "wm:"
 #: Seconds a partition may stay behind what the fetcher read, with no batch in
 #: flight, before the worker calls it a hole at the tail of the stream.
 TAIL_HOLE_S = 20.0
+#: most records per internal message and per dedup-table record: keeps each
+#: well under Kafka's default 1 MB request size (about 80 bytes a record)
+CHUNK_RECORDS = 5000
 
 
 def utc_now() -> datetime:
@@ -103,6 +106,22 @@ def dead_letter_rows(dead: Iterable[DeadLetter], stream: str,
                      now: datetime) -> list[DeadLetterRow]:
     return [DeadLetterRow(stream, d.partition, d.offset, d.item, d.reason, d.error, d.raw, now)
             for d in dead]
+
+
+def chunk_by_offset(records: Sequence[Engagement], size: int) -> list[Sequence[Engagement]]:
+    """``records`` (in offset order) in chunks of about ``size``, never splitting
+    one source offset: the later stages skip a record whose source offset a
+    key already applied from an earlier message. Always at least one chunk."""
+    chunks: list[Sequence[Engagement]] = []
+    start = 0
+    while len(records) - start > size:
+        end = start + size
+        while end < len(records) and records[end].offset == records[end - 1].offset:
+            end += 1
+        chunks.append(records[start:end])
+        start = end
+    chunks.append(records[start:])
+    return chunks
 
 
 def batch_rows(outcome: IngestOutcome, stream: str, now: datetime) -> list[PipelineBatchRow]:
@@ -449,19 +468,30 @@ class Pipeline:
         self._done(settings.topic, applied)
 
     def _persist_seen(self, outcome: IngestOutcome, last_event: Mapping[int, Any]) -> None:
-        """One record per partition per batch: its new ids (with their late
-        verdicts) and its largest event time, written together so a replay
-        never sees one without the other."""
+        """Per partition per batch: its new ids (with their late verdicts) and
+        its largest event time. Ids go in records of at most ``CHUNK_RECORDS``
+        (a changelog message must stay under the producer's request size); the
+        new largest time rides on the last one, so a replay after a crash in
+        between never sees the time moved without every id behind it."""
         new_ids: dict[int, list[list[Any]]] = {}
         for event_id, (partition, offset, item, late) in outcome.first_seen.items():
             new_ids.setdefault(partition, []).append([event_id, offset, item, late])
         for partition in set(new_ids) | set(outcome.max_ts):
             entries = new_ids.get(partition, [])
             self._set_current(last_event[partition])
-            first = min((o for _, o, _, _ in entries), default=last_event[partition].message.offset)
-            self.seen_table[f"{partition}:{first}"] = {
-                "ids": entries, "max": outcome.max_ts.get(partition, self._max_ts.get(partition)),
-            }
+            before = self._max_ts.get(partition)
+            after = outcome.max_ts.get(partition, before)
+            chunks = [entries[i:i + CHUNK_RECORDS]
+                      for i in range(0, len(entries), CHUNK_RECORDS)] or [[]]
+            for i, chunk in enumerate(chunks):
+                if i == 0:
+                    first = min((o for _, o, _, _ in chunk),
+                                default=last_event[partition].message.offset)
+                    key = f"{partition}:{first}"
+                else:
+                    key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
+                self.seen_table[key] = {"ids": chunk,
+                                        "max": after if i == len(chunks) - 1 else before}
         self._seen_index.update(outcome.first_seen)
         self._max_ts.update(outcome.max_ts)
 
@@ -506,9 +536,16 @@ class Pipeline:
                     by_target.setdefault(partition_for(key_of(record), n), []).append(record)
                 for target in range(n):
                     routed = by_target.get(target, [])
-                    if routed or moved or woke:
+                    if not (routed or moved or woke):
+                        continue
+                    # records in chunks under the request size; the partition's
+                    # new largest time only with the last, after every record
+                    chunks = chunk_by_offset(routed, CHUNK_RECORDS)
+                    for chunk in chunks[:-1]:
                         pending.append(await topic.send(
-                            value=encode(source, high, False, routed), partition=target))
+                            value=encode(source, None, False, chunk), partition=target))
+                    pending.append(await topic.send(
+                        value=encode(source, high, False, chunks[-1]), partition=target))
         self._note_sent(await asyncio.gather(*pending))
 
     def _note_sent(self, delivered: Iterable[Any]) -> None:

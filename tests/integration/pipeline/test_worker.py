@@ -143,3 +143,40 @@ def test_alerts_reach_the_topic_the_table_and_the_webhook(broker: EmbeddedBroker
     assert all(orjson.loads(r.value)["id"] == r.key.decode() for r in on_topic)
     assert {h["alert"]["id"] for h in received} == ids  # at least once: repeats allowed
     assert all(h["text"] == h["alert"]["message"] for h in received)
+
+
+def test_packed_input_in_small_chunks_gives_the_same_results(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Internal messages and dedup records are split in chunks (a packed batch
+    can hold far more engagements than one Kafka request takes): with tiny
+    chunks, packed input gives exactly what one event per message gives."""
+    from pipeline import app
+    from tests.support.compare import store_alerts, store_omissions, store_pairs, store_snubs
+
+    events, registry_path, _ = write_case(tmp_path, n_events=1200, seed=11)
+    registry = load_registry(registry_path)
+    lines = [line for line in jsonl_lines(events) if _is_object(line)]
+    packed = [b"[" + b",".join(lines[i:i + 250]) + b"]" for i in range(0, len(lines), 250)]
+    results = []
+    for name, variant, chunk in (("single", lines, app.CHUNK_RECORDS), ("packed", packed, 7)):
+        monkeypatch.setattr(app, "CHUNK_RECORDS", chunk)
+        url = f"chdb://{tmp_path / name}"
+        topic = f"chunks-{name}-{uuid.uuid4().hex[:6]}"
+        settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}", topic)
+        settings = settings.model_copy(update={"stream_id": "s"})
+        store = open_backend(url)
+        try:
+            summary = asyncio.run(run_lines(settings, registry, store, iter(variant)))
+            results.append((summary.counts.valid, summary.counts.engagements, store_pairs(store), store_snubs(store), store_omissions(store),
+                            store_alerts(store)))
+        finally:
+            store.close()
+    single, packed_result = results
+    assert single[2] and single == packed_result
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict)
+    except orjson.JSONDecodeError:
+        return False
