@@ -120,7 +120,8 @@ def chunk_by_offset(records: Sequence[Engagement], size: int) -> list[Sequence[E
             end += 1
         chunks.append(records[start:end])
         start = end
-    chunks.append(records[start:])
+    if start < len(records) or not chunks:
+        chunks.append(records[start:])
     return chunks
 
 

@@ -167,7 +167,8 @@ def test_packed_input_in_small_chunks_gives_the_same_results(
         store = open_backend(url)
         try:
             summary = asyncio.run(run_lines(settings, registry, store, iter(variant)))
-            results.append((summary.counts.valid, summary.counts.engagements, store_pairs(store), store_snubs(store), store_omissions(store),
+            results.append((summary.counts.valid, summary.counts.engagements,
+                            store_pairs(store), store_snubs(store), store_omissions(store),
                             store_alerts(store)))
         finally:
             store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +29,7 @@ def test_chunks_keep_every_record_in_order(offsets: list[int], size: int) -> Non
     given_records = records(offsets)
     chunks = chunk_by_offset(given_records, size)
     assert [r for c in chunks for r in c] == given_records
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    assert all(chunks[:-1]) and (chunks[-1] or chunks == [[]])
+    for before, after in itertools.pairwise(chunks):
         assert before[-1].offset != after[0].offset
         assert len(before) >= size
