@@ -75,7 +75,7 @@ class PairState:
     def to_json(self) -> list[Any]:
         return [
             self.lo, self.hi, [[p, o] for p, o in sorted(self.applied.items())],
-            [[list(e) for e in side] for side in self.pending],
+            [list(side) for side in self.pending],  # (ts, id, kind) tuples: JSON arrays
             [list(side) for side in self.times],
             [[*key, *figures[:DELAYS], list(figures[DELAYS])]
              for key, figures in sorted(self.windows.items())],
@@ -138,6 +138,9 @@ class PairStage:
         self.sources = sources
         self.weights = params.kind_weights
         self.windows = [(size, window_label(size)) for size in params.windows]
+        self._labels = dict(self.windows)
+        #: window start -> its UTC datetime (a batch touches few distinct starts)
+        self._starts: dict[int, datetime] = {}
         self._partitions: dict[int, StagePartition[PairState]] = {}
         #: fill ``PairOutcome.applied_ts`` (for latency measurements)
         self.keep_applied_ts = False
@@ -360,24 +363,29 @@ class PairStage:
               retired: dict[WindowKey, list[Any]], partition: int, stream: str,
               now: datetime, out: PairOutcome) -> None:
         version = state.tag + 1
-        labels = dict(self.windows)
+        labels = self._labels
+        starts = self._starts
         for wkey in sorted(windows):
             figures = state.windows.get(wkey) or retired.get(wkey)
             if figures is None:
                 continue
             size, start, direction = wkey
             src, dst = state.orgs(direction)
-            counts = figures[:N_KINDS]
-            value = float(sum(w * c for w, c in zip(self.weights, counts, strict=True)))
+            follows, likes, shares, replies, mentions, thanks = figures[:N_KINDS]
+            w_follow, w_like, w_share, w_reply, w_mention, w_thanks = self.weights
+            value = float(w_follow * follows + w_like * likes + w_share * shares
+                          + w_reply * replies + w_mention * mentions + w_thanks * thanks)
             delays = figures[DELAYS]
             median = statistics.median(delays) if delays else None
-            label, when = labels[size], to_utc(start)
-            follows, likes, shares, replies, mentions, thanks = counts
+            label = labels[size]
+            when = starts.get(start)
+            if when is None:
+                when = starts[start] = to_utc(start)
             out.pair_windows.append(PairWindowRow(
                 label, when, src, dst, stream, partition, follows, likes, shares, replies,
                 mentions, thanks, value, figures[RECIPROCATED], figures[SNUBBED], median,
                 version, now))
-            engagements = sum(counts)
+            engagements = follows + likes + shares + replies + mentions + thanks
             for org in self._lineage_of(src):
                 out.org_rollups.append(OrgRollupRow(
                     label, when, org, "given", src, dst, self._community_of(dst), stream,

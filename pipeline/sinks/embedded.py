@@ -35,8 +35,7 @@ def arrow_table(table: Table, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     """Rows (tuples in column order) as an Arrow table typed like the columns.
     A String column holding bytes (a dead letter's raw input) goes as binary."""
     columns = {}
-    for i, (name, kind) in enumerate(table.columns):
-        values = [row[i] for row in rows]
+    for (name, kind), values in zip(table.columns, zip(*rows, strict=True), strict=True):
         arrow_type = _ARROW_TYPES[kind]
         if kind == "String" and isinstance(values[0], bytes):
             arrow_type = pa.binary()

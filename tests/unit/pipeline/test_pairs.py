@@ -384,7 +384,7 @@ def test_state_round_trips_through_json() -> None:
     (key, doc), = out.states.items()
     assert key == pair_key("uni", "ext") == pair_key("ext", "uni")
     doc = orjson.loads(orjson.dumps(doc))
-    assert PairState.from_json(doc).to_json() == doc
+    assert orjson.loads(orjson.dumps(PairState.from_json(doc).to_json())) == doc
     state = PairState.from_json(doc)
     assert (state.lo, state.hi, state.applied) == ("ext", "uni", {0: 2})
 
@@ -397,7 +397,7 @@ def test_state_json_handed_out_is_not_changed_by_later_batches() -> None:
     doc = first.states[pair_key("uni", "ext")]
     frozen = orjson.loads(orjson.dumps(doc))
     h.batch(feed.wm(T0 + 20))  # decides the second like: one more delay in the same window
-    assert doc == frozen
+    assert orjson.loads(orjson.dumps(doc)) == frozen
 
 
 # --------------------------------------------------------------------------- late after idle
