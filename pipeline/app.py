@@ -638,7 +638,6 @@ class Pipeline:
             outcome = stage.process(partition, messages, stream, now)
             outcomes.append((group[-1], outcome))
             batch.pair_windows.extend(outcome.pair_windows)
-            batch.org_rollups.extend(outcome.org_rollups)
             batch.snubs.extend(SnubRow(s.id, s.src, s.dst, s.kind_name, s.ts, s.snub_ts,
                                        to_utc(s.snub_ts), stream, now) for s in outcome.snubs)
             alerts.extend(outcome.alerts)

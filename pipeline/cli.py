@@ -361,7 +361,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                       lambda b: report.omission_rows(b, args.left_out, args.by)),
         "alerts": ("alerts", report.ALERT_FIELDS,
                    lambda b: report.alert_rows(b, args.kind, args.org)),
-        "orgs": ("org_rollups", report.ORG_FIELDS,
+        "orgs": ("org_rollups_latest", report.ORG_FIELDS,
                  lambda b: report.org_rows(b, window, args.org)),
     }[args.report]
     try:

@@ -40,7 +40,7 @@ from pipeline.days import DaySeries, day_of
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.reciprocity import Params, first_return
 from pipeline.routing import Routed, decode, pair_key
-from pipeline.sinks.base import OrgRollupRow, PairWindowRow
+from pipeline.sinks.base import PairWindowRow
 from pipeline.watermark import StagePartition, WatermarkTracker
 from pipeline.windows import to_utc, window_label
 from schemas.registry import Registry
@@ -119,7 +119,6 @@ class PairOutcome:
     states: dict[str, list[Any]] = field(default_factory=dict)
     tracker: dict[str, Any] | None = None
     pair_windows: list[PairWindowRow] = field(default_factory=list)
-    org_rollups: list[OrgRollupRow] = field(default_factory=list)
     snubs: list[Snub] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -144,8 +143,6 @@ class PairStage:
         self._partitions: dict[int, StagePartition[PairState]] = {}
         #: fill ``PairOutcome.applied_ts`` (for latency measurements)
         self.keep_applied_ts = False
-        self._lineage: dict[str, tuple[str, ...]] = {}
-        self._community: dict[str, str] = {}
 
     # -- assignment -----------------------------------------------------------
 
@@ -385,31 +382,3 @@ class PairStage:
                 label, when, src, dst, stream, partition, follows, likes, shares, replies,
                 mentions, thanks, value, figures[RECIPROCATED], figures[SNUBBED], median,
                 version, now))
-            engagements = follows + likes + shares + replies + mentions + thanks
-            for org in self._lineage_of(src):
-                out.org_rollups.append(OrgRollupRow(
-                    label, when, org, "given", src, dst, self._community_of(dst), stream,
-                    partition, engagements, value, figures[RECIPROCATED], figures[SNUBBED],
-                    version, now))
-            for org in self._lineage_of(dst):
-                out.org_rollups.append(OrgRollupRow(
-                    label, when, org, "received", src, dst, self._community_of(src), stream,
-                    partition, engagements, value, figures[RECIPROCATED], figures[SNUBBED],
-                    version, now))
-
-    def _lineage_of(self, org: str) -> tuple[str, ...]:
-        """The org and its ancestors."""
-        lineage = self._lineage.get(org)
-        if lineage is None:
-            lineage = self._lineage[org] = (org, *self.registry.ancestors(org))
-        return lineage
-
-    def _community_of(self, org: str) -> str:
-        """Own community, else the nearest ancestor's, else external."""
-        community = self._community.get(org)
-        if community is None:
-            orgs = self.registry.orgs
-            community = next((orgs[o].community for o in self._lineage_of(org)
-                              if orgs[o].community), None) or "external"
-            self._community[org] = community
-        return community

@@ -137,17 +137,13 @@ def org_rows(backend: Backend, window: str, org: str | None = None) -> list[dict
     """Org rollups (docs/metrics.md#rollups) over all time for one window size,
     per (org, community of the other side), ordered by org and community."""
     label = window_label(parse_window(window))
-    columns = ("engagements", "value", "reciprocated", "snubbed")
-    inner = ", ".join(f"argMax({c}, version) AS {c}" for c in columns)
     filters = _where([("window", label), ("org", org)])
     sql = (
         "SELECT org, community, "  # noqa: S608 - quoted values, our identifiers
         "sumIf(engagements, direction = 'given'), sumIf(engagements, direction = 'received'), "
         "sumIf(value, direction = 'given'), sumIf(value, direction = 'received'), "
-        "sumIf(reciprocated, direction = 'given'), sumIf(snubbed, direction = 'given') FROM ("
-        f" SELECT org, direction, src, dst, community, window_start, stream, partition, {inner}"
-        f" FROM {backend.database}.org_rollups{filters}"
-        "  GROUP BY org, direction, src, dst, community, window_start, stream, partition)"
+        "sumIf(reciprocated, direction = 'given'), sumIf(snubbed, direction = 'given') "
+        f"FROM {backend.database}.org_rollups_latest{filters}"
         " GROUP BY org, community ORDER BY org, community"
     )
     rows = []

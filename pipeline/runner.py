@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from pipeline.alerts import Alert
 from pipeline.app import Pipeline, PipelineStats
 from pipeline.broker import BrokerError, EmbeddedBroker, ensure_topics
 from pipeline.ingest import Counts
+from pipeline.rollups import lineage_batch
 from pipeline.settings import Settings
 from pipeline.sinks import AsyncSink, Backend
 from pipeline.sinks.base import quote
@@ -86,6 +88,7 @@ async def run_worker(
     ``app_overrides`` go to the Faust app (e.g. ``datadir``)."""
     sink = AsyncSink(backend)
     await sink.ensure_schema(settings.clickhouse_cluster)
+    await sink.write(lineage_batch(registry, datetime.now(tz=UTC).replace(microsecond=0)))
     notifier = None
     if settings.webhook_url is not None:
         notifier = WebhookNotifier(settings.webhook_url.get_secret_value())

@@ -29,27 +29,25 @@ ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (window, window_start, src, dst, stream, partition);
 
-CREATE TABLE IF NOT EXISTS reciprocity.org_rollups
+CREATE TABLE IF NOT EXISTS reciprocity.org_lineage
 (
-    window       String,
-    window_start DateTime('UTC'),
-    org          String,
-    direction    String,
-    src          String,
-    dst          String,
-    community    String,
-    stream       String,
-    partition    UInt32,
-    engagements  UInt64,
-    value        Float64,
-    reciprocated UInt64,
-    snubbed      UInt64,
-    version      UInt64,
-    updated_at   DateTime('UTC')
+    registry   String,
+    member     String,
+    org        String,
+    community  String,
+    updated_at DateTime('UTC')
 )
-ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(window_start)
-ORDER BY (window, window_start, org, direction, src, dst, stream, partition);
+ENGINE = ReplacingMergeTree
+ORDER BY (registry, member, org);
+
+CREATE TABLE IF NOT EXISTS reciprocity.registries
+(
+    registry  String,
+    orgs      UInt32,
+    loaded_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (registry, loaded_at);
 
 CREATE TABLE IF NOT EXISTS reciprocity.snubs
 (

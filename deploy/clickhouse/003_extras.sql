@@ -5,7 +5,7 @@
 
 ALTER TABLE reciprocity.pair_windows MODIFY COLUMN window LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
 
-ALTER TABLE reciprocity.org_rollups MODIFY COLUMN window LowCardinality(String), MODIFY COLUMN direction LowCardinality(String), MODIFY COLUMN community LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
+ALTER TABLE reciprocity.org_lineage MODIFY COLUMN community LowCardinality(String);
 
 ALTER TABLE reciprocity.snubs MODIFY COLUMN kind LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
 

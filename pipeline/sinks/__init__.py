@@ -16,17 +16,18 @@ from pipeline.sinks.base import (
     Backend,
     DeadLetterRow,
     OmissionRow,
-    OrgRollupRow,
+    OrgLineageRow,
     PairWindowRow,
     PipelineBatchRow,
+    RegistryRow,
     SinkBatch,
     SnubRow,
     StoreError,
 )
 
 __all__ = [
-    "AlertRow", "AsyncSink", "Backend", "DeadLetterRow", "OmissionRow", "OrgRollupRow",
-    "PairWindowRow", "PipelineBatchRow", "SinkBatch", "SnubRow", "StoreError",
+    "AlertRow", "AsyncSink", "Backend", "DeadLetterRow", "OmissionRow", "OrgLineageRow",
+    "PairWindowRow", "PipelineBatchRow", "RegistryRow", "SinkBatch", "SnubRow", "StoreError",
     "open_backend",
 ]
 

@@ -58,24 +58,20 @@ class PairWindowRow(NamedTuple):
     updated_at: datetime
 
 
-class OrgRollupRow(NamedTuple):
-    """One pair window seen from one side's org or ancestor (``org_rollups``)."""
+class OrgLineageRow(NamedTuple):
+    """An org (``member``) and one org it rolls up to: itself or an ancestor."""
 
-    window: str
-    window_start: datetime
+    registry: str
+    member: str
     org: str
-    direction: str  # given | received
-    src: str
-    dst: str
-    community: str  # the other side's: internal | external
-    stream: str
-    partition: int
-    engagements: int
-    value: float
-    reciprocated: int
-    snubbed: int
-    version: int
+    community: str
     updated_at: datetime
+
+
+class RegistryRow(NamedTuple):
+    registry: str
+    orgs: int
+    loaded_at: datetime
 
 
 class SnubRow(NamedTuple):
@@ -147,7 +143,8 @@ class SinkBatch:
     """Rows of one pipeline batch, per table. Field names are table names."""
 
     pair_windows: list[PairWindowRow] = field(default_factory=list)
-    org_rollups: list[OrgRollupRow] = field(default_factory=list)
+    org_lineage: list[OrgLineageRow] = field(default_factory=list)
+    registries: list[RegistryRow] = field(default_factory=list)
     snubs: list[SnubRow] = field(default_factory=list)
     omissions: list[OmissionRow] = field(default_factory=list)
     alerts: list[AlertRow] = field(default_factory=list)

@@ -73,30 +73,28 @@ PAIR_WINDOWS: Final = Table(
     shard_by="cityHash64(src, dst)",
 )
 
-ORG_ROLLUPS: Final = Table(
-    "org_rollups",
+ORG_LINEAGE: Final = Table(
+    "org_lineage",
     (
-        ("window", "String"),
-        ("window_start", "DateTime('UTC')"),
-        ("org", "String"),
-        ("direction", "String"),  # given (org is src's side) | received (dst's side)
-        ("src", "String"),
-        ("dst", "String"),
-        ("community", "String"),  # the other side's: internal | external
-        ("stream", "String"),
-        ("partition", "UInt32"),
-        ("engagements", "UInt64"),
-        ("value", "Float64"),
-        ("reciprocated", "UInt64"),
-        ("snubbed", "UInt64"),
-        ("version", "UInt64"),
+        ("registry", "String"),  # version of the registry (content hash)
+        ("member", "String"),  # an org
+        ("org", "String"),  # the member itself or one of its ancestors
+        ("community", "String"),  # the member's: own, nearest ancestor's, else external
         ("updated_at", "DateTime('UTC')"),
     ),
-    order_by=("window", "window_start", "org", "direction", "src", "dst", "stream",
-              "partition"),
-    version="version",
-    partition_by="toYYYYMM(window_start)",
-    shard_by="cityHash64(org)",
+    order_by=("registry", "member", "org"),
+    shard_by="cityHash64(member)",
+)
+
+REGISTRIES: Final = Table(
+    "registries",
+    (
+        ("registry", "String"),
+        ("orgs", "UInt32"),
+        ("loaded_at", "DateTime('UTC')"),  # the newest is the current registry
+    ),
+    order_by=("registry", "loaded_at"),
+    shard_by="cityHash64(registry)",
 )
 
 SNUBS: Final = Table(
@@ -188,6 +186,6 @@ PIPELINE_BATCHES: Final = Table(
     shard_by="cityHash64(stream, partition)",
 )
 
-TABLES: Final = (PAIR_WINDOWS, ORG_ROLLUPS, SNUBS, OMISSIONS, ALERTS, DEAD_LETTERS,
+TABLES: Final = (PAIR_WINDOWS, ORG_LINEAGE, REGISTRIES, SNUBS, OMISSIONS, ALERTS, DEAD_LETTERS,
                  PIPELINE_BATCHES)
 BY_NAME: Final = {t.name: t for t in TABLES}

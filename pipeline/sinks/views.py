@@ -67,25 +67,39 @@ GROUP BY window, window_start, src, dst
 """  # noqa: S608 - our own constants
 
 
-_LATEST_ORG_ROLLUPS = """
-SELECT
-    window, window_start, org, direction, src, dst, community,
-    sum(engagements_) AS engagements,
-    sum(value_) AS value,
-    sum(reciprocated_) AS reciprocated,
-    sum(snubbed_) AS snubbed
-FROM (
-    SELECT
-        window, window_start, org, direction, src, dst, community, stream, partition,
-        argMax(engagements, version) AS engagements_,
-        argMax(value, version) AS value_,
-        argMax(reciprocated, version) AS reciprocated_,
-        argMax(snubbed, version) AS snubbed_
-    FROM {db}.org_rollups
-    GROUP BY window, window_start, org, direction, src, dst, community, stream, partition
-)
-GROUP BY window, window_start, org, direction, src, dst, community
+_CURRENT_LINEAGE = """
+SELECT member, org, any(community) AS community
+FROM {db}.org_lineage
+WHERE registry = (SELECT argMax(registry, loaded_at) FROM {db}.registries)
+GROUP BY member, org
 """
+
+_ROLLUP_SIDE = """
+    SELECT window, window_start, org, '{direction}' AS direction, src, dst, engagements, value,
+           reciprocated, snubbed, {other} AS other
+    FROM (
+        SELECT window, window_start, src, dst, engagements, value, reciprocated, snubbed,
+               {member} AS member
+        FROM {{db}}.pair_windows_latest
+    ) AS windows
+    ALL INNER JOIN (SELECT member, org FROM {{db}}.org_lineage_current) AS lineage
+    USING (member)"""
+
+# Two joins need two query levels on ClickHouse 18.16 (one JOIN per SELECT).
+_LATEST_ORG_ROLLUPS = f"""
+SELECT
+    window, window_start, org, direction, src, dst,
+    if(other_community = '', 'external', other_community) AS community,
+    engagements, value, reciprocated, snubbed
+FROM ({_ROLLUP_SIDE.format(direction="given", member="src", other="dst")}
+    UNION ALL{_ROLLUP_SIDE.format(direction="received", member="dst", other="src")}
+) AS sides
+ANY LEFT JOIN (
+    SELECT member AS other, any(community) AS other_community
+    FROM {{db}}.org_lineage_current
+    GROUP BY member
+) AS others USING (other)
+"""  # noqa: S608 - our own constants
 
 
 def _rolling_reciprocity(days: int) -> str:
@@ -209,8 +223,11 @@ GROUP BY minute, stream, partition
 VIEWS: Final = (
     View("pair_windows_latest", _latest_pair_windows(),
          "Newest state of each directed pair window, summed over streams and partitions."),
+    View("org_lineage_current", _CURRENT_LINEAGE,
+         "Each org (member) and the orgs it rolls up to, in the newest registry."),
     View("org_rollups_latest", _LATEST_ORG_ROLLUPS,
-         "Newest state of each org rollup row."),
+         "Each pair window seen from every org on either side (itself and ancestors), "
+         "with the other side's community: the rollups of docs/metrics.md."),
     *(View(f"pair_reciprocity_{days}d", _rolling_reciprocity(days),
            f"Per ordered org pair (a, b): values both ways over the last {days} UTC days "
            "(1d windows, today included), reciprocity and balance; both orientations.")

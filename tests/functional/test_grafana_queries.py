@@ -30,9 +30,10 @@ from pipeline.sinks import (
     AlertRow,
     Backend,
     OmissionRow,
-    OrgRollupRow,
+    OrgLineageRow,
     PairWindowRow,
     PipelineBatchRow,
+    RegistryRow,
     SinkBatch,
     SnubRow,
     open_backend,
@@ -78,11 +79,9 @@ def pair(window: str, start: datetime, src: str, dst: str, *, partition: int = 0
                          mentions, 0, value, reciprocated, snubbed, median, version, T)
 
 
-def rollup(start: datetime, org: str, direction: str, src: str, dst: str, community: str,
-           engagements: int, value: float, reciprocated: int, snubbed: int, version: int,
-           window: str = "1d") -> OrgRollupRow:
-    return OrgRollupRow(window, start, org, direction, src, dst, community, "bsky", 0,
-                        engagements, value, reciprocated, snubbed, version, T)
+def lineage(member: str, community: str) -> OrgLineageRow:
+    """A flat registry: every org rolls up to itself only."""
+    return OrgLineageRow("r1", member, member, community, T)
 
 
 def snub(event: str, src: str, dst: str, kind: str, time: datetime) -> SnubRow:
@@ -125,21 +124,10 @@ FIXTURE = SinkBatch(
              version=3),
         pair("1d", D10, "city", "uni", likes=4, value=4.0, snubbed=4, version=2),
     ],
-    org_rollups=[
-        rollup(D1, "uni", "given", "uni", "news", "external", 4, 6.0, 1, 3, 9),
-        rollup(D1, "uni", "given", "uni", "news", "external", 1, 1.0, 0, 0, 4),  # stale
-        rollup(D1 + 5 * HOUR, "uni", "given", "uni", "news", "external", 100, 100.0, 0, 0, 10,
-               window="1h"),
-        rollup(D1, "uni", "received", "news", "uni", "external", 1, 1.0, 1, 0, 6),
-        rollup(D0, "uni", "given", "uni", "lab", "internal", 1, 2.0, 1, 0, 3),
-        rollup(D0, "uni", "received", "lab", "uni", "internal", 1, 2.0, 1, 0, 3),
-        rollup(D10, "uni", "received", "city", "uni", "external", 4, 4.0, 0, 4, 2),
-        rollup(D1, "news", "given", "news", "uni", "external", 1, 1.0, 1, 0, 6),
-        rollup(D1, "news", "received", "uni", "news", "external", 4, 6.0, 1, 3, 9),
-        rollup(D0, "lab", "given", "lab", "uni", "internal", 1, 2.0, 1, 0, 3),
-        rollup(D0, "lab", "received", "uni", "lab", "internal", 1, 2.0, 1, 0, 3),
-        rollup(D10, "city", "given", "city", "uni", "external", 4, 4.0, 0, 4, 2),
-    ],
+    # the org rollups come from the pair windows and this registry
+    org_lineage=[lineage("uni", "internal"), lineage("lab", "internal"),
+                 lineage("news", "external"), lineage("city", "external")],
+    registries=[RegistryRow("r1", 4, T)],
     snubs=[
         snub("e1", "uni", "news", "like", D1 + 2 * HOUR),
         snub("e1", "uni", "news", "like", D1 + 2 * HOUR),  # delivered twice

@@ -33,31 +33,33 @@ CREATE TABLE IF NOT EXISTS reciprocity.pair_windows ON CLUSTER reciprocity
 AS reciprocity.pair_windows_local
 ENGINE = Distributed(reciprocity, reciprocity, pair_windows_local, cityHash64(src, dst));
 
-CREATE TABLE IF NOT EXISTS reciprocity.org_rollups_local ON CLUSTER reciprocity
+CREATE TABLE IF NOT EXISTS reciprocity.org_lineage_local ON CLUSTER reciprocity
 (
-    window       String,
-    window_start DateTime('UTC'),
-    org          String,
-    direction    String,
-    src          String,
-    dst          String,
-    community    String,
-    stream       String,
-    partition    UInt32,
-    engagements  UInt64,
-    value        Float64,
-    reciprocated UInt64,
-    snubbed      UInt64,
-    version      UInt64,
-    updated_at   DateTime('UTC')
+    registry   String,
+    member     String,
+    org        String,
+    community  String,
+    updated_at DateTime('UTC')
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/reciprocity/org_rollups_local', '{replica}', version)
-PARTITION BY toYYYYMM(window_start)
-ORDER BY (window, window_start, org, direction, src, dst, stream, partition);
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/reciprocity/org_lineage_local', '{replica}')
+ORDER BY (registry, member, org);
 
-CREATE TABLE IF NOT EXISTS reciprocity.org_rollups ON CLUSTER reciprocity
-AS reciprocity.org_rollups_local
-ENGINE = Distributed(reciprocity, reciprocity, org_rollups_local, cityHash64(org));
+CREATE TABLE IF NOT EXISTS reciprocity.org_lineage ON CLUSTER reciprocity
+AS reciprocity.org_lineage_local
+ENGINE = Distributed(reciprocity, reciprocity, org_lineage_local, cityHash64(member));
+
+CREATE TABLE IF NOT EXISTS reciprocity.registries_local ON CLUSTER reciprocity
+(
+    registry  String,
+    orgs      UInt32,
+    loaded_at DateTime('UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/reciprocity/registries_local', '{replica}')
+ORDER BY (registry, loaded_at);
+
+CREATE TABLE IF NOT EXISTS reciprocity.registries ON CLUSTER reciprocity
+AS reciprocity.registries_local
+ENGINE = Distributed(reciprocity, reciprocity, registries_local, cityHash64(registry));
 
 CREATE TABLE IF NOT EXISTS reciprocity.snubs_local ON CLUSTER reciprocity
 (

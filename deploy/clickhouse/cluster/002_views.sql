@@ -34,24 +34,43 @@ FROM (
 )
 GROUP BY window, window_start, src, dst;
 
+CREATE VIEW IF NOT EXISTS reciprocity.org_lineage_current ON CLUSTER reciprocity AS
+SELECT member, org, any(community) AS community
+FROM reciprocity.org_lineage
+WHERE registry = (SELECT argMax(registry, loaded_at) FROM reciprocity.registries)
+GROUP BY member, org;
+
 CREATE VIEW IF NOT EXISTS reciprocity.org_rollups_latest ON CLUSTER reciprocity AS
 SELECT
-    window, window_start, org, direction, src, dst, community,
-    sum(engagements_) AS engagements,
-    sum(value_) AS value,
-    sum(reciprocated_) AS reciprocated,
-    sum(snubbed_) AS snubbed
+    window, window_start, org, direction, src, dst,
+    if(other_community = '', 'external', other_community) AS community,
+    engagements, value, reciprocated, snubbed
 FROM (
-    SELECT
-        window, window_start, org, direction, src, dst, community, stream, partition,
-        argMax(engagements, version) AS engagements_,
-        argMax(value, version) AS value_,
-        argMax(reciprocated, version) AS reciprocated_,
-        argMax(snubbed, version) AS snubbed_
-    FROM reciprocity.org_rollups
-    GROUP BY window, window_start, org, direction, src, dst, community, stream, partition
-)
-GROUP BY window, window_start, org, direction, src, dst, community;
+    SELECT window, window_start, org, 'given' AS direction, src, dst, engagements, value,
+           reciprocated, snubbed, dst AS other
+    FROM (
+        SELECT window, window_start, src, dst, engagements, value, reciprocated, snubbed,
+               src AS member
+        FROM reciprocity.pair_windows_latest
+    ) AS windows
+    ALL INNER JOIN (SELECT member, org FROM reciprocity.org_lineage_current) AS lineage
+    USING (member)
+    UNION ALL
+    SELECT window, window_start, org, 'received' AS direction, src, dst, engagements, value,
+           reciprocated, snubbed, src AS other
+    FROM (
+        SELECT window, window_start, src, dst, engagements, value, reciprocated, snubbed,
+               dst AS member
+        FROM reciprocity.pair_windows_latest
+    ) AS windows
+    ALL INNER JOIN (SELECT member, org FROM reciprocity.org_lineage_current) AS lineage
+    USING (member)
+) AS sides
+ANY LEFT JOIN (
+    SELECT member AS other, any(community) AS other_community
+    FROM reciprocity.org_lineage_current
+    GROUP BY member
+) AS others USING (other);
 
 CREATE VIEW IF NOT EXISTS reciprocity.pair_reciprocity_7d ON CLUSTER reciprocity AS
 SELECT

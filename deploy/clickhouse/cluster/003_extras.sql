@@ -7,9 +7,9 @@ ALTER TABLE reciprocity.pair_windows ON CLUSTER reciprocity MODIFY COLUMN window
 
 ALTER TABLE reciprocity.pair_windows_local ON CLUSTER reciprocity MODIFY COLUMN window LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
 
-ALTER TABLE reciprocity.org_rollups ON CLUSTER reciprocity MODIFY COLUMN window LowCardinality(String), MODIFY COLUMN direction LowCardinality(String), MODIFY COLUMN community LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
+ALTER TABLE reciprocity.org_lineage ON CLUSTER reciprocity MODIFY COLUMN community LowCardinality(String);
 
-ALTER TABLE reciprocity.org_rollups_local ON CLUSTER reciprocity MODIFY COLUMN window LowCardinality(String), MODIFY COLUMN direction LowCardinality(String), MODIFY COLUMN community LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
+ALTER TABLE reciprocity.org_lineage_local ON CLUSTER reciprocity MODIFY COLUMN community LowCardinality(String);
 
 ALTER TABLE reciprocity.snubs ON CLUSTER reciprocity MODIFY COLUMN kind LowCardinality(String), MODIFY COLUMN stream LowCardinality(String);
 

@@ -17,7 +17,7 @@ from pipeline.ingest import REASON_LATE, Engagement, Message
 from pipeline.pairs import PairOutcome, PairStage, PairState
 from pipeline.reciprocity import Params
 from pipeline.routing import encode, pair_key
-from pipeline.sinks.base import OrgRollupRow, PairWindowRow
+from pipeline.sinks.base import PairWindowRow
 from pipeline.windows import to_utc
 from schemas.event import ENGAGEMENT_KINDS, format_ts
 from schemas.registry import Org, Registry
@@ -128,15 +128,6 @@ def latest(rows: Iterable[PairWindowRow]) -> dict[RowKey, PairWindowRow]:
     out: dict[RowKey, PairWindowRow] = {}
     for row in rows:
         key = (row.window, row.window_start.timestamp(), row.src, row.dst)
-        if key not in out or row.version >= out[key].version:
-            out[key] = row
-    return out
-
-
-def latest_rollups(rows: Iterable[OrgRollupRow]) -> dict[tuple[Any, ...], OrgRollupRow]:
-    out: dict[tuple[Any, ...], OrgRollupRow] = {}
-    for row in rows:
-        key = (row.window, row.window_start, row.org, row.direction, row.src, row.dst)
         if key not in out or row.version >= out[key].version:
             out[key] = row
     return out
@@ -355,7 +346,7 @@ def test_the_same_internal_message_replayed_changes_nothing() -> None:
     tracker = h.outcomes[-1].tracker
     again = h.batch(first)
     assert (again.counts.replayed, again.counts.applied) == (2, 0)
-    assert again.pair_windows == [] and again.org_rollups == [] and again.states == {}
+    assert again.pair_windows == [] and again.states == {}
     assert again.tracker == tracker
     assert h.row("1h", T0, "uni", "ext").likes == 1
 
@@ -426,43 +417,6 @@ def test_records_behind_the_watermark_after_an_idle_source_wakes_are_late() -> N
     assert h.row("1h", T0, "uni", "ext").median_reciprocate_s == 1001.0
     # a redelivery of the late record is not dead-lettered twice
     assert h.batch(feed.msg([late], source=1)).dead_letters == []
-
-
-# --------------------------------------------------------------------------- rollups
-
-
-def test_rollup_rows_for_the_org_and_its_ancestors_with_the_other_sides_community() -> None:
-    feed, h = Feed(), Harness(Params(windows=(D,), horizon_s=HZ, lateness_s=L))
-    out = h.batch(feed.msg([
-        feed.rec("lab", "ext", T0, "share"),
-        feed.rec("med", "uni", T0),  # between a descendant of uni and uni itself
-    ]))
-    got = {(r.org, r.direction, r.src, r.dst, r.community) for r in out.org_rollups}
-    assert got == {
-        # lab -> ext: lab and its ancestors gave to ext (no community: external) ...
-        ("lab", "given", "lab", "ext", "external"),
-        ("med", "given", "lab", "ext", "external"),
-        ("uni", "given", "lab", "ext", "external"),
-        # ... and ext received from lab (own community, not med's or uni's)
-        ("ext", "received", "lab", "ext", "external"),
-        # med -> uni: uni is internal; med has none of its own, so uni's
-        ("med", "given", "med", "uni", "internal"),
-        ("uni", "given", "med", "uni", "internal"),
-        ("uni", "received", "med", "uni", "internal"),
-    }
-    row = next(r for r in out.org_rollups if r.org == "uni" and r.src == "lab")
-    assert row == OrgRollupRow("1d", to_utc(DAY0), "uni", "given", "lab", "ext", "external",
-                               STREAM, Q, 1, 3.0, 0, 0, 1, NOW)
-    # rollups follow the pair window's figures and version
-    h.batch(feed.msg([feed.rec("ext", "lab", T0 + 60)]), feed.wm(T0 + 60))
-    rollups = latest_rollups(r for o in h.outcomes for r in o.org_rollups)
-    pair = h.row("1d", DAY0, "lab", "ext")
-    for org in ("lab", "med", "uni"):
-        r = rollups[("1d", to_utc(DAY0), org, "given", "lab", "ext")]
-        assert (r.engagements, r.value, r.reciprocated, r.snubbed, r.version) == (
-            1, 3.0, 1, 0, pair.version)
-    received = rollups[("1d", to_utc(DAY0), "lab", "received", "ext", "lab")]
-    assert received.community == "external"
 
 
 # --------------------------------------------------------------------------- drops
@@ -627,16 +581,11 @@ def test_crash_then_replay_from_an_earlier_snapshot_matches_a_clean_run(
         for i in range(0, len(replay), 5):
             h.batch(*replay[i:i + 5])
     rows = [r for o in sunk for r in o.pair_windows] + h.rows()
-    rollups = [r for o in sunk for r in o.org_rollups] + [
-        r for o in h.outcomes for r in o.org_rollups]
-    clean_rollups = [r for o in CLEAN.outcomes for r in o.org_rollups]
     if grouping == "same":
         assert latest(rows) == latest(CLEAN.rows())
-        assert latest_rollups(rollups) == latest_rollups(clean_rollups)
     # a version is the pair's last change at the end of a batch: with other batch
     # boundaries it may be higher, with the same figures
     assert unversioned(latest(rows)) == unversioned(latest(CLEAN.rows()))
-    assert unversioned(latest_rollups(rollups)) == unversioned(latest_rollups(clean_rollups))
     snubs = {s for o in sunk for s in o.snubs} | set(h.snubs())
     assert snubs == set(CLEAN.snubs())
     alerts = {a.id for o in sunk for a in o.alerts} | {a.id for a in h.alerts()}

@@ -16,9 +16,10 @@ from pipeline.sinks import (
     AlertRow,
     Backend,
     OmissionRow,
-    OrgRollupRow,
+    OrgLineageRow,
     PairWindowRow,
     PipelineBatchRow,
+    RegistryRow,
     SinkBatch,
     SnubRow,
     open_backend,
@@ -96,10 +97,8 @@ def pair(day: datetime, src: str, dst: str, likes: int, shares: int, version: in
                          float(likes + 3 * shares), reciprocated, snubbed, median, version, NOW)
 
 
-def rollup(day: datetime, org: str, direction: str, src: str, dst: str, community: str,
-           engagements: int, value: float, version: int) -> OrgRollupRow:
-    return OrgRollupRow("1d", day, org, direction, src, dst, community, "s", 0, engagements,
-                        value, 0, 0, version, NOW)
+def lineage(registry: str, member: str, *orgs: str, community: str) -> list[OrgLineageRow]:
+    return [OrgLineageRow(registry, member, org, community, NOW) for org in (member, *orgs)]
 
 
 @pytest.fixture
@@ -122,12 +121,14 @@ def loaded(store: Backend) -> Backend:
             pair(TODAY - DAY, "c", "b", 1, 0, version=1, partition=0),
             pair(TODAY - DAY, "c", "b", 0, 1, version=1, partition=1),
         ],
-        org_rollups=[
-            rollup(TODAY, "a", "given", "a", "b", "internal", 3, 5.0, 9),
-            rollup(TODAY, "a", "given", "a", "b", "internal", 1, 1.0, 3),  # older version
-            rollup(TODAY, "a", "given", "a", "x", "external", 2, 6.0, 4),
-            rollup(TODAY, "a", "received", "b", "a", "internal", 2, 2.0, 4),
-        ],
+        # registry "old" (loaded first) puts a under b; the current one, "new",
+        # puts a under x; c has no community (external)
+        org_lineage=[*lineage("old", "a", "b", community="internal"),
+                     *lineage("new", "a", "x", community="internal"),
+                     *lineage("new", "b", community="internal"),
+                     *lineage("new", "c", community="external"),
+                     *lineage("new", "x", community="internal")],
+        registries=[RegistryRow("old", 4, NOW - DAY), RegistryRow("new", 4, NOW)],
         snubs=[
             SnubRow("e1", "a", "b", "like", 1.0, 2.0, TODAY + timedelta(hours=2), "s", NOW),
             SnubRow("e1", "a", "b", "like", 1.0, 2.0, TODAY + timedelta(hours=2), "s", NOW),
@@ -198,11 +199,37 @@ def test_snubs_omissions_and_alerts_are_deduplicated(loaded: Backend) -> None:
         ("snub:e1:a:b:like", "snub", "a", "b")]
 
 
+def test_org_rollups_follow_the_current_registry(loaded: Backend) -> None:
+    got = rows(loaded, "SELECT toUInt32(window_start), org, direction, src, dst, community, "
+                       "engagements, value FROM {db}.org_rollups_latest WHERE window = '1d' "
+                       "ORDER BY window_start, org, direction, src, dst")
+    day = int(TODAY.timestamp())
+    # a rolls up to x (not to b: that was the old registry); c's side is external
+    assert [r for r in got if r[0] == day] == [
+        (day, "a", "given", "a", "b", "internal", 3, 5.0),
+        (day, "b", "received", "a", "b", "internal", 3, 5.0),
+        (day, "x", "given", "a", "b", "internal", 3, 5.0),
+    ]
+    assert [r for r in got if r[0] == day - 86400] == [
+        (day - 86400, "b", "received", "c", "b", "external", 2, 4.0),
+        (day - 86400, "c", "given", "c", "b", "internal", 2, 4.0),
+    ]
+
+
 def test_org_roi_and_time_to_reciprocate(loaded: Backend) -> None:
-    assert rows(loaded, "SELECT org, community, engagements_given, engagements_received, "
-                        "value_given, value_received FROM {db}.org_roi_daily "
-                        "ORDER BY community") == [("a", "external", 2, 0, 6.0, 0.0),
-                                                  ("a", "internal", 3, 2, 5.0, 2.0)]
+    day = int(TODAY.timestamp())
+    assert rows(loaded, "SELECT toUInt32(day), org, community, engagements_given, "
+                        "engagements_received, value_given, value_received FROM {db}.org_roi_daily "
+                        "WHERE org IN ('a', 'x') ORDER BY day, org, community") == [
+        (day - 40 * 86400, "a", "external", 7, 0, 7.0, 0.0),
+        (day - 40 * 86400, "x", "external", 7, 0, 7.0, 0.0),
+        (day - 10 * 86400, "a", "internal", 0, 4, 0.0, 4.0),
+        (day - 10 * 86400, "x", "internal", 0, 4, 0.0, 4.0),
+        (day - 3 * 86400, "a", "internal", 0, 2, 0.0, 2.0),
+        (day - 3 * 86400, "x", "internal", 0, 2, 0.0, 2.0),
+        (day, "a", "internal", 3, 0, 5.0, 0.0),
+        (day, "x", "internal", 3, 0, 5.0, 0.0),
+    ]
     assert rows(loaded, "SELECT src, dst, reciprocated, median_reciprocate_s "
                         "FROM {db}.time_to_reciprocate_daily ORDER BY day") == [
         ("b", "a", 1, 60.0), ("a", "b", 2, 30.0)]
