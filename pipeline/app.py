@@ -67,9 +67,16 @@ _TRACKER = "wm:"
 #: Seconds a partition may stay behind what the fetcher read, with no batch in
 #: flight, before the worker calls it a hole at the tail of the stream.
 TAIL_HOLE_S = 20.0
+#: longest wait for the broker to acknowledge a batch's messages before the
+#: worker gives up (stops, to be restarted) instead of hanging
+DELIVERY_TIMEOUT_S = 120.0
 #: most records per internal message and per dedup-table record: keeps each
 #: well under Kafka's default 1 MB request size (about 80 bytes a record)
 CHUNK_RECORDS = 5000
+
+
+class DeliveryError(RuntimeError):
+    """Messages of a batch were not delivered to Kafka: the batch fails."""
 
 
 def utc_now() -> datetime:
@@ -399,6 +406,28 @@ class Pipeline:
         # partition its updates come from.
         _current_event.set(weakref.ref(event))
 
+    async def _delivered(self, pending: Sequence[Any]) -> list[Any]:
+        """Wait for messages handed to Faust's producer. Faust sends them from a
+        background buffer; when that crashes (an oversized message, a broker
+        refusing writes) their futures never resolve: raise instead of hanging."""
+        if not pending:
+            return []
+        gathered = asyncio.gather(*pending)
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while True:
+            done, _ = await asyncio.wait({gathered}, timeout=1.0)
+            if done:
+                return list(gathered.result())
+            buffer = getattr(self.app.producer, "buffer", None)
+            if buffer is not None and buffer.crashed:
+                gathered.cancel()
+                raise DeliveryError(
+                    f"Faust's producer crashed: {buffer.crash_reason!r}") from buffer.crash_reason
+            if time.monotonic() > deadline:
+                gathered.cancel()
+                raise DeliveryError(
+                    f"{len(pending)} messages not acknowledged within {DELIVERY_TIMEOUT_S:g} s")
+
     async def _publish_alerts(self, alerts: Sequence[Alert]) -> None:
         """Alerts to the alerts topic (delivery awaited) and the webhook (never waits)."""
         if not alerts:
@@ -407,7 +436,7 @@ class Pipeline:
             await self.alerts_topic.send(key=a.id.encode(), value=orjson.dumps(a.to_json()))
             for a in alerts
         ]
-        await asyncio.gather(*pending)
+        await self._delivered(pending)
         self.stats.alerts += len(alerts)
         if self.notify is not None:
             for alert in alerts:
@@ -428,7 +457,7 @@ class Pipeline:
             ]
             pending.append(await self.dlq.send(key=d.key, value=d.raw, headers=headers))
         # delivery confirmed before the batch is acked: nothing lost
-        await asyncio.gather(*pending)
+        await self._delivered(pending)
 
     # -- stage 1: ingest ---------------------------------------------------------------
 
@@ -547,7 +576,7 @@ class Pipeline:
                             value=encode(source, None, False, chunk), partition=target))
                     pending.append(await topic.send(
                         value=encode(source, high, False, chunks[-1]), partition=target))
-        self._note_sent(await asyncio.gather(*pending))
+        self._note_sent(await self._delivered(pending))
 
     def _note_sent(self, delivered: Iterable[Any]) -> None:
         sent = self.sent
@@ -582,7 +611,7 @@ class Pipeline:
                         pending.append(await topic.send(
                             value=encode(source, self._max_ts.get(source), True),
                             partition=target))
-            self._note_sent(await asyncio.gather(*pending))
+            self._note_sent(await self._delivered(pending))
             self._idle.update(fresh)
 
     # -- stage 2: pairs ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import pydantic
 
+from pipeline.aio import run_async
 from pipeline.reciprocity import pair_reciprocity
 from pipeline.settings import Settings, mask_url
 from schemas.registry import RegistryError, load_registry
@@ -97,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = open_backend(settings.clickhouse_url.get_secret_value())
     try:
         if args.input is not None:
-            summary = asyncio.run(
+            summary = run_async(
                 run_file(settings, registry, backend, Path(args.input), args.until_drained,
                          external_broker=bool(args.broker))
             )
@@ -105,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         log.warning("worker %s: %s -> %s", settings.app_id, settings.broker,
                     mask_url(settings.clickhouse_url.get_secret_value()))
-        asyncio.run(_run_forever(settings, registry, backend, run_worker))
+        run_async(_run_forever(settings, registry, backend, run_worker))
         return 0
     finally:
         backend.close()
@@ -259,7 +260,7 @@ def _run_demo(args: argparse.Namespace, settings: Settings, registry: Any, event
         hooks["on_drained"] = on_drained
     backend = open_backend(settings.clickhouse_url.get_secret_value())
     try:
-        summary = asyncio.run(run_file(settings, registry, backend, events_path,
+        summary = run_async(run_file(settings, registry, backend, events_path,
                                        rate=args.rate, **hooks))
         found = None if args.serve else read(backend)
     finally:
@@ -415,7 +416,7 @@ def _produce_mastodon(args: argparse.Namespace, settings: Settings) -> Any:
     output = _output(settings)
     streamer = mastodon.MastodonStreamer(
         accounts, mastodon.mapper_factory(registry, accounts, _thanks_rule(settings)), output)
-    return asyncio.run(run_async_source(output, "mastodon", streamer.run,
+    return run_async(run_async_source(output, "mastodon", streamer.run,
                                         settings.stats_interval_s))
 
 
@@ -431,7 +432,7 @@ def _produce_bluesky(args: argparse.Namespace, settings: Settings) -> Any:
     client = bluesky.JetstreamClient(
         args.url, bluesky.JetstreamMapper(registry, _thanks_rule(settings)), output,
         Path(args.cursor_file), wanted_dids=dids)
-    return asyncio.run(run_async_source(output, "bluesky", client.run,
+    return run_async(run_async_source(output, "bluesky", client.run,
                                         settings.stats_interval_s))
 
 

@@ -181,3 +181,30 @@ def _is_object(line: bytes) -> bool:
         return isinstance(orjson.loads(line), dict)
     except orjson.JSONDecodeError:
         return False
+
+
+def test_a_producer_that_cannot_deliver_fails_the_worker_instead_of_hanging(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust sends from a background buffer; an oversized internal message crashes
+    it and the message's future never resolves. The batch must fail (the worker
+    stops, to be restarted) rather than wait forever."""
+    from pipeline import app
+
+    events, registry_path, _ = write_case(tmp_path, n_events=3000, seed=3)
+    lines = [line for line in jsonl_lines(events) if _is_object(line)]
+    packed = [b"[" + b",".join(lines[i:i + 500]) + b"]" for i in range(0, len(lines), 500)]
+    # the real producer, with a request size limit below one internal message
+    real_app = app.faust_app
+    monkeypatch.setattr(app, "faust_app", lambda settings, **options: real_app(
+        settings, **{**options, "producer_max_request_size": 20_000}))
+    monkeypatch.setattr(app, "CHUNK_RECORDS", 10**9)  # one internal message per target
+    settings = settings_for(broker, f"chdb://{tmp_path / 'store'}",
+                            f"test-{uuid.uuid4().hex[:8]}", f"big-{uuid.uuid4().hex[:6]}")
+    settings = settings.model_copy(update={"partitions": 1, "batch_max": 100})
+    store = open_backend(f"chdb://{tmp_path / 'store'}")
+    try:
+        with pytest.raises(PipelineFailed, match="MessageSizeTooLarge"):
+            asyncio.run(asyncio.wait_for(
+                run_lines(settings, load_registry(registry_path), store, iter(packed)), 120))
+    finally:
+        store.close()
