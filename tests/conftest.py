@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,12 @@ from pipeline.broker import EmbeddedBroker
 from tests.support.clickhouse_server import clickhouse_server
 
 _db_counter = itertools.count()
+
+# Faust keeps each app's table data in "{app id}-data" under the working
+# directory; tests (and the workers they start, which inherit this) use a
+# temporary one. Read when faust is imported, so set before any test imports it.
+os.environ.setdefault("FAUST_DATADIR", os.path.join(
+    tempfile.mkdtemp(prefix="reciprocity-tests-faust-"), "{conf.name}-data"))
 
 
 @pytest.fixture(scope="session")

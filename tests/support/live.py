@@ -87,8 +87,10 @@ def live_workers(broker: EmbeddedBroker, clickhouse_url: str, registry: Path, tm
         if web_ports is not None:
             own.update(RECIPROCITY_WEB_ENABLED="true", RECIPROCITY_WEB_PORT=str(web_ports[i]))
         with open(log, "wb") as out:  # the child keeps its own descriptor
+            # cwd: Faust keeps its table data in ``{app_id}-data`` there
             procs.append(subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"],
-                                          env=own, stdout=out, stderr=subprocess.STDOUT))
+                                          env=own, stdout=out, stderr=subprocess.STDOUT,
+                                          cwd=tmp))
     try:
         yield LiveStack(name, url, env, procs, logs)
     finally:

@@ -33,8 +33,9 @@ pytestmark = pytest.mark.integration
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    # cwd: Faust keeps its table data in ``{app_id}-data`` there
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run"], env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=log.parent)
 
 
 def totals(url: str) -> int:
