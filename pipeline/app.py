@@ -406,6 +406,18 @@ class Pipeline:
         # partition its updates come from.
         _current_event.set(weakref.ref(event))
 
+    def producer_crash(self) -> DeliveryError | None:
+        """An error when Faust's producer buffer (which sends table changelog
+        records) crashed: nothing it holds will ever be sent, and whatever
+        waits on it (a flush, a commit) waits forever."""
+        producer = getattr(self.app, "_producer", None)  # never create it here
+        buffer = getattr(producer, "buffer", None)
+        if buffer is None or not buffer.crashed:
+            return None
+        error = DeliveryError(f"Faust's producer crashed: {buffer.crash_reason!r}")
+        error.__cause__ = buffer.crash_reason
+        return error
+
     async def _delivered(self, pending: Sequence[Any]) -> list[Any]:
         """Wait for messages handed to Faust's producer. Faust sends them from a
         background buffer; when that crashes (an oversized message, a broker
@@ -418,11 +430,10 @@ class Pipeline:
             done, _ = await asyncio.wait({gathered}, timeout=1.0)
             if done:
                 return list(gathered.result())
-            buffer = getattr(self.app.producer, "buffer", None)
-            if buffer is not None and buffer.crashed:
+            crashed = self.producer_crash()
+            if crashed is not None:
                 gathered.cancel()
-                raise DeliveryError(
-                    f"Faust's producer crashed: {buffer.crash_reason!r}") from buffer.crash_reason
+                raise crashed
             if time.monotonic() > deadline:
                 gathered.cancel()
                 raise DeliveryError(

@@ -107,6 +107,9 @@ async def run_worker(
         while not stop_event.is_set():
             if stats.fatal is not None:
                 raise PipelineFailed(f"pipeline stopped: {stats.fatal!r}") from stats.fatal
+            crashed = pipeline.producer_crash()
+            if crashed is not None:
+                raise PipelineFailed(f"pipeline stopped: {crashed}") from crashed
             if started.done() and started.exception() is not None:
                 raise PipelineFailed(f"worker failed to start: {started.exception()!r}")
             if on_ready is not None and worker.ready.is_set():
