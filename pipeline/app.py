@@ -160,6 +160,7 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "broker_commit_interval": settings.commit_interval_s,
+        "producer_max_batch_size": settings.producer_max_batch_bytes,
         # Never wait for unacked events on rebalance or stop: a failed batch stays
         # unacked on purpose, and commits only ever cover acked (flushed) events.
         "stream_wait_empty": False,
@@ -207,16 +208,19 @@ class Pipeline:
         self.pairs_topic = raw_topic(settings.pairs_topic)
         self.inbound_topic = raw_topic(settings.inbound_topic)
         self.alerts_topic = raw_topic(settings.alerts_topic)
-        # str keys and JSON values must round-trip through the changelog unchanged
-        state: faust.Schema = faust.Schema(key_serializer="json", value_serializer="json")
+        # str keys (JSON); values are JSON we encode ourselves (orjson, raw bytes):
+        # the tables hold compact bytes, not a second copy of each state as objects
         # New event ids are stored one record per partition per batch (key
         # "partition:first offset"), with the partition's largest event time, not
         # one per event: a per-event table write caps Faust near 2-3k events/s.
         # Lookups go through an in-memory index rebuilt from the table for each
         # partition this worker is assigned.
-        self.seen_table = self.app.Table("event-id-batches", partitions=n, schema=state)
-        self.pair_table = self.app.Table("pair-states", partitions=n, schema=state)
-        self.inbound_table = self.app.Table("inbound-states", partitions=n, schema=state)
+        self.seen_table = self.app.Table("event-id-batches", partitions=n, key_type=str,
+                                         value_type=bytes)
+        self.pair_table = self.app.Table("pair-states", partitions=n, key_type=str,
+                                         value_type=bytes)
+        self.inbound_table = self.app.Table("inbound-states", partitions=n, key_type=str,
+                                         value_type=bytes)
         self._seen_index: dict[str, tuple[int, int, int, int]] = {}
         self._max_ts: dict[int, float] = {}
         self._indexed: set[int] = set()
@@ -257,11 +261,15 @@ class Pipeline:
     async def _log_stats(self) -> None:
         """Periodic progress line: what an operator tails to see the worker is alive."""
         stats = self.stats
-        log.info("batches=%d %s snubs=%d drops=%d alerts=%d sink_failures=%d",
+        log.info("batches=%d %s snubs=%d drops=%d alerts=%d sink_failures=%d busy=%d",
                  stats.batches,
                  " ".join(f"{k}={v}" for k, v in stats.counts.as_dict().items()),
                  stats.pairs.snubs, stats.pairs.drops + stats.inbound.drops, stats.alerts,
-                 self.sink.failures)
+                 self.sink.failures, self._busy)
+        read = getattr(getattr(self.app, "_consumer", None), "_read_offset", None) or {}
+        log.debug("read offsets %s; next expected %s",
+                  {f"{tp.topic}[{tp.partition}]": o for tp, o in read.items()},
+                  {t: dict(g.expected) for t, g in self.guards.items()})
 
     async def _run_batches(self, stream: faust.StreamT[bytes],
                            handle: Callable[[Sequence[Any]], Any]) -> None:
@@ -368,8 +376,33 @@ class Pipeline:
         stats = self.stats
         for event in events:
             stats.flushed[(topic, event.message.partition)] = event.message.offset
+        self._drop_gaps({event.message.tp for event in events})
         stats.batches += 1
         stats.progress.set()
+
+    def _drop_gaps(self, tps: set[Any]) -> None:
+        """Forget the offset gaps Faust's fetcher recorded for these partitions.
+
+        Faust counts offsets its read position jumped over as acked when it
+        commits (meant for compacted or transactional topics; ours are
+        neither). The jumps here are faust-streaming#596's dropped messages:
+        the sequence check already stops the worker when one reaches the stream
+        as a hole, and when the messages come after all, the gap made Faust's
+        ack list hold them twice, after which each commit advanced a single
+        offset (a worker that processed everything never committed it).
+        """
+        consumer = getattr(self.app, "_consumer", None)
+        gaps = getattr(consumer, "_gap", None)
+        acked = getattr(consumer, "_acked", None)
+        if gaps is None or acked is None:
+            return
+        for tp in tps:
+            gap = gaps.get(tp)
+            if gap:
+                gap.clear()
+            offsets = acked.get(tp)
+            if offsets and len(offsets) != len(set(offsets)):
+                offsets[:] = sorted(set(offsets))
 
     async def _on_partitions_revoked(
         self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any
@@ -531,8 +564,8 @@ class Pipeline:
                     key = f"{partition}:{first}"
                 else:
                     key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
-                self.seen_table[key] = {"ids": chunk,
-                                        "max": after if i == len(chunks) - 1 else before}
+                self.seen_table[key] = orjson.dumps(
+                    {"ids": chunk, "max": after if i == len(chunks) - 1 else before})
         self._seen_index.update(outcome.first_seen)
         self._max_ts.update(outcome.max_ts)
 
@@ -544,8 +577,9 @@ class Pipeline:
             return
         prefixes = tuple(f"{p}:" for p in missing)
         index = self._seen_index
-        for key, record in self.seen_table.items():
+        for key, value in self.seen_table.items():
             if key.startswith(prefixes):
+                record = orjson.loads(value)
                 partition = int(key.split(":", 1)[0])
                 high = record.get("max")
                 if high is not None and high > self._max_ts.get(partition, float("-inf")):
@@ -642,9 +676,9 @@ class Pipeline:
         for key, value in table.items():
             if key.startswith(_TRACKER):
                 if int(key[len(_TRACKER):]) == partition:
-                    tracker = value
+                    tracker = orjson.loads(value)
             elif partition_for(decode(key), n) == partition:
-                states.append((decode(key), value))
+                states.append((decode(key), orjson.loads(value)))
         stage.load(partition, tracker, states)
 
     def _persist_stage(self, stage: PairStage | InboundStage, table: Any,
@@ -659,8 +693,8 @@ class Pipeline:
                 continue  # revoked meanwhile: its new owner replays from the last commit
             self._set_current(last)
             for key, doc in outcome.states.items():
-                table[encode(key)] = doc
-            table[f"{_TRACKER}{last.message.partition}"] = outcome.tracker
+                table[encode(key)] = orjson.dumps(doc)
+            table[f"{_TRACKER}{last.message.partition}"] = orjson.dumps(outcome.tracker)
 
     async def process_pairs(self, events: Sequence[Any]) -> None:
         settings = self.settings

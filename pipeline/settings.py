@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         2.8, gt=0, description="RECIPROCITY_COMMIT_INTERVAL_S: how often consumed offsets commit."
     )
+    producer_max_batch_bytes: int = Field(
+        16384, ge=1,
+        description=("RECIPROCITY_PRODUCER_MAX_BATCH_BYTES: largest record batch the worker's "
+                     "Kafka producer builds; 1 sends one record per batch (needed on the Tansu "
+                     "broker, whose ListOffsets is wrong for multi-record batches)."),
+    )
     stats_interval_s: float = Field(
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
     )
