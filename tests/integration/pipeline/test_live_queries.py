@@ -9,9 +9,7 @@ docs/metrics.md, on both engines.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +22,6 @@ from pipeline.sinks import (
     PipelineBatchRow,
     SinkBatch,
     SnubRow,
-    open_backend,
 )
 
 pytestmark = pytest.mark.integration
@@ -32,16 +29,6 @@ DAY = 86400
 NEWEST = 1773964800  # 2026-03-20T00:00:00Z
 NOW = NEWEST + 3 * 3600 + 125  # the page is read at 03:02:05
 WRITTEN = datetime(2026, 3, 20, 3, tzinfo=UTC)
-
-
-@pytest.fixture(params=["chdb", "server"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    url = (f"chdb://{tmp_path / 'store'}" if request.param == "chdb"
-           else request.getfixturevalue("clickhouse_url"))
-    store = open_backend(url)
-    store.ensure_schema()
-    yield store
-    store.close()
 
 
 def pair(start: int, src: str, dst: str, likes: int, value: float, version: int,

@@ -5,9 +5,7 @@ No mocks: the same contract tests run on each backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -20,22 +18,11 @@ from pipeline.sinks import (
     PairWindowRow,
     SinkBatch,
     SnubRow,
-    open_backend,
 )
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 2, 10, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
-
-
-@pytest.fixture(params=["chdb", "server"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    url = (f"chdb://{tmp_path / 'store'}" if request.param == "chdb"
-           else request.getfixturevalue("clickhouse_url"))
-    store = open_backend(url)
-    store.ensure_schema()
-    yield store
-    store.close()
 
 
 def row(partition: int, counts: tuple[int, ...], version: int, src: str = "a",

@@ -5,10 +5,8 @@ The views are checked on a small fixture whose figures are computed by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,6 @@ from pipeline.sinks import (
     RegistryRow,
     SinkBatch,
     SnubRow,
-    open_backend,
 )
 from pipeline.sinks.migrations import MIGRATIONS, MigrationError, Server, migrate, recorded
 from pipeline.sinks.views import VIEWS
@@ -33,13 +30,9 @@ DAY = timedelta(days=1)
 NOW = TODAY + timedelta(hours=1)
 
 
-@pytest.fixture(params=["chdb", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    url = (f"chdb://{tmp_path / 'store'}" if request.param == "chdb"
-           else request.getfixturevalue("clickhouse_url"))
-    backend = open_backend(url)
-    yield backend
-    backend.close()
+@pytest.fixture
+def store(bare_store: Backend) -> Backend:
+    return bare_store
 
 
 def server(backend: Backend) -> Server:
