@@ -18,12 +18,13 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import faust
 from faust.worker import Worker
 
 from pipeline.alerts import Alert
@@ -97,39 +98,56 @@ async def run_worker(
                         notify=None if notifier is None else _notify(notifier), **app_overrides)
     stats = pipeline.stats
     stop_event = stop_event or asyncio.Event()
-    worker = _EmbeddedWorker(
-        pipeline.app, loop=asyncio.get_running_loop(), loglevel=settings.log_level,
-        override_logging=False, quiet=True, redirect_stdouts=False,
-    )
+    try:  # the worker stops (leaving the block) before its sink closes
+        async with embedded_worker(pipeline.app, settings.log_level) as (worker, started):
+            await _supervise(pipeline, worker, started, stop_event, stop_when, on_ready)
+    finally:
+        await sink.close()
+        if notifier is not None:
+            await notifier.close()
+    return stats
+
+
+async def _supervise(pipeline: Pipeline, worker: _EmbeddedWorker, started: asyncio.Future[Any],
+                     stop_event: asyncio.Event, stop_when: StopWhen | None,
+                     on_ready: Callable[[Pipeline], None] | None) -> None:
+    """Watch a started worker until it should stop; raise when it failed."""
+    stats = pipeline.stats
+    while not stop_event.is_set():
+        if stats.fatal is not None:
+            raise PipelineFailed(f"pipeline stopped: {stats.fatal!r}") from stats.fatal
+        crashed = pipeline.producer_crash()
+        if crashed is not None:
+            raise PipelineFailed(f"pipeline stopped: {crashed}") from crashed
+        if started.done() and started.exception() is not None:
+            raise PipelineFailed(f"worker failed to start: {started.exception()!r}")
+        if on_ready is not None and worker.ready.is_set():
+            on_ready(pipeline)
+            on_ready = None
+        if stop_when is not None and await stop_when(pipeline):
+            break
+        stats.progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stats.progress.wait(), 0.2)
+
+
+@contextlib.asynccontextmanager
+async def embedded_worker(app: faust.App, loglevel: str = "WARNING"
+                          ) -> AsyncIterator[tuple[_EmbeddedWorker, asyncio.Future[Any]]]:
+    """Start a Faust app's worker inside this event loop; stop it on leaving.
+    Yields the worker and the future of its start (done early if it failed)."""
+    worker = _EmbeddedWorker(app, loop=asyncio.get_running_loop(), loglevel=loglevel,
+                             override_logging=False, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # a terminal spinner would mangle our own output
     started = asyncio.ensure_future(worker.start())
     try:
-        while not stop_event.is_set():
-            if stats.fatal is not None:
-                raise PipelineFailed(f"pipeline stopped: {stats.fatal!r}") from stats.fatal
-            crashed = pipeline.producer_crash()
-            if crashed is not None:
-                raise PipelineFailed(f"pipeline stopped: {crashed}") from crashed
-            if started.done() and started.exception() is not None:
-                raise PipelineFailed(f"worker failed to start: {started.exception()!r}")
-            if on_ready is not None and worker.ready.is_set():
-                on_ready(pipeline)
-                on_ready = None
-            if stop_when is not None and await stop_when(pipeline):
-                break
-            stats.progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stats.progress.wait(), 0.2)
+        yield worker, started
     finally:
         with contextlib.suppress(Exception):
             await worker.stop()
         started.cancel()
         with contextlib.suppress(BaseException):
             await started
-        await sink.close()
-        if notifier is not None:
-            await notifier.close()
-    return stats
 
 
 def _notify(notifier: WebhookNotifier) -> Callable[[Alert], None]:

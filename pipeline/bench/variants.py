@@ -12,7 +12,6 @@ is the events processed over that time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -168,7 +167,7 @@ async def _baseline(spec: PhaseSpec) -> PhaseResult:
     event time. Faust defaults otherwise (a changelog record per update)."""
     import faust
 
-    from pipeline.runner import EMBEDDED_TIMINGS, _EmbeddedWorker
+    from pipeline.runner import EMBEDDED_TIMINGS, embedded_worker
 
     dataset = Dataset.load(spec.dataset)
     org_of = load_registry(dataset.registry_path).org_of_account
@@ -193,20 +192,10 @@ async def _baseline(spec: PhaseSpec) -> PhaseResult:
             progress.seen()
 
     app.agent(topic, name="bench.baseline")(count)
-    worker = _EmbeddedWorker(app, loop=asyncio.get_running_loop(), loglevel="WARNING",
-                             override_logging=False, quiet=True, redirect_stdouts=False)
-    worker.spinner = None
-    started = asyncio.ensure_future(worker.start())
     deadline = _hard_deadline(spec)
-    try:
+    async with embedded_worker(app) as (_worker, started):
         end = await _watch(progress, spec, deadline, lambda: started.done()
                            and started.exception() is not None)
-    finally:
-        with contextlib.suppress(Exception):
-            await worker.stop()
-        started.cancel()
-        with contextlib.suppress(BaseException):
-            await started
     result = PhaseResult("baseline", rss_bytes=peak_rss_bytes())
     return _boxed(result, progress, spec, end,
                   "Faust agent per event + tumbling(3600) table keyed by pair")
