@@ -476,8 +476,11 @@ class Pipeline:
         """Alerts to the alerts topic (delivery awaited) and the webhook (never waits)."""
         if not alerts:
             return
+        # Straight to the producer: Faust's per-message path (futures, callbacks,
+        # sensors) cost more than the alerts themselves when every org is watched.
+        producer, topic = self.app.producer, self.settings.alerts_topic
         pending = [
-            await self.alerts_topic.send(key=a.id.encode(), value=orjson.dumps(a.to_json()))
+            await producer.send(topic, a.id.encode(), orjson.dumps(a.to_json()), None, None, None)
             for a in alerts
         ]
         await self._delivered(pending)
