@@ -696,7 +696,7 @@ class Pipeline:
                 continue  # revoked meanwhile: its new owner replays from the last commit
             self._set_current(last)
             for key, doc in outcome.states.items():
-                table[encode(key)] = orjson.dumps(doc)
+                table[encode(key)] = doc
             table[f"{_TRACKER}{last.message.partition}"] = orjson.dumps(outcome.tracker)
 
     async def process_pairs(self, events: Sequence[Any]) -> None:

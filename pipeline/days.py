@@ -9,6 +9,7 @@ dormant (no drop is possible from a zero baseline) until its next engagement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +65,12 @@ class DaySeries:
             self.next = day + DAY if self.counts else None
         return drops
 
-    def to_json(self) -> list[Any]:
-        return [self.start, self.next, [[d, n] for d, n in sorted(self.counts.items())]]
+    def to_json(self) -> tuple[Any, ...]:
+        """For orjson with ``OPT_NON_STR_KEYS`` (the day keys are ints)."""
+        return (self.start, self.next, self.counts)
 
     @classmethod
-    def from_json(cls, doc: list[Any]) -> DaySeries:
+    def from_json(cls, doc: Sequence[Any]) -> DaySeries:
         start, nxt, counts = doc
         return cls(int(start), None if nxt is None else int(nxt),
-                   {int(d): int(n) for d, n in counts})
+                   {int(d): int(n) for d, n in counts.items()})

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pipeline.alerts import DROP_INBOUND, Alert, drop_alert
 from pipeline.days import DaySeries, day_of
 from pipeline.ingest import Message
@@ -26,14 +28,18 @@ class InboundState:
     applied: dict[int, int] = field(default_factory=dict)
     series: DaySeries | None = None
 
-    def to_json(self) -> list[Any]:
-        return [[[p, o] for p, o in sorted(self.applied.items())],
-                None if self.series is None else self.series.to_json()]
+    def to_json(self) -> tuple[Any, ...]:
+        """For orjson with ``OPT_NON_STR_KEYS`` (see :meth:`to_bytes`)."""
+        return (self.applied, None if self.series is None else self.series.to_json())
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def from_json(cls, doc: list[Any]) -> InboundState:
+    def from_json(cls, doc: Sequence[Any]) -> InboundState:
+        """From :meth:`to_bytes` output, decoded (int dict keys come back as str)."""
         applied, series = doc
-        return cls({int(p): int(o) for p, o in applied},
+        return cls({int(p): int(o) for p, o in applied.items()},
                    None if series is None else DaySeries.from_json(series))
 
 
@@ -49,7 +55,7 @@ class InboundCounts:
 
 @dataclass(slots=True)
 class InboundOutcome:
-    states: dict[str, list[Any]] = field(default_factory=dict)
+    states: dict[str, bytes] = field(default_factory=dict)
     tracker: dict[str, Any] | None = None
     alerts: list[Alert] = field(default_factory=list)
     counts: InboundCounts = field(default_factory=InboundCounts)
@@ -63,7 +69,7 @@ class InboundStage:
         self._partitions: dict[int, StagePartition[InboundState]] = {}
 
     def load(self, partition: int, tracker: dict[str, Any] | None,
-             states: Iterable[tuple[str, list[Any]]]) -> None:
+             states: Iterable[tuple[str, Sequence[Any]]]) -> None:
         part = StagePartition[InboundState](
             WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
             else WatermarkTracker.from_json(tracker, self.sources, self.params.lateness_s)
@@ -122,7 +128,7 @@ class InboundStage:
             if watermark is not None:
                 self._advance(part, watermark, touched, out)
         for org in sorted(touched):
-            out.states[org] = part.states[org].to_json()
+            out.states[org] = part.states[org].to_bytes()
         out.tracker = part.tracker.to_json()
         return out
 

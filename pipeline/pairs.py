@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
 from pipeline.days import DaySeries, day_of
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
@@ -72,28 +74,28 @@ class PairState:
         """(src, dst) of a direction: 0 is lo -> hi, 1 is hi -> lo."""
         return (self.lo, self.hi) if direction == 0 else (self.hi, self.lo)
 
-    def to_json(self) -> list[Any]:
-        return [
-            self.lo, self.hi, [[p, o] for p, o in sorted(self.applied.items())],
-            [list(side) for side in self.pending],  # (ts, id, kind) tuples: JSON arrays
-            [list(side) for side in self.times],
-            [[*key, *figures[:DELAYS], list(figures[DELAYS])]
-             for key, figures in sorted(self.windows.items())],
-            [None if d is None else d.to_json() for d in self.days],
-            self.tag,
-        ]
+    def to_json(self) -> tuple[Any, ...]:
+        """The state as orjson serializes it with ``OPT_NON_STR_KEYS`` (built
+        without copying: a busy pair's state is written every batch)."""
+        return (self.lo, self.hi, self.applied, self.pending, self.times,
+                list(self.windows.items()),
+                [None if d is None else d.to_json() for d in self.days], self.tag)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def from_json(cls, doc: list[Any]) -> PairState:
+    def from_json(cls, doc: Sequence[Any]) -> PairState:
+        """From :meth:`to_bytes` output, decoded (int dict keys come back as str)."""
         lo, hi, applied, pending, times, windows, days, tag = doc
         return cls(
-            lo, hi, {int(p): int(o) for p, o in applied},
+            lo, hi, {int(p): int(o) for p, o in applied.items()},
             ([(float(t), str(i), int(k)) for t, i, k in pending[0]],
              [(float(t), str(i), int(k)) for t, i, k in pending[1]]),
             ([float(t) for t in times[0]], [float(t) for t in times[1]]),
-            {(int(w[0]), int(w[1]), int(w[2])): [*(int(c) for c in w[3:3 + DELAYS]),
-                                                 [float(d) for d in w[3 + DELAYS]]]
-             for w in windows},
+            {(int(k[0]), int(k[1]), int(k[2])): [*(int(c) for c in f[:DELAYS]),
+                                                 [float(d) for d in f[DELAYS]]]
+             for k, f in windows},
             [None if d is None else DaySeries.from_json(d) for d in days],
             int(tag),
         )
@@ -115,8 +117,8 @@ class PairCounts:
 class PairOutcome:
     """What one batch of one internal partition changed."""
 
-    #: pair key -> new state JSON (write each to the table, then the tracker)
-    states: dict[str, list[Any]] = field(default_factory=dict)
+    #: pair key -> new state (write each to the table, then the tracker)
+    states: dict[str, bytes] = field(default_factory=dict)
     tracker: dict[str, Any] | None = None
     pair_windows: list[PairWindowRow] = field(default_factory=list)
     snubs: list[Snub] = field(default_factory=list)
@@ -147,7 +149,7 @@ class PairStage:
     # -- assignment -----------------------------------------------------------
 
     def load(self, partition: int, tracker: dict[str, Any] | None,
-             states: Iterable[tuple[str, list[Any]]]) -> None:
+             states: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """(Re)build a partition's state from what the table holds."""
         part = StagePartition[PairState](
             WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
@@ -193,7 +195,7 @@ class PairStage:
                 self._advance(part, watermark, message.offset, dirty, retired, out)
         for key, windows in dirty.items():
             state = part.states[key]
-            out.states[key] = state.to_json()
+            out.states[key] = state.to_bytes()
             self._rows(state, windows, retired.get(key, {}), partition, stream, now, out)
         out.tracker = part.tracker.to_json()
         return out
