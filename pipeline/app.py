@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,9 +37,9 @@ from typing import Any
 
 import faust
 import orjson
-from faust.streams import _current_event
 
 from pipeline.alerts import Alert, omission_alert
+from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import Counts, DeadLetter, Engagement, Ingest, IngestOutcome, Message
 from pipeline.pairs import PairCounts, PairStage
@@ -132,6 +131,23 @@ def chunk_by_offset(records: Sequence[Engagement], size: int) -> list[Sequence[E
     return chunks
 
 
+def parts_by_size(events: Sequence[Any], max_bytes: int) -> list[Sequence[Any]]:
+    """A batch in consecutive parts of at most ``max_bytes`` of message values
+    (a single larger message is a part of its own). Each part is processed and
+    flushed before the next; the batch is acked once all are."""
+    parts: list[Sequence[Any]] = []
+    start, size = 0, 0
+    for i, event in enumerate(events):
+        length = len(event.value or b"")
+        if size and size + length > max_bytes:
+            parts.append(events[start:i])
+            start, size = i, 0
+        size += length
+    if start < len(events) or not parts:
+        parts.append(events[start:])
+    return parts
+
+
 def batch_rows(outcome: IngestOutcome, stream: str, now: datetime) -> list[PipelineBatchRow]:
     """Rate and lag figures of a stage-1 batch, one row per input partition."""
     processed = now.timestamp()
@@ -197,6 +213,7 @@ class Pipeline:
         self._on_written: Callable[[list[float]], None] | None = None
         self.inbound_stage = InboundStage(params, settings.partitions)
         self.app = faust_app(settings, **app_overrides)
+        self.bulk = BulkProducer(self.app)
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:
@@ -280,7 +297,8 @@ class Pipeline:
         async for events in batches:
             self._busy += 1
             try:
-                await handle(events)
+                for part in parts_by_size(events, settings.batch_max_bytes):
+                    await handle(part)
             except Exception as exc:
                 # Keep the failed batch unacked for good (take_events acks what it
                 # yielded once we move on), so no commit ever passes it; then park
@@ -433,12 +451,6 @@ class Pipeline:
             if tp.topic == self.settings.topic:
                 self._last_input.setdefault(tp.partition, now)
 
-    def _set_current(self, event: Any) -> None:
-        # Faust routes a changelog record to the partition of the "current event";
-        # with batches we set it per partition so each key's changelog stays in the
-        # partition its updates come from.
-        _current_event.set(weakref.ref(event))
-
     def producer_crash(self) -> DeliveryError | None:
         """An error when Faust's producer buffer (which sends table changelog
         records) crashed: nothing it holds will ever be sent, and whatever
@@ -476,13 +488,17 @@ class Pipeline:
         """Alerts to the alerts topic (delivery awaited) and the webhook (never waits)."""
         if not alerts:
             return
-        # Straight to the producer: Faust's per-message path (futures, callbacks,
-        # sensors) cost more than the alerts themselves when every org is watched.
-        producer, topic = self.app.producer, self.settings.alerts_topic
-        pending = [
-            await producer.send(topic, a.id.encode(), orjson.dumps(a.to_json()), None, None, None)
-            for a in alerts
-        ]
+        # In record batches (pipeline.bulk): Faust's per-message path cost more
+        # than the alerts themselves when every org is watched.
+        topic = self.settings.alerts_topic
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for a in alerts:
+            key = a.id.encode()
+            by_partition.setdefault(self.bulk.partition_for(topic, key), []).append(
+                (key, orjson.dumps(a.to_json())))
+        pending = []
+        for partition, records in by_partition.items():
+            pending += await self.bulk.send(topic, partition, records)
         await self._delivered(pending)
         self.stats.alerts += len(alerts)
         if self.notify is not None:
@@ -522,7 +538,7 @@ class Pipeline:
         self._index_partitions({m.partition for m in messages})
         outcome = self.ingest.process(messages, self._seen_index, self._max_ts)
         last_event = {e.message.partition: e for e in applied}
-        self._persist_seen(outcome, last_event)
+        seen = await self._persist_seen(outcome, last_event)
         now_mono = time.monotonic()
         for partition in last_event:
             self._last_input[partition] = now_mono
@@ -541,25 +557,29 @@ class Pipeline:
         )
         await self.sink.write(batch)
         await self._publish_alerts(alerts)
+        await self._delivered(seen)
         self.stats.counts.add(outcome.counts)
         self._done(settings.topic, applied)
 
-    def _persist_seen(self, outcome: IngestOutcome, last_event: Mapping[int, Any]) -> None:
+    async def _persist_seen(self, outcome: IngestOutcome,
+                            last_event: Mapping[int, Any]) -> list[Any]:
         """Per partition per batch: its new ids (with their late verdicts) and
         its largest event time. Ids go in records of at most ``CHUNK_RECORDS``
         (a changelog message must stay under the producer's request size); the
         new largest time rides on the last one, so a replay after a crash in
-        between never sees the time moved without every id behind it."""
+        between never sees the time moved without every id behind it. Returns
+        the changelog deliveries to await."""
         new_ids: dict[int, list[list[Any]]] = {}
         for event_id, (partition, offset, item, late) in outcome.first_seen.items():
             new_ids.setdefault(partition, []).append([event_id, offset, item, late])
+        pending = []
         for partition in set(new_ids) | set(outcome.max_ts):
             entries = new_ids.get(partition, [])
-            self._set_current(last_event[partition])
             before = self._max_ts.get(partition)
             after = outcome.max_ts.get(partition, before)
             chunks = [entries[i:i + CHUNK_RECORDS]
                       for i in range(0, len(entries), CHUNK_RECORDS)] or [[]]
+            records = []
             for i, chunk in enumerate(chunks):
                 if i == 0:
                     first = min((o for _, o, _, _ in chunk),
@@ -567,10 +587,12 @@ class Pipeline:
                     key = f"{partition}:{first}"
                 else:
                     key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
-                self.seen_table[key] = orjson.dumps(
-                    {"ids": chunk, "max": after if i == len(chunks) - 1 else before})
+                records.append((key, orjson.dumps(
+                    {"ids": chunk, "max": after if i == len(chunks) - 1 else before})))
+            pending += await self.bulk.write_table(self.seen_table, partition, records)
         self._seen_index.update(outcome.first_seen)
         self._max_ts.update(outcome.max_ts)
+        return pending
 
     def _index_partitions(self, partitions: set[int]) -> None:
         """Load the event ids and largest event time of newly assigned partitions
@@ -684,20 +706,24 @@ class Pipeline:
                 states.append((decode(key), orjson.loads(value)))
         stage.load(partition, tracker, states)
 
-    def _persist_stage(self, stage: PairStage | InboundStage, table: Any,
-                       outcomes: Sequence[tuple[Any, Any]], encode: Callable[[str], str]) -> None:
-        """Write each touched key's state, then each partition's tracker: after a
-        crash the tracker is never ahead of the states. Called after the results
+    async def _persist_stage(self, stage: PairStage | InboundStage, table: Any,
+                             outcomes: Sequence[tuple[Any, Any]],
+                             encode: Callable[[str], str]) -> None:
+        """Write each touched key's state, then each partition's tracker, and wait
+        for their delivery: after a crash the tracker is never ahead of the
+        states (one changelog partition, in order). Called after the results
         are out (a crash in between replays the batch against the old state and
         writes the same results again; the other way round the replay would find
         the batch applied and write nothing)."""
+        pending = []
         for last, outcome in outcomes:
-            if not stage.owns(last.message.partition):
+            partition = last.message.partition
+            if not stage.owns(partition):
                 continue  # revoked meanwhile: its new owner replays from the last commit
-            self._set_current(last)
-            for key, doc in outcome.states.items():
-                table[encode(key)] = doc
-            table[f"{_TRACKER}{last.message.partition}"] = orjson.dumps(outcome.tracker)
+            items = [(encode(key), doc) for key, doc in outcome.states.items()]
+            items.append((f"{_TRACKER}{partition}", orjson.dumps(outcome.tracker)))
+            pending += await self.bulk.write_table(table, partition, items)
+        await self._delivered(pending)
 
     async def process_pairs(self, events: Sequence[Any]) -> None:
         settings = self.settings
@@ -727,7 +753,7 @@ class Pipeline:
         if self.on_written is not None:
             self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
         await self._publish_alerts(alerts)
-        self._persist_stage(stage, self.pair_table, outcomes, _same)  # results first, then state
+        await self._persist_stage(stage, self.pair_table, outcomes, _same)  # results, then state
         self._done(topic, applied)
 
     @property
@@ -761,7 +787,7 @@ class Pipeline:
             _add_counts(self.stats.inbound, outcome.counts)
         await self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now)))
         await self._publish_alerts(alerts)
-        self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
+        await self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
         self._done(topic, applied)
 
 

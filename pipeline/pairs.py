@@ -29,6 +29,7 @@ that are due.
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,13 @@ class PairState:
     windows: dict[WindowKey, list[Any]] = field(default_factory=dict)
     days: list[DaySeries | None] = field(default_factory=lambda: [None, None])
     tag: int = -1
+    #: earliest end of a window in ``windows`` (derived, not stored): the
+    #: windows are only scanned for retiring once the watermark passes it
+    window_end: float = math.inf
+
+    def __post_init__(self) -> None:
+        self.window_end = min((start + size for size, start, _ in self.windows),
+                              default=math.inf)
 
     def orgs(self, direction: int) -> tuple[str, str]:
         """(src, dst) of a direction: 0 is lo -> hi, 1 is hi -> lo."""
@@ -250,6 +258,8 @@ class PairStage:
             figures = state.windows.get(wkey)
             if figures is None:
                 figures = state.windows[wkey] = [0] * DELAYS + [[]]
+                if wkey[1] + size < state.window_end:
+                    state.window_end = wkey[1] + size
             figures[kind] += 1
             windows.add(wkey)
         params = self.params
@@ -331,11 +341,14 @@ class PairStage:
                 del times[:cut]
                 changed = True
         # windows that can no longer change: dropped, their last row still written
-        for wkey in [w for w in state.windows if w[1] + w[0] + horizon <= watermark]:
-            figures = state.windows.pop(wkey)
-            if wkey in windows:
-                retired[wkey] = figures
-            changed = True
+        if state.window_end + horizon <= watermark:
+            for wkey in [w for w in state.windows if w[1] + w[0] + horizon <= watermark]:
+                figures = state.windows.pop(wkey)
+                if wkey in windows:
+                    retired[wkey] = figures
+                changed = True
+            state.window_end = min((start + size for size, start, _ in state.windows),
+                                   default=math.inf)
         return changed
 
     def _schedule(self, part: StagePartition[PairState], key: str, state: PairState) -> None:
@@ -353,7 +366,8 @@ class PairStage:
             series = state.days[direction]
             if series is not None and (due := series.deadline()) is not None:
                 candidates.append(due)
-        candidates.extend(start + size + horizon for size, start, _ in state.windows)
+        if state.windows:
+            candidates.append(state.window_end + horizon)
         return min(candidates) if candidates else None
 
     # -- rows -------------------------------------------------------------------

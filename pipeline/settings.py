@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     batch_max: int = Field(
         10_000, ge=1, description="RECIPROCITY_BATCH_MAX: most messages per batch."
     )
+    batch_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1,
+        description=("RECIPROCITY_BATCH_MAX_BYTES: most message bytes a batch is processed "
+                     "in at once; a longer batch goes in parts (bounds memory with packed "
+                     "messages)."),
+    )
     batch_within_s: float = Field(
         0.5, gt=0, description="RECIPROCITY_BATCH_WITHIN_S: longest wait to fill a batch."
     )

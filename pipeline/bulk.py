@@ -1,0 +1,77 @@
+"""Many Kafka records at once: table changelogs and alerts through the
+producer's batch API.
+
+Faust sends each table write and each ``topic.send`` on its own: a pending
+message, a future, a callback, sensors, then ``AIOKafkaProducer.send``, tens of
+microseconds per record. A batch touches a table key per pair, and a busy
+worker writes hundreds of thousands of them, so the per-record path costs more
+than the maths. Here the records of one (topic, partition) are appended to
+aiokafka record batches (``create_batch``, ``send_batch``), each batch as large
+as the producer's ``max_batch_size`` (``RECIPROCITY_PRODUCER_MAX_BATCH_BYTES``),
+and the caller awaits their delivery.
+
+Table writes keep Faust's table semantics: the value goes into the table's
+store, and the changelog record is serialized by the changelog topic exactly as
+Faust's own ``table[key] = value`` would, into the partition Faust would choose
+(the partition of the input being processed), so Faust's recovery and standby
+replicas read it as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import faust
+
+#: (key, value) of one Kafka record, serialized
+Record = tuple[bytes | None, bytes | None]
+
+
+class BulkProducer:
+    """Batched sends on a Faust app's producer (started with the app)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    def _producer(self) -> Any:
+        # Faust's aiokafka driver keeps the AIOKafkaProducer behind this method
+        return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+
+    def partition_for(self, topic: str, key: bytes) -> int:
+        """The partition Kafka's default partitioner (murmur2 of the key) picks."""
+        return int(self.app.producer.key_partition(topic, key).partition)
+
+    async def send(self, topic: str, partition: int,
+                   records: Iterable[Record]) -> list[asyncio.Future[Any]]:
+        """Queue ``records`` for one partition, in order; returns the futures of
+        their record batches (await them to know they are delivered)."""
+        producer = self._producer()
+        futures: list[asyncio.Future[Any]] = []
+        batch = None
+        for key, value in records:
+            if batch is not None and batch.append(key=key, value=value,
+                                                  timestamp=None) is not None:
+                continue
+            if batch is not None:  # full: send it, start the next
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+        if batch is not None:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
+
+    async def write_table(self, table: Any, partition: int,
+                          items: Sequence[tuple[str, bytes]]) -> list[asyncio.Future[Any]]:
+        """``table[key] = value`` for each item, with the changelog records of
+        the table's ``partition`` sent in batches."""
+        changelog = table.changelog_topic
+        store = table.data
+        key_serializer, value_serializer = table.key_serializer, table.value_serializer
+        records: list[Record] = []
+        for key, value in items:
+            store[key] = value
+            records.append((changelog.prepare_key(key, key_serializer)[0],
+                            changelog.prepare_value(value, value_serializer)[0]))
+        return await self.send(changelog.get_topic_name(), partition, records)
