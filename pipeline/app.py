@@ -180,6 +180,9 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
         # Never wait for unacked events on rebalance or stop: a failed batch stays
         # unacked on purpose, and commits only ever cover acked (flushed) events.
         "stream_wait_empty": False,
+        # read-ahead per agent: the batch size is take_events' business, and with
+        # packed messages Faust's default (4096) holds millions of events
+        "stream_buffer_maxsize": settings.stream_buffer_max,
     }
     credentials = settings.faust_credentials()
     if credentials is not None:

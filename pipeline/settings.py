@@ -95,6 +95,11 @@ class Settings(BaseSettings):
                      "in at once; a longer batch goes in parts (bounds memory with packed "
                      "messages)."),
     )
+    stream_buffer_max: int = Field(
+        64, ge=1,
+        description=("RECIPROCITY_STREAM_BUFFER_MAX: most messages Faust reads ahead per "
+                     "agent (its stream_buffer_maxsize); bounds memory with packed messages."),
+    )
     batch_within_s: float = Field(
         0.5, gt=0, description="RECIPROCITY_BATCH_WITHIN_S: longest wait to fill a batch."
     )
