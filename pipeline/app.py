@@ -592,7 +592,8 @@ class Pipeline:
                     key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
                 records.append((key, orjson.dumps(
                     {"ids": chunk, "max": after if i == len(chunks) - 1 else before})))
-            pending += await self.bulk.write_table(self.seen_table, partition, records)
+            pending += await self.bulk.write_table(self.seen_table, last_event[partition],
+                                                  records)
         self._seen_index.update(outcome.first_seen)
         self._max_ts.update(outcome.max_ts)
         return pending
@@ -725,7 +726,7 @@ class Pipeline:
                 continue  # revoked meanwhile: its new owner replays from the last commit
             items = [(encode(key), doc) for key, doc in outcome.states.items()]
             items.append((f"{_TRACKER}{partition}", orjson.dumps(outcome.tracker)))
-            pending += await self.bulk.write_table(table, partition, items)
+            pending += await self.bulk.write_table(table, last, items)
         await self._delivered(pending)
 
     async def process_pairs(self, events: Sequence[Any]) -> None:

@@ -20,10 +20,14 @@ replicas read it as usual.
 from __future__ import annotations
 
 import asyncio
+import functools
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
+from faust.streams import _current_event
+from faust.types import TP
 
 #: (key, value) of one Kafka record, serialized
 Record = tuple[bytes | None, bytes | None]
@@ -47,31 +51,54 @@ class BulkProducer:
                    records: Iterable[Record]) -> list[asyncio.Future[Any]]:
         """Queue ``records`` for one partition, in order; returns the futures of
         their record batches (await them to know they are delivered)."""
+        return [future for future, _ in await self._send(topic, partition, records)]
+
+    async def _send(self, topic: str, partition: int,
+                    records: Iterable[Record]) -> list[tuple[asyncio.Future[Any], int]]:
+        """The batches' futures, each with its number of records."""
         producer = self._producer()
-        futures: list[asyncio.Future[Any]] = []
-        batch = None
+        sent: list[tuple[asyncio.Future[Any], int]] = []
+        batch, count = None, 0
         for key, value in records:
             if batch is not None and batch.append(key=key, value=value,
                                                   timestamp=None) is not None:
+                count += 1
                 continue
             if batch is not None:  # full: send it, start the next
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = producer.create_batch()
+                sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+            batch, count = producer.create_batch(), 1
             batch.append(key=key, value=value, timestamp=None)  # a first record always fits
         if batch is not None:
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+            sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+        return sent
 
-    async def write_table(self, table: Any, partition: int,
+    async def write_table(self, table: Any, event: Any,
                           items: Sequence[tuple[str, bytes]]) -> list[asyncio.Future[Any]]:
-        """``table[key] = value`` for each item, with the changelog records of
-        the table's ``partition`` sent in batches."""
+        """``table[key] = value`` for each item, as Faust would do it while
+        processing ``event`` (the changelog partition and the store's partition
+        are the event's), with the changelog records sent in batches. Each
+        delivered batch moves the store's persisted offset, as Faust's own
+        changelog callback does (a RocksDB store then recovers from there)."""
         changelog = table.changelog_topic
+        topic = changelog.get_topic_name()
+        partition = event.message.partition
         store = table.data
         key_serializer, value_serializer = table.key_serializer, table.value_serializer
+        _current_event.set(weakref.ref(event))  # the store reads the partition from it
         records: list[Record] = []
         for key, value in items:
             store[key] = value
             records.append((changelog.prepare_key(key, key_serializer)[0],
                             changelog.prepare_value(value, value_serializer)[0]))
-        return await self.send(changelog.get_topic_name(), partition, records)
+        sent = await self._send(topic, partition, records)
+        tp = TP(topic, partition)
+        for future, count in sent:
+            future.add_done_callback(functools.partial(_persisted, store, tp, count))
+        return [future for future, _ in sent]
+
+
+def _persisted(store: Any, tp: TP, count: int, future: asyncio.Future[Any]) -> None:
+    """A changelog batch was delivered: the store holds the table up to its last
+    record (what Faust's own changelog callback records, per record)."""
+    if not future.cancelled() and future.exception() is None:
+        store.set_persisted_offset(tp, future.result().offset + count - 1)
