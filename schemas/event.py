@@ -12,6 +12,7 @@ returns either an :class:`Event` or an :class:`Invalid` carrying the reason.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class Invalid:
     error: str
 
 
+@functools.lru_cache(maxsize=4096)  # an alert formats its times several times
 def format_ts(ts: float) -> str:
     """RFC 3339 UTC with a ``Z`` suffix; microseconds only when non-zero."""
     moment = datetime.fromtimestamp(ts, tz=UTC)
