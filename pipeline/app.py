@@ -189,6 +189,21 @@ def deliver_directly(consumer: Any) -> None:
     consumer.wait_first = wait_first
 
 
+def set_fetch_max_wait(consumer: Any, wait_ms: int) -> None:
+    """Use ``wait_ms`` as the aiokafka consumer's ``fetch_max_wait_ms`` (Faust
+    hard-codes 1500 ms, which on a broker that holds every fetch for its whole
+    wait, like Tansu, adds that much to each hop between stages)."""
+    thread = consumer._thread  # Faust's consumer thread builds the aiokafka consumer
+    create = thread._create_worker_consumer
+
+    def create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
+        kafka_consumer = create(*args, **kwargs)
+        kafka_consumer._fetch_max_wait_ms = wait_ms  # read by start() for its fetcher
+        return kafka_consumer
+
+    thread._create_worker_consumer = create_worker_consumer
+
+
 def faust_app(settings: Settings, **overrides: Any) -> faust.App:
     """A Faust app configured from settings (in-memory table store; state is
     rebuilt from changelog topics)."""
@@ -247,6 +262,7 @@ class Pipeline:
         self.app = faust_app(settings, **app_overrides)
         self.bulk = BulkProducer(self.app)
         deliver_directly(self.app.consumer)
+        set_fetch_max_wait(self.app.consumer, settings.fetch_max_wait_ms)
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:

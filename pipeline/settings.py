@@ -158,6 +158,12 @@ class Settings(BaseSettings):
                      "Kafka producer builds; 1 sends one record per batch (needed on the Tansu "
                      "broker, whose ListOffsets is wrong for multi-record batches)."),
     )
+    fetch_max_wait_ms: int = Field(
+        500, ge=1,
+        description=("RECIPROCITY_FETCH_MAX_WAIT_MS: longest a fetch waits at the broker "
+                     "for new messages (Kafka answers as soon as there are some; the Tansu "
+                     "broker only at the end of the wait, so embedded runs use 100)."),
+    )
     stats_interval_s: float = Field(
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
     )
