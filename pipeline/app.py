@@ -37,11 +37,21 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from pipeline.alerts import Alert, omission_alert
 from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
-from pipeline.ingest import Counts, DeadLetter, Engagement, Ingest, IngestOutcome, Message
+from pipeline.ingest import (
+    Counts,
+    DeadLetter,
+    Engagement,
+    Ingest,
+    IngestOutcome,
+    Message,
+    SeenRecord,
+    expired_seen,
+)
 from pipeline.pairs import PairCounts, PairStage
 from pipeline.routing import encode, pair_key, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
@@ -288,6 +298,10 @@ class Pipeline:
         self.inbound_table = self.app.Table("inbound-states", partitions=n, key_type=str,
                                          value_type=bytes)
         self._seen_index: dict[str, tuple[int, int, int, int]] = {}
+        #: per input partition, the dedup records behind the index, oldest first
+        self._seen_records: dict[int, list[SeenRecord]] = {}
+        #: ids are kept while their event time is within this of the largest one
+        self._dedup_horizon_s = params.lateness_s + settings.dedup_retention_s
         self._max_ts: dict[int, float] = {}
         self._indexed: set[int] = set()
         self.guards = {t: SequenceGuard() for t in (settings.topic, settings.pairs_topic,
@@ -483,6 +497,9 @@ class Pipeline:
                 guard.forget(tp.partition)
             if tp.topic == settings.topic:
                 self._indexed.discard(tp.partition)  # rebuild if it comes back
+                if self._seen_records.pop(tp.partition, None) is not None:
+                    self._seen_index = {k: v for k, v in self._seen_index.items()
+                                        if v[0] != tp.partition}
                 self._max_ts.pop(tp.partition, None)
                 self._last_input.pop(tp.partition, None)
                 self._idle.discard(tp.partition)
@@ -607,6 +624,7 @@ class Pipeline:
         await self.sink.write(batch)
         await self._publish_alerts(alerts)
         await self._delivered(seen)
+        await self._expire_seen(last_event)
         self.stats.counts.add(outcome.counts)
         self._done(settings.topic, applied)
 
@@ -629,6 +647,8 @@ class Pipeline:
             chunks = [entries[i:i + CHUNK_RECORDS]
                       for i in range(0, len(entries), CHUNK_RECORDS)] or [[]]
             records = []
+            held = self._seen_records.setdefault(partition, [])
+            hi = outcome.batch_max_ts.get(partition)
             for i, chunk in enumerate(chunks):
                 if i == 0:
                     first = min((o for _, o, _, _ in chunk),
@@ -637,12 +657,41 @@ class Pipeline:
                 else:
                     key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
                 records.append((key, orjson.dumps(
-                    {"ids": chunk, "max": after if i == len(chunks) - 1 else before})))
+                    {"ids": chunk, "max": after if i == len(chunks) - 1 else before,
+                     "hi": hi if chunk else None})))
+                held.append((hi if chunk else None, _last_offset(key, chunk), key))
             pending += await self.bulk.write_table(self.seen_table, last_event[partition],
                                                   records)
         self._seen_index.update(outcome.first_seen)
         self._max_ts.update(outcome.max_ts)
         return pending
+
+    async def _expire_seen(self, last_event: Mapping[int, Any]) -> None:
+        """Drop the dedup records and index entries older than the dedup
+        retention (:func:`pipeline.ingest.expired_seen`), so the index holds the
+        ids of about the last ``RECIPROCITY_DEDUP_RETENTION_S`` of event time,
+        not every id ever seen. A copy of a forgotten id is late anyway."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust internals
+        topic = self.settings.topic
+        pending = []
+        for partition, event in last_event.items():
+            held = self._seen_records.get(partition, [])
+            keys = expired_seen(held, self._max_ts.get(partition), self._dedup_horizon_s,
+                                committed.get(TP(topic, partition)))
+            if not keys:
+                continue
+            store, index = self.seen_table.data, self._seen_index
+            for key in keys:
+                value = store.get(key)
+                for event_id, offset, _item, _late in ([] if value is None
+                                                       else orjson.loads(value)["ids"]):
+                    seen = index.get(event_id)
+                    if seen is not None and seen[:2] == (partition, offset):
+                        del index[event_id]
+            gone = set(keys)
+            held[:] = [record for record in held if record[2] not in gone]
+            pending += await self.bulk.delete_table(self.seen_table, event, keys)
+        await self._delivered(pending)
 
     def _index_partitions(self, partitions: set[int]) -> None:
         """Load the event ids and largest event time of newly assigned partitions
@@ -652,6 +701,8 @@ class Pipeline:
             return
         prefixes = tuple(f"{p}:" for p in missing)
         index = self._seen_index
+        for partition in missing:
+            self._seen_records[partition] = []
         for key, value in self.seen_table.items():
             if key.startswith(prefixes):
                 record = orjson.loads(value)
@@ -664,6 +715,10 @@ class Pipeline:
                     # the earliest position wins if a replayed batch stored it twice
                     if event_id not in index or position[:3] < index[event_id][:3]:
                         index[event_id] = position
+                self._seen_records[partition].append(
+                    (record.get("hi"), _last_offset(key, record["ids"]), key))
+        for partition in missing:
+            self._seen_records[partition].sort(key=lambda record: record[1])
         self._indexed |= missing
 
     async def _route(self, outcome: IngestOutcome, partitions: set[int]) -> None:
@@ -839,6 +894,11 @@ class Pipeline:
         await self._publish_alerts(alerts)
         await self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
         self._done(topic, applied)
+
+
+def _last_offset(key: str, ids: Sequence[Sequence[Any]]) -> int:
+    """The last input offset a dedup record covers (its key's for no ids)."""
+    return max((int(entry[1]) for entry in ids), default=int(key.split(":")[1]))
 
 
 def _same(key: str) -> str:

@@ -90,11 +90,32 @@ class BulkProducer:
             store[key] = value
             records.append((changelog.prepare_key(key, key_serializer)[0],
                             changelog.prepare_value(value, value_serializer)[0]))
+        return await self._send_changelog(store, topic, partition, records)
+
+    async def delete_table(self, table: Any, event: Any,
+                           keys: Sequence[str]) -> list[asyncio.Future[Any]]:
+        """``del table[key]`` for each key, like :meth:`write_table`
+        (tombstones in the changelog)."""
+        changelog = table.changelog_topic
+        store = table.data
+        _current_event.set(weakref.ref(event))
+        for key in keys:
+            store.pop(key, None)
+        return await self._send_changelog(store, changelog.get_topic_name(),
+                                          event.message.partition,
+                                          _tombstones(changelog, keys, table.key_serializer))
+
+    async def _send_changelog(self, store: Any, topic: str, partition: int,
+                              records: Sequence[Record]) -> list[asyncio.Future[Any]]:
         sent = await self._send(topic, partition, records)
         tp = TP(topic, partition)
         for future, count in sent:
             future.add_done_callback(functools.partial(_persisted, store, tp, count))
         return [future for future, _ in sent]
+
+
+def _tombstones(changelog: Any, keys: Sequence[str], serializer: Any) -> list[Record]:
+    return [(changelog.prepare_key(key, serializer)[0], None) for key in keys]
 
 
 def _persisted(store: Any, tp: TP, count: int, future: asyncio.Future[Any]) -> None:

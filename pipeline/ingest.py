@@ -44,6 +44,9 @@ REASON_LATE: Final = "late"
 
 #: (partition, offset, item index within a packed message, late: 0 or 1)
 Seen = tuple[int, int, int, int]
+#: a dedup record a worker holds for a partition: (largest event time of the
+#: batch that wrote it, None without ids; its last input offset; its table key)
+SeenRecord = tuple[float | None, int, str]
 
 
 class Message(NamedTuple):
@@ -127,6 +130,25 @@ class IngestOutcome:
     last_offsets: dict[int, int] = field(default_factory=dict)
     #: largest event time of the valid events of this batch, per partition
     batch_max_ts: dict[int, float] = field(default_factory=dict)
+
+
+def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: float,
+                 committed: int | None) -> list[str]:
+    """Keys of a partition's dedup records (oldest first) that can be forgotten:
+
+    - every id in them has an event time at or before ``high - horizon_s``,
+      where ``high`` is the partition's largest event time and ``horizon_s``
+      at least the allowed lateness: a later copy is late, dead-lettered as
+      such, and never counted twice;
+    - they lie before the committed offset, so no redelivery reaches them;
+    - they are not the newest record, which carries the partition's largest
+      event time.
+    """
+    if high is None or committed is None:
+        return []
+    cut = high - horizon_s
+    return [key for hi, last, key in records[:-1]
+            if (hi is None or hi <= cut) and last < committed]
 
 
 def split_message(value: bytes) -> list[tuple[Event | Invalid, bytes]] | Invalid:

@@ -159,10 +159,15 @@ class Settings(BaseSettings):
                      "broker, whose ListOffsets is wrong for multi-record batches)."),
     )
     fetch_max_wait_ms: int = Field(
-        500, ge=1,
-        description=("RECIPROCITY_FETCH_MAX_WAIT_MS: longest a fetch waits at the broker "
-                     "for new messages (Kafka answers as soon as there are some; the Tansu "
-                     "broker only at the end of the wait, so embedded runs use 100)."),
+        1500, ge=1,
+        description=("RECIPROCITY_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the "
+                     "broker for new messages (Faust's own value is 1500). Kafka answers as "
+                     "soon as there are some; the Tansu broker only when the wait is over."),
+    )
+    dedup_retention_s: float = Field(
+        7 * 86400, gt=0,
+        description=("RECIPROCITY_DEDUP_RETENTION_S: event time an event id is remembered "
+                     "for dedup beyond the partition's watermark; an older copy is late."),
     )
     stats_interval_s: float = Field(
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
