@@ -208,3 +208,35 @@ def test_a_producer_that_cannot_deliver_fails_the_worker_instead_of_hanging(
                 run_lines(settings, load_registry(registry_path), store, iter(packed)), 120))
     finally:
         store.close()
+
+
+def test_dedup_ids_expire_after_the_retention(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """With a short dedup retention the worker forgets ids (index entries and
+    table records) once they are older than it and committed, and the results
+    are those of a worker that remembers every id."""
+    events, registry_path, _ = write_case(tmp_path, n_events=1500, seed=5)
+    registry = load_registry(registry_path)
+    results = []
+    for name, retention in (("forever", 1e9), ("short", 60.0)):
+        url = f"chdb://{tmp_path / name}"
+        topic = f"expiry-{name}-{uuid.uuid4().hex[:6]}"
+        settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}", topic)
+        settings = settings.model_copy(update={"stream_id": "s", "dedup_retention_s": retention,
+                                               "commit_interval_s": 0.3})
+        held: list = []
+        store = open_backend(url)
+        try:
+            summary = asyncio.run(run_lines(settings, registry, store, jsonl_lines(events),
+                                            rate=400, on_ready=held.append))
+            pipeline = held[0]
+            results.append((summary.counts.valid, summary.counts.duplicates,
+                            len(pipeline._seen_index),
+                            len(pipeline.seen_table.data),
+                            {w: pair_rows(store, w) for w in ("1h", "1d")}))
+        finally:
+            store.close()
+    (valid, duplicates, ids, records, pairs), short = results
+    assert valid == short[0] and duplicates == short[1] > 0
+    assert ids == valid - duplicates  # every distinct id remembered
+    assert short[2] < ids / 2 and short[3] < records  # most forgotten, records deleted
+    assert short[4] == pairs and pairs["1h"]
