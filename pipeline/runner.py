@@ -71,7 +71,7 @@ class PipelineFailed(RuntimeError):
 #: Group timings that suit the Tansu broker (a JoinGroup there completes only
 #: after half the session timeout).
 EMBEDDED_TIMINGS = {"session_timeout_s": 6.0, "heartbeat_interval_s": 1.0,
-                    "rebalance_timeout_s": 20.0, "fetch_max_wait_ms": 1500}
+                    "rebalance_timeout_s": 20.0}
 
 #: Allocations between two young-generation collections of Python's cyclic
 #: garbage collector (CPython's default: 700), and the older generations' ratios.
