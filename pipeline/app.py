@@ -28,6 +28,7 @@ message by event id).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -299,7 +300,7 @@ class Pipeline:
                                          value_type=bytes)
         self._seen_index: dict[str, tuple[int, int, int, int]] = {}
         #: per input partition, the dedup records behind the index, oldest first
-        self._seen_records: dict[int, list[SeenRecord]] = {}
+        self._seen_records: dict[int, collections.deque[SeenRecord]] = {}
         #: ids are kept while their event time is within this of the largest one
         self._dedup_horizon_s = params.lateness_s + settings.dedup_retention_s
         self._max_ts: dict[int, float] = {}
@@ -647,7 +648,7 @@ class Pipeline:
             chunks = [entries[i:i + CHUNK_RECORDS]
                       for i in range(0, len(entries), CHUNK_RECORDS)] or [[]]
             records = []
-            held = self._seen_records.setdefault(partition, [])
+            held = self._seen_records.setdefault(partition, collections.deque())
             hi = outcome.batch_max_ts.get(partition)
             for i, chunk in enumerate(chunks):
                 if i == 0:
@@ -675,11 +676,12 @@ class Pipeline:
         topic = self.settings.topic
         pending = []
         for partition, event in last_event.items():
-            held = self._seen_records.get(partition, [])
-            keys = expired_seen(held, self._max_ts.get(partition), self._dedup_horizon_s,
-                                committed.get(TP(topic, partition)))
-            if not keys:
+            held = self._seen_records.get(partition, collections.deque())
+            expired = expired_seen(held, self._max_ts.get(partition), self._dedup_horizon_s,
+                                   committed.get(TP(topic, partition)))
+            if not expired:
                 continue
+            keys = [held.popleft()[2] for _ in range(expired)]
             store, index = self.seen_table.data, self._seen_index
             for key in keys:
                 value = store.get(key)
@@ -688,8 +690,6 @@ class Pipeline:
                     seen = index.get(event_id)
                     if seen is not None and seen[:2] == (partition, offset):
                         del index[event_id]
-            gone = set(keys)
-            held[:] = [record for record in held if record[2] not in gone]
             pending += await self.bulk.delete_table(self.seen_table, event, keys)
         await self._delivered(pending)
 
@@ -701,8 +701,7 @@ class Pipeline:
             return
         prefixes = tuple(f"{p}:" for p in missing)
         index = self._seen_index
-        for partition in missing:
-            self._seen_records[partition] = []
+        held: dict[int, list[SeenRecord]] = {partition: [] for partition in missing}
         for key, value in self.seen_table.items():
             if key.startswith(prefixes):
                 record = orjson.loads(value)
@@ -715,10 +714,10 @@ class Pipeline:
                     # the earliest position wins if a replayed batch stored it twice
                     if event_id not in index or position[:3] < index[event_id][:3]:
                         index[event_id] = position
-                self._seen_records[partition].append(
-                    (record.get("hi"), _last_offset(key, record["ids"]), key))
-        for partition in missing:
-            self._seen_records[partition].sort(key=lambda record: record[1])
+                held[partition].append((record.get("hi"), _last_offset(key, record["ids"]), key))
+        for partition, records in held.items():
+            self._seen_records[partition] = collections.deque(
+                sorted(records, key=lambda record: record[1]))
         self._indexed |= missing
 
     async def _route(self, outcome: IngestOutcome, partitions: set[int]) -> None:

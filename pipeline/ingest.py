@@ -23,6 +23,7 @@ an exception.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -133,8 +134,9 @@ class IngestOutcome:
 
 
 def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: float,
-                 committed: int | None) -> list[str]:
-    """Keys of a partition's dedup records (oldest first) that can be forgotten:
+                 committed: int | None) -> int:
+    """How many of a partition's dedup records, oldest first, can be forgotten:
+    the longest prefix of records such that
 
     - every id in them has an event time at or before ``high - horizon_s``,
       where ``high`` is the partition's largest event time and ``horizon_s``
@@ -143,12 +145,19 @@ def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: f
     - they lie before the committed offset, so no redelivery reaches them;
     - they are not the newest record, which carries the partition's largest
       event time.
+
+    A prefix, so each batch looks at the expiring records only; a record kept
+    a little longer behind a younger one is only kept longer.
     """
     if high is None or committed is None:
-        return []
+        return 0
     cut = high - horizon_s
-    return [key for hi, last, key in records[:-1]
-            if (hi is None or hi <= cut) and last < committed]
+    count = 0
+    for hi, last, _key in itertools.islice(records, max(0, len(records) - 1)):
+        if (hi is not None and hi > cut) or last >= committed:
+            break
+        count += 1
+    return count
 
 
 def split_message(value: bytes) -> list[tuple[Event | Invalid, bytes]] | Invalid:

@@ -800,15 +800,18 @@ def test_empty_batch() -> None:
 def test_expired_seen_keeps_ids_the_watermark_has_not_passed() -> None:
     records = [(100.0, 4, "0:0"), (None, 5, "0:5"), (400.0, 9, "0:6"), (700.0, 12, "0:10")]
     # watermark 1000 - 300 = 700: the first three are due, the newest never is
-    assert expired_seen(records, 1000.0, 300.0, committed=20) == ["0:0", "0:5", "0:6"]
-    assert expired_seen(records, 650.0, 300.0, committed=20) == ["0:0", "0:5"]
+    assert expired_seen(records, 1000.0, 300.0, committed=20) == 3
+    assert expired_seen(records, 650.0, 300.0, committed=20) == 2
     # at the watermark exactly: a later copy would be late
-    assert expired_seen(records, 700.0, 300.0, committed=20) == ["0:0", "0:5", "0:6"]
+    assert expired_seen(records, 700.0, 300.0, committed=20) == 3
+    # a prefix only: an old record behind a younger one waits for it
+    assert expired_seen([(100.0, 1, "0:0"), (900.0, 2, "0:2"), (100.0, 3, "0:3"),
+                         (999.0, 4, "0:4")], 1000.0, 300.0, committed=20) == 1
 
 
 def test_expired_seen_keeps_what_a_redelivery_can_reach() -> None:
     records = [(100.0, 4, "0:0"), (200.0, 9, "0:5"), (300.0, 12, "0:10")]
-    assert expired_seen(records, 1e9, 300.0, committed=9) == ["0:0"]
-    assert expired_seen(records, 1e9, 300.0, committed=None) == []
-    assert expired_seen(records, None, 300.0, committed=100) == []
-    assert expired_seen([], 1e9, 300.0, committed=100) == []
+    assert expired_seen(records, 1e9, 300.0, committed=9) == 1
+    assert expired_seen(records, 1e9, 300.0, committed=None) == 0
+    assert expired_seen(records, None, 300.0, committed=100) == 0
+    assert expired_seen([], 1e9, 300.0, committed=100) == 0
