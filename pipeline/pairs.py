@@ -75,6 +75,9 @@ class PairState:
     window_end: float = math.inf
 
     def __post_init__(self) -> None:
+        self.reset_window_end()
+
+    def reset_window_end(self) -> None:
         self.window_end = min((start + size for size, start, _ in self.windows),
                               default=math.inf)
 
@@ -347,8 +350,7 @@ class PairStage:
                 if wkey in windows:
                     retired[wkey] = figures
                 changed = True
-            state.window_end = min((start + size for size, start, _ in state.windows),
-                                   default=math.inf)
+            state.reset_window_end()
         return changed
 
     def _schedule(self, part: StagePartition[PairState], key: str, state: PairState) -> None:
