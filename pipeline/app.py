@@ -171,35 +171,6 @@ def batch_rows(outcome: IngestOutcome, stream: str, now: datetime) -> list[Pipel
     ]
 
 
-def deliver_directly(consumer: Any) -> None:
-    """Make Faust's fetch loop hand each message to the streams with a plain
-    ``await``.
-
-    For every message, Faust's ``Consumer._drain_messages`` runs
-    ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an
-    ``asyncio.wait`` per message, about half of what a single-event message
-    costs the worker (docs/benchmarks.md). When flow is not suspended, this
-    awaits the delivery itself instead. The one difference: a delivery waiting
-    for room in a full stream buffer when a rebalance suspends flow completes
-    instead of being dropped (the drop is faust-streaming#596, which the
-    sequence check would turn into a restart). Any other ``wait_first`` call
-    goes to Faust's own.
-    """
-    original = consumer.wait_first
-    suspended = consumer.suspend_flow
-    event_wait = asyncio.Event.wait.__code__
-
-    async def wait_first(*coros: Any, timeout: Any = None) -> Any:
-        if (len(coros) == 2 and timeout is None and not suspended.is_set()
-                and getattr(coros[1], "cr_code", None) is event_wait):
-            coros[1].close()
-            await coros[0]
-            return None  # the fetch loop ignores the result
-        return await original(*coros, timeout=timeout)
-
-    consumer.wait_first = wait_first
-
-
 def set_fetch_max_wait(consumer: Any, wait_ms: int) -> None:
     """Use ``wait_ms`` as the aiokafka consumer's ``fetch_max_wait_ms`` (Faust
     hard-codes 1500 ms, which on a broker that holds every fetch for its whole
@@ -272,7 +243,6 @@ class Pipeline:
         self.inbound_stage = InboundStage(params, settings.partitions)
         self.app = faust_app(settings, **app_overrides)
         self.bulk = BulkProducer(self.app)
-        deliver_directly(self.app.consumer)
         set_fetch_max_wait(self.app.consumer, settings.fetch_max_wait_ms)
         n = settings.partitions
 
