@@ -124,9 +124,10 @@ class InboundStage:
             if message.offset > tracker.tag:
                 tracker.observe(routed.source, routed.max_ts, routed.idle)
                 tracker.tag = message.offset
-            watermark = tracker.watermark()
-            if watermark is not None:
-                self._advance(part, watermark, touched, out)
+            tracker.watermark()
+        # once per batch, as the pair stage does (pipeline.pairs.PairStage.process)
+        if part.tracker.closed is not None:
+            self._advance(part, part.tracker.closed, touched, out)
         for org in sorted(touched):
             out.states[org] = part.states[org].to_bytes()
         out.tracker = part.tracker.to_json()

@@ -192,18 +192,22 @@ class PairStage:
         dirty: dict[str, set[WindowKey]] = {}
         #: figures of windows retired during the batch whose last change is unwritten
         retired: dict[str, dict[WindowKey, list[Any]]] = {}
+        tracker = part.tracker
         for message in messages:
             out.counts.messages += 1
             out.last_offset = message.offset
             routed = decode(message.value)
             self._apply_records(part, partition, message, routed, dirty, out)
-            tracker = part.tracker
             if message.offset > tracker.tag:
                 tracker.observe(routed.source, routed.max_ts, routed.idle)
                 tracker.tag = message.offset
-            watermark = tracker.watermark()
-            if watermark is not None:
-                self._advance(part, watermark, message.offset, dirty, retired, out)
+            tracker.watermark()  # what is closed from here on (late records)
+        # Deciding once per batch, at its last watermark, decides exactly what
+        # deciding after every message would: a record applied after the
+        # watermark reached W has a time after W (else it is late), so it
+        # cannot return, snub or fall into anything W decided or closed.
+        if tracker.closed is not None and messages:
+            self._advance(part, tracker.closed, out.last_offset, dirty, retired, out)
         for key, windows in dirty.items():
             state = part.states[key]
             out.states[key] = state.to_bytes()

@@ -546,6 +546,21 @@ def test_row_versions_never_decrease_and_a_version_means_one_content() -> None:
         seen[key] = row
 
 
+def test_deciding_once_per_batch_equals_deciding_after_every_message() -> None:
+    """The stage decides at a batch's last watermark only; a batch of every message
+    gives what a batch per message gives (figures, snubs, alerts, dead letters)."""
+    messages = [m for batch in SCENARIO for m in batch]
+    apart, together = Harness(sources=2), Harness(sources=2)
+    apart.each(*messages)
+    together.batch(*messages)
+    assert unversioned(latest(together.rows())) == unversioned(latest(apart.rows()))
+    assert set(together.snubs()) == set(apart.snubs())
+    assert sorted(a.id for a in together.alerts()) == sorted(a.id for a in apart.alerts())
+    late = [(d.partition, d.offset) for o in apart.outcomes for d in o.dead_letters]
+    assert [(d.partition, d.offset) for d in together.outcomes[0].dead_letters] == late
+    assert late
+
+
 @pytest.mark.parametrize("grouping", ["same", "one", "fives"])
 @pytest.mark.parametrize("rewind", [0, 3])
 @pytest.mark.parametrize("crash_after", range(0, N_BATCHES, 4))
