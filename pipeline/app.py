@@ -50,6 +50,7 @@ from pipeline.ingest import (
     Ingest,
     IngestOutcome,
     Message,
+    SeenIndex,
     SeenRecord,
     expired_seen,
 )
@@ -268,7 +269,7 @@ class Pipeline:
                                          value_type=bytes)
         self.inbound_table = self.app.Table("inbound-states", partitions=n, key_type=str,
                                          value_type=bytes)
-        self._seen_index: dict[str, tuple[int, int, int, int]] = {}
+        self._seen_index = SeenIndex()
         #: per input partition, the dedup records behind the index, oldest first
         self._seen_records: dict[int, collections.deque[SeenRecord]] = {}
         #: ids are kept while their event time is within this of the largest one
@@ -469,8 +470,7 @@ class Pipeline:
             if tp.topic == settings.topic:
                 self._indexed.discard(tp.partition)  # rebuild if it comes back
                 if self._seen_records.pop(tp.partition, None) is not None:
-                    self._seen_index = {k: v for k, v in self._seen_index.items()
-                                        if v[0] != tp.partition}
+                    self._seen_index.drop_partition(tp.partition)
                 self._max_ts.pop(tp.partition, None)
                 self._last_input.pop(tp.partition, None)
                 self._idle.discard(tp.partition)

@@ -24,9 +24,9 @@ an exception.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -131,6 +131,61 @@ class IngestOutcome:
     last_offsets: dict[int, int] = field(default_factory=dict)
     #: largest event time of the valid events of this batch, per partition
     batch_max_ts: dict[int, float] = field(default_factory=dict)
+
+
+class SeenIndex(MutableMapping[str, Seen]):
+    """The dedup index: event id -> :data:`Seen`, each position packed in one
+    int (``((partition << 48 | offset) << 24 | item) << 1 | late``), not a
+    tuple of four: a worker holds a week of ids, and a tuple with its offset
+    costs about 100 bytes more per id than one int."""
+
+    __slots__ = ("_packed",)
+
+    def __init__(self) -> None:
+        self._packed: dict[str, int] = {}
+
+    @staticmethod
+    def pack(seen: Sequence[int]) -> int:
+        partition, offset, item, late = seen
+        if not (0 <= offset < _OFFSETS and 0 <= item < _ITEMS and partition >= 0):
+            raise ValueError(f"position {tuple(seen)} out of range")
+        return (((partition << 48 | offset) << 24 | item) << 1) | (1 if late else 0)
+
+    @staticmethod
+    def unpack(packed: int) -> Seen:
+        return (packed >> 73, (packed >> 25) & (_OFFSETS - 1), (packed >> 1) & (_ITEMS - 1),
+                packed & 1)
+
+    def __getitem__(self, event_id: str) -> Seen:
+        return self.unpack(self._packed[event_id])
+
+    def get(self, event_id: str, default: Any = None) -> Any:
+        packed = self._packed.get(event_id)
+        return default if packed is None else self.unpack(packed)
+
+    def __setitem__(self, event_id: str, seen: Seen) -> None:
+        self._packed[event_id] = self.pack(seen)
+
+    def __delitem__(self, event_id: str) -> None:
+        del self._packed[event_id]
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget the ids first seen in ``partition`` (it was revoked)."""
+        self._packed = {k: v for k, v in self._packed.items() if v >> 73 != partition}
+
+
+#: offsets and items a packed position holds (2**48 offsets, 2**24 events per message)
+_OFFSETS: Final = 1 << 48
+_ITEMS: Final = 1 << 24
 
 
 def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: float,

@@ -20,6 +20,7 @@ from pipeline.ingest import (
     IngestOutcome,
     Message,
     Seen,
+    SeenIndex,
     expired_seen,
     split_message,
 )
@@ -815,3 +816,18 @@ def test_expired_seen_keeps_what_a_redelivery_can_reach() -> None:
     assert expired_seen(records, 1e9, 300.0, committed=None) == 0
     assert expired_seen(records, None, 300.0, committed=100) == 0
     assert expired_seen([], 1e9, 300.0, committed=100) == 0
+
+
+def test_the_seen_index_packs_positions_losslessly() -> None:
+    index = SeenIndex()
+    positions = {"a": (0, 0, 0, 0), "b": (3, 2**48 - 1, 2**24 - 1, 1), "c": (17, 123456, 499, 0)}
+    for event_id, seen in positions.items():
+        index[event_id] = seen
+    assert dict(index) == positions
+    assert index.get("b") == (3, 2**48 - 1, 2**24 - 1, 1) and index.get("x") is None
+    assert "c" in index and len(index) == 3
+    del index["a"]
+    index.drop_partition(3)
+    assert dict(index) == {"c": (17, 123456, 499, 0)}
+    with pytest.raises(ValueError):
+        index["d"] = (0, 2**48, 0, 0)
