@@ -41,6 +41,7 @@ import orjson
 from faust.types import TP
 
 from pipeline.alerts import Alert, omission_alert
+from pipeline.batches import take_batches
 from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
@@ -54,6 +55,7 @@ from pipeline.ingest import (
     SeenRecord,
     expired_seen,
 )
+from pipeline.memory import free_heap
 from pipeline.pairs import PairCounts, PairStage
 from pipeline.routing import encode, pair_key, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
@@ -141,23 +143,6 @@ def chunk_by_offset(records: Sequence[Engagement], size: int) -> list[Sequence[E
     if start < len(records) or not chunks:
         chunks.append(records[start:])
     return chunks
-
-
-def parts_by_size(events: Sequence[Any], max_bytes: int) -> list[Sequence[Any]]:
-    """A batch in consecutive parts of at most ``max_bytes`` of message values
-    (a single larger message is a part of its own). Each part is processed and
-    flushed before the next; the batch is acked once all are."""
-    parts: list[Sequence[Any]] = []
-    start, size = 0, 0
-    for i, event in enumerate(events):
-        length = len(event.value or b"")
-        if size and size + length > max_bytes:
-            parts.append(events[start:i])
-            start, size = i, 0
-        size += length
-    if start < len(events) or not parts:
-        parts.append(events[start:])
-    return parts
 
 
 def batch_rows(outcome: IngestOutcome, stream: str, now: datetime) -> list[PipelineBatchRow]:
@@ -303,6 +288,10 @@ class Pipeline:
         self.app.timer(interval=TAIL_HOLE_S / 4, name="reciprocity.holes")(
             self._check_tail_holes
         )
+        if settings.malloc_trim_s > 0:
+            self.app.timer(interval=settings.malloc_trim_s, name="reciprocity.free_heap")(
+                self._free_heap
+            )
         if settings.web_enabled:
             from pipeline import web
 
@@ -323,17 +312,19 @@ class Pipeline:
                   {f"{tp.topic}[{tp.partition}]": o for tp, o in read.items()},
                   {t: dict(g.expected) for t, g in self.guards.items()})
 
+    async def _free_heap(self) -> None:
+        """Return freed C heap to the system (:mod:`pipeline.memory`), off the loop."""
+        await asyncio.get_running_loop().run_in_executor(None, free_heap)
+
     async def _run_batches(self, stream: faust.StreamT[bytes],
                            handle: Callable[[Sequence[Any]], Any]) -> None:
         settings = self.settings
-        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from StreamT
-            settings.batch_max, within=settings.batch_within_s
-        )
+        batches = take_batches(stream, settings.batch_max, settings.batch_max_bytes,
+                               settings.batch_within_s)
         async for events in batches:
             self._busy += 1
             try:
-                for part in parts_by_size(events, settings.batch_max_bytes):
-                    await handle(part)
+                await handle(events)
             except Exception as exc:
                 # Keep the failed batch unacked for good (take_events acks what it
                 # yielded once we move on), so no commit ever passes it; then park

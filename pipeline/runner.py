@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import logging
 import signal
@@ -32,6 +31,7 @@ from pipeline.alerts import Alert
 from pipeline.app import Pipeline, PipelineStats
 from pipeline.broker import BrokerError, EmbeddedBroker, ensure_topics
 from pipeline.ingest import Counts
+from pipeline.memory import tune_gc
 from pipeline.rollups import lineage_batch
 from pipeline.settings import Settings
 from pipeline.sinks import AsyncSink, Backend
@@ -72,27 +72,6 @@ class PipelineFailed(RuntimeError):
 #: after half the session timeout).
 EMBEDDED_TIMINGS = {"session_timeout_s": 6.0, "heartbeat_interval_s": 1.0,
                     "rebalance_timeout_s": 20.0}
-
-#: Allocations between two young-generation collections of Python's cyclic
-#: garbage collector (CPython's default: 700), and the older generations' ratios.
-GC_THRESHOLDS = (100_000, 50, 100)
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a worker.
-
-    A worker holds hundreds of thousands of long-lived containers (pair states,
-    the dedup index) and allocates a few per engagement. With CPython's default
-    thresholds the collector runs every 700 allocations and keeps re-walking
-    them: it took about half of the pair stage's time (docs/benchmarks.md).
-    What exists at start is moved out of its reach (``gc.freeze``) and
-    collections run a hundred times less often. Reference counting still frees
-    everything that is not in a cycle at once.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
 
 async def run_worker(
     settings: Settings,

@@ -91,9 +91,8 @@ class Settings(BaseSettings):
     )
     batch_max_bytes: int = Field(
         4 * 1024 * 1024, ge=1,
-        description=("RECIPROCITY_BATCH_MAX_BYTES: most message bytes a batch is processed "
-                     "in at once; a longer batch goes in parts (bounds memory with packed "
-                     "messages)."),
+        description=("RECIPROCITY_BATCH_MAX_BYTES: a batch is full once its message values "
+                     "add up to this (bounds memory with packed messages)."),
     )
     stream_buffer_max: int = Field(
         64, ge=1,
@@ -168,6 +167,11 @@ class Settings(BaseSettings):
         7 * 86400, gt=0,
         description=("RECIPROCITY_DEDUP_RETENTION_S: event time an event id is remembered "
                      "for dedup beyond the partition's watermark; an older copy is late."),
+    )
+    malloc_trim_s: float = Field(
+        1.0, ge=0,
+        description=("RECIPROCITY_MALLOC_TRIM_S: how often the worker hands the C heap's free "
+                     "pages back to the system (glibc malloc_trim); 0 never."),
     )
     stats_interval_s: float = Field(
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
