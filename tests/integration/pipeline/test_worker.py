@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -240,3 +242,39 @@ def test_dedup_ids_expire_after_the_retention(broker: EmbeddedBroker, tmp_path: 
     assert ids == valid - duplicates  # every distinct id remembered
     assert short[2] < ids / 2 and short[3] < records  # most forgotten, records deleted
     assert short[4] == pairs and pairs["1h"]
+
+
+def test_batches_are_bounded_by_bytes_as_they_are_taken(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With RECIPROCITY_BATCH_MAX_BYTES small, every batch of every agent stops
+    at the first message that reaches the bound (a backlog of packed messages
+    is never taken whole), and every event is still processed once."""
+    from pipeline import app, batches
+
+    events, registry_path, _ = write_case(tmp_path, n_events=1200, seed=3)
+    registry = load_registry(registry_path)
+    lines = [line for line in jsonl_lines(events) if _is_object(line)]
+    packed = [b"[" + b",".join(lines[i:i + 100]) + b"]" for i in range(0, len(lines), 100)]
+    max_bytes = 2 * max(len(m) for m in packed)
+    taken: list[list[int]] = []
+
+    async def recording(stream: Any, max_count: int, max_bytes_: int,
+                        within: float) -> AsyncIterator[Sequence[Any]]:
+        async for batch in batches.take_batches(stream, max_count, max_bytes_, within):
+            taken.append([len(e.value or b"") for e in batch])
+            yield batch
+
+    monkeypatch.setattr(app, "take_batches", recording)
+    url = f"chdb://{tmp_path / 'bounded'}"
+    settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}",
+                            f"bounded-{uuid.uuid4().hex[:6]}")
+    settings = settings.model_copy(update={"stream_id": "s", "batch_max_bytes": max_bytes})
+    store = open_backend(url)
+    try:
+        summary = asyncio.run(run_lines(settings, registry, store, iter(packed)))
+    finally:
+        store.close()
+    assert summary.counts.events == len(lines)
+    assert sum(1 for sizes in taken if len(sizes) > 1) > 0  # batching happened
+    for sizes in taken:  # under the bound until the last message
+        assert sum(sizes[:-1]) < max_bytes
