@@ -326,7 +326,7 @@ class Pipeline:
             try:
                 await handle(events)
             except Exception as exc:
-                # Keep the failed batch unacked for good (take_events acks what it
+                # Keep the failed batch unacked for good (take_batches acks what it
                 # yielded once we move on), so no commit ever passes it; then park
                 # until the runner stops the worker. A restart resumes from the
                 # last commit and, all writes being idempotent, loses nothing.

@@ -5,8 +5,8 @@
 - :func:`free_heap`: hands the C heap's free pages back to the system. Every
   batch allocates and frees tens of megabytes (decoded events, rows, record
   batches) from the event loop's thread and the sink's; glibc keeps what is
-  freed in its arenas, so the resident size only ever grows to the sum of the
-  largest batches' leftovers. Called every ``RECIPROCITY_MALLOC_TRIM_S``
+  freed in its arenas, so the resident size stays at its high-water mark and
+  fragmented arenas keep growing it. Called every ``RECIPROCITY_MALLOC_TRIM_S``
   (off the event loop), it took the peak RSS of the 1M-event packed bench from
   1,626 MiB to 1,370 MiB at the same rate (docs/benchmarks.md). A no-op where
   the C library has no ``malloc_trim`` (musl, macOS).
