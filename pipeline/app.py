@@ -618,10 +618,11 @@ class Pipeline:
                     key = f"{partition}:{first}"
                 else:
                     key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
+                chunk_hi = hi if chunk else None  # a record without ids has no ids to expire
                 records.append((key, orjson.dumps(
                     {"ids": chunk, "max": after if i == len(chunks) - 1 else before,
-                     "hi": hi if chunk else None})))
-                held.append((hi if chunk else None, _last_offset(key, chunk), key))
+                     "hi": chunk_hi})))
+                held.append((chunk_hi, _last_offset(key, chunk), key))
             pending += await self.bulk.write_table(self.seen_table, last_event[partition],
                                                   records)
         self._seen_index.update(outcome.first_seen)
