@@ -149,12 +149,13 @@ class SeenIndex(MutableMapping[str, Seen]):
         partition, offset, item, late = seen
         if not (0 <= offset < _OFFSETS and 0 <= item < _ITEMS and partition >= 0):
             raise ValueError(f"position {tuple(seen)} out of range")
-        return (((partition << 48 | offset) << 24 | item) << 1) | (1 if late else 0)
+        return (partition << _PARTITION_SHIFT | offset << _OFFSET_SHIFT | item << 1
+                | (1 if late else 0))
 
     @staticmethod
     def unpack(packed: int) -> Seen:
-        return (packed >> 73, (packed >> 25) & (_OFFSETS - 1), (packed >> 1) & (_ITEMS - 1),
-                packed & 1)
+        return (packed >> _PARTITION_SHIFT, (packed >> _OFFSET_SHIFT) & (_OFFSETS - 1),
+                (packed >> 1) & (_ITEMS - 1), packed & 1)
 
     def __getitem__(self, event_id: str) -> Seen:
         return self.unpack(self._packed[event_id])
@@ -180,12 +181,16 @@ class SeenIndex(MutableMapping[str, Seen]):
 
     def drop_partition(self, partition: int) -> None:
         """Forget the ids first seen in ``partition`` (it was revoked)."""
-        self._packed = {k: v for k, v in self._packed.items() if v >> 73 != partition}
+        self._packed = {k: v for k, v in self._packed.items()
+                        if v >> _PARTITION_SHIFT != partition}
 
 
 #: offsets and items a packed position holds (2**48 offsets, 2**24 events per message)
 _OFFSETS: Final = 1 << 48
 _ITEMS: Final = 1 << 24
+#: bit positions in a packed position: late is bit 0, the item starts at bit 1
+_OFFSET_SHIFT: Final = 1 + 24
+_PARTITION_SHIFT: Final = _OFFSET_SHIFT + 48
 
 
 def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: float,
