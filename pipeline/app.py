@@ -40,9 +40,11 @@ import faust
 import orjson
 from faust.types import TP
 
+from pipeline import fetch
 from pipeline.alerts import Alert, omission_alert
 from pipeline.batches import take_batches
 from pipeline.bulk import BulkProducer
+from pipeline.fetch import set_fetch_max_wait
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
     Counts,
@@ -157,21 +159,6 @@ def batch_rows(outcome: IngestOutcome, stream: str, now: datetime) -> list[Pipel
     ]
 
 
-def set_fetch_max_wait(consumer: Any, wait_ms: int) -> None:
-    """Use ``wait_ms`` as the aiokafka consumer's ``fetch_max_wait_ms`` (Faust
-    hard-codes 1500 ms, which on a broker that holds every fetch for its whole
-    wait, like Tansu, adds that much to each hop between stages)."""
-    thread = consumer._thread  # Faust's consumer thread builds the aiokafka consumer
-    create = thread._create_worker_consumer
-
-    def create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
-        kafka_consumer = create(*args, **kwargs)
-        kafka_consumer._fetch_max_wait_ms = wait_ms  # read by start() for its fetcher
-        return kafka_consumer
-
-    thread._create_worker_consumer = create_worker_consumer
-
-
 def faust_app(settings: Settings, **overrides: Any) -> faust.App:
     """A Faust app configured from settings (in-memory table store; state is
     rebuilt from changelog topics)."""
@@ -230,6 +217,9 @@ class Pipeline:
         self.app = faust_app(settings, **app_overrides)
         self.bulk = BulkProducer(self.app)
         set_fetch_max_wait(self.app.consumer, settings.fetch_max_wait_ms)
+        #: the fetch loop that reads a hole's records again (``pipeline.fetch``)
+        self.fetch = fetch.install(self.app.consumer, (settings.topic, settings.pairs_topic,
+                                                       settings.inbound_topic))
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:

@@ -1,0 +1,265 @@
+"""Faust's fetch loop, made gap-free and cheap per message.
+
+Faust's ``Consumer._drain_messages`` moves fetched records to the streams. Two
+things about it matter here:
+
+- **It can lose messages** (faust-streaming#596). Records fetched before a
+  rebalance's seek can be delivered after it, records dropped when the flow is
+  suspended are still recorded as read, and a read offset set after the seek
+  makes the loop drop the re-fetched records as already read. The stream then
+  has a hole: offsets that never reach it.
+- **It costs four tasks per message**: every delivery runs as
+  ``wait_first(deliver(message), suspend_flow.wait())`` so a rebalance can
+  cancel a delivery blocked on a full stream buffer. For single-event messages
+  that was about half of what the worker spent per event.
+
+:func:`install` replaces the loop with one that, for the topics it guards,
+delivers a partition's records strictly in offset order from where the
+consumer was last positioned: a record behind the next expected offset is
+dropped (already delivered), a record past it means records were lost, and the
+loop seeks the partition back to the next expected offset and reads them again
+instead of delivering past the hole. ``pipeline.sequence`` still checks the
+streams and stops the worker if a hole ever reaches them.
+
+Each delivery is first run synchronously: when it completes without waiting
+(the stream buffer has room and the flow is not suspended, the usual case) no
+task is created at all. A delivery that must wait continues under Faust's own
+``wait_first``, cancelled when a rebalance suspends the flow, exactly as
+before; it then does not count as read.
+
+Other topics (table changelogs, which are compacted and have offset gaps by
+design) keep Faust's behaviour. These patches use Faust internals
+(``_drain_messages``, ``_read_offset``, ``perform_seek``, ``seek_wait``);
+faust-streaming is pinned below 0.16.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Collection, Coroutine, Generator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: consecutive seeks back to one offset before the loop gives up on re-reading
+#: it and lets the record through (the stream's sequence check then stops the
+#: worker): a log with a real gap (compaction, transaction markers) would
+#: otherwise be re-read forever
+MAX_SEEKS = 5
+#: records delivered between two yields to the event loop (Faust's value)
+YIELD_EVERY = 100
+
+
+class _Continued(Awaitable[Any]):
+    """A coroutine that already ran to its first suspension, as an awaitable
+    that runs the rest of it (so a task can take over a delivery that could
+    not complete synchronously)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:  # cancellation: hand it to the coroutine
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class GapFreeFetch:
+    """The replacement fetch loop of one Faust consumer (:func:`install`)."""
+
+    def __init__(self, consumer: Any, topics: Collection[str]) -> None:
+        self.consumer = consumer
+        self.topics = frozenset(topics)
+        #: next offset to deliver per guarded partition (unknown until positioned)
+        self.next: dict[Any, int] = {}
+        #: (partition, offset) of the last seek back and how often it repeated
+        self._seeks: dict[Any, tuple[int, int]] = {}
+        #: bumped by every seek, so a delivery that waited across one is not
+        #: counted against the new position
+        self.epoch = 0
+        self.seeks_back = 0
+        self.dropped = 0
+
+    # -- positions ------------------------------------------------------------------
+
+    def positioned(self, offsets: dict[Any, int | None]) -> None:
+        """The consumer now reads these partitions from these offsets (None:
+        no committed offset; the next record fetched sets it)."""
+        self.epoch += 1
+        for tp, offset in offsets.items():
+            if tp.topic not in self.topics:
+                continue
+            if offset is None or offset < 0:
+                self.next.pop(tp, None)
+            else:
+                self.next[tp] = offset
+
+    async def starts(self, tps: Collection[Any]) -> dict[Any, int]:
+        """Where partitions start when nothing says otherwise: the committed
+        offset, else the log start (and the log start when the commit is older)."""
+        if not tps:
+            return {}
+        consumer = self.consumer
+        earliest = await consumer.earliest_offsets(*tps)
+        starts = {}
+        for tp in tps:
+            known = [int(o) for o in (consumer._committed_offset.get(tp), earliest.get(tp))
+                     if o is not None]
+            starts[tp] = max(known) if known else 0
+        return starts
+
+    async def _seek_back(self, tp: Any, offset: int, found: int) -> bool:
+        """Re-read ``tp`` from ``offset`` (a record at ``found`` came first);
+        False when this already failed :data:`MAX_SEEKS` times in a row."""
+        last, times = self._seeks.get(tp, (-1, 0))
+        times = times + 1 if last == offset else 1
+        self._seeks[tp] = (offset, times)
+        if times > MAX_SEEKS:
+            log.error("offsets %d..%d of %s[%d] cannot be fetched after %d seeks; "
+                      "delivering past them", offset, found - 1, tp.topic, tp.partition,
+                      MAX_SEEKS)
+            return False
+        log.warning("offsets %d..%d of %s[%d] were fetched but not delivered "
+                    "(faust-streaming#596); reading them again", offset, found - 1,
+                    tp.topic, tp.partition)
+        self.seeks_back += 1
+        await self.consumer.seek_wait({tp: offset})  # tracked: sets ``next``
+        return True
+
+    # -- delivery -------------------------------------------------------------------
+
+    async def deliver(self, message: Any) -> bool:
+        """Hand one message to the streams; False when a rebalance suspended the
+        flow while the delivery waited (the message then counts as not read)."""
+        consumer = self.consumer
+        delivery = consumer.callback(message)
+        if asyncio.iscoroutine(delivery):
+            try:
+                pending = delivery.send(None)
+            except StopIteration:
+                return True  # completed without waiting: the usual case
+            delivery = _Continued(delivery, pending)
+        results = await consumer.wait_first(delivery, consumer.suspend_flow.wait())
+        return delivery in results.done
+
+    async def run(self, fetcher: Any) -> None:
+        """The loop (Faust's ``Consumer._drain_messages`` with the changes above)."""
+        consumer = self.consumer
+        getmany = consumer.getmany
+        consumer_should_stop = consumer._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = consumer._read_offset
+        commit_every = consumer._commit_every
+        acks_enabled_for = consumer.app.topics.acks_enabled_for
+        guarded = self.topics
+        nxt = self.next
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records = getmany(timeout=1.0)
+                await asyncio.sleep(0)  # Faust: getmany may not release the loop
+                if consumer.should_stop:
+                    continue
+                skip: set[Any] = set()  # partitions sought back: rest of this fetch is stale
+                async for tp, message in records:
+                    since_yield += 1
+                    if since_yield > YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    if tp.topic in guarded:
+                        if tp in skip:
+                            continue
+                        expected = nxt.get(tp)
+                        if expected is None:
+                            expected = nxt[tp] = (await self.starts([tp]))[tp]
+                        if offset < expected:
+                            self.dropped += 1
+                            continue
+                        if offset > expected and await self._seek_back(tp, expected, offset):
+                            skip.add(tp)
+                            continue
+                    else:
+                        r_offset = read_offset[tp]
+                        if r_offset is not None and offset < r_offset:
+                            continue
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                            await consumer._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and consumer._n_acked >= commit_every:
+                        consumer._n_acked = 0
+                        await consumer.commit()
+                    epoch = self.epoch
+                    if not await self.deliver(message):
+                        continue  # suspended: re-read after the rebalance's seek
+                    if self.epoch != epoch:
+                        continue  # a seek moved the partition while we waited
+                    read_offset[tp] = offset
+                    if tp in nxt:
+                        nxt[tp] = offset + 1
+        except consumer.consumer_stopped_errors:
+            if consumer.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if consumer.transport.app.should_stop:
+                log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+
+
+def install(consumer: Any, topics: Collection[str]) -> GapFreeFetch:
+    """Replace ``consumer``'s fetch loop (see the module doc); ``topics`` are the
+    ones delivered strictly in offset order."""
+    fetch = GapFreeFetch(consumer, topics)
+    perform_seek = consumer.perform_seek
+    seek_wait = consumer.seek_wait
+
+    async def perform_seek_tracked() -> None:
+        # Faust seeks only the partitions that have a committed offset; the
+        # others stay wherever fetches made before the rebalance left them, past
+        # records that were dropped then. Those go back to the log start.
+        await perform_seek()
+        guarded = {tp: consumer._read_offset.get(tp) for tp in consumer.assignment()
+                   if tp.topic in fetch.topics}
+        unset = await fetch.starts([tp for tp, offset in guarded.items() if offset is None])
+        if unset:
+            await seek_wait(unset)
+        fetch.positioned({**guarded, **unset})
+
+    async def seek_wait_tracked(partitions: Any) -> None:
+        await seek_wait(partitions)
+        fetch.positioned(dict(partitions))
+
+    consumer.perform_seek = perform_seek_tracked
+    consumer.seek_wait = seek_wait_tracked
+    consumer._drain_messages = fetch.run
+    return fetch
+
+
+def set_fetch_max_wait(consumer: Any, wait_ms: int) -> None:
+    """Use ``wait_ms`` as the aiokafka consumer's ``fetch_max_wait_ms`` (Faust
+    hard-codes 1500 ms, which on a broker that holds every fetch for its whole
+    wait, like Tansu, adds that much to each hop between stages)."""
+    thread = consumer._thread  # Faust's consumer thread builds the aiokafka consumer
+    create = thread._create_worker_consumer
+
+    def create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
+        kafka_consumer = create(*args, **kwargs)
+        kafka_consumer._fetch_max_wait_ms = wait_ms  # read by start() for its fetcher
+        return kafka_consumer
+
+    thread._create_worker_consumer = create_worker_consumer

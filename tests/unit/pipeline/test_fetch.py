@@ -1,0 +1,229 @@
+"""pipeline.fetch: the fetch loop delivers guarded partitions gap-free.
+
+A fake consumer stands in for Faust's (the loop only uses the few attributes
+below); the real one is exercised by the integration tests (crash recovery,
+replay from zero), where faust-streaming#596 used to stop restarted workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from pipeline import fetch
+from pipeline.fetch import MAX_SEEKS, GapFreeFetch
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+IN0, IN1 = TP("in", 0), TP("in", 1)
+CHANGELOG = TP("states-changelog", 0)
+
+
+@dataclass
+class Message:
+    tp: TP
+    offset: int
+
+
+@dataclass
+class FakeConsumer:
+    """Just enough of Faust's consumer: a log per partition, a position per
+    partition, scripted fetches that go wrong the ways Faust's do."""
+
+    logs: dict[TP, list[int]]
+    #: fetches served before the log's own: {tp: offsets} (stale or lossy)
+    script: list[dict[TP, list[int]]] = field(default_factory=list)
+    committed: dict[TP, int] = field(default_factory=dict)
+    #: offsets whose delivery waits (for room in a full stream buffer)
+    slow: set[int] = field(default_factory=set)
+    delivered: list[tuple[TP, int]] = field(default_factory=list)
+    seeks: list[dict[TP, int]] = field(default_factory=list)
+    #: deliveries that needed Faust's wait_first (a task each)
+    waits: int = 0
+
+    def __post_init__(self) -> None:
+        self.position = {tp: 0 for tp in self.logs}
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset: dict[TP, int | None] = {}
+        self._commit_every = None
+        self._n_acked = 0
+        self._stopped = asyncio.Event()
+        self.should_stop = False
+        self.suspend_flow = asyncio.Event()
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda t: False))
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=True))
+        self.consumer_stopped_errors = ()
+        self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    # -- Faust's consumer ---------------------------------------------------------
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        if self.script:
+            batch = self.script.pop(0)
+        else:
+            batch = {tp: [o for o in log if o >= self.position[tp]]
+                     for tp, log in self.logs.items()}
+            if not any(batch.values()):
+                self.fetcher._stopped.set()
+        for tp, offsets in batch.items():  # the position moves when a fetch returns
+            if offsets:
+                self.position[tp] = offsets[-1] + 1
+        for tp, offsets in batch.items():
+            for offset in offsets:
+                yield tp, Message(tp, offset)
+
+    async def callback(self, message: Message) -> None:
+        if message.offset in self.slow:
+            self.slow.discard(message.offset)
+            await asyncio.sleep(0.01)
+        self.delivered.append((message.tp, message.offset))
+
+    async def wait_first(self, *waits: Awaitable[Any]) -> Any:
+        self.waits += 1
+        futures = [asyncio.ensure_future(w) for w in waits]
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+        for f in futures:
+            f.cancel()
+        return SimpleNamespace(done=[w for w, f in zip(waits, futures, strict=True)
+                                     if f.done() and not f.cancelled()])
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.append(dict(partitions))
+        self.position.update(partitions)
+
+    async def perform_seek(self) -> None:
+        for tp in self.logs:
+            offset = self.committed.get(tp)
+            self._read_offset[tp] = offset
+            if offset is not None:
+                self._committed_offset[tp] = offset
+                self.position[tp] = offset
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.logs[tp][0] if self.logs[tp] else 0 for tp in tps}
+
+    def assignment(self) -> set[TP]:
+        return set(self.logs)
+
+    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
+        pass
+
+
+def drain(consumer: FakeConsumer, topics: tuple[str, ...] = ("in",)) -> GapFreeFetch:
+    async def go() -> GapFreeFetch:
+        loop = fetch.install(consumer, topics)
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+        return loop
+    return asyncio.run(go())
+
+
+def offsets_of(consumer: FakeConsumer, tp: TP) -> list[int]:
+    return [o for t, o in consumer.delivered if t == tp]
+
+
+def test_install_replaces_the_consumers_fetch_loop() -> None:
+    consumer = FakeConsumer({IN0: [0]})
+    loop = fetch.install(consumer, ("in",))
+    assert consumer._drain_messages == loop.run  # type: ignore[attr-defined]
+
+
+def test_in_order_records_are_delivered_once_and_counted_as_read() -> None:
+    consumer = FakeConsumer({IN0: list(range(10)), IN1: list(range(5))})
+    drain(consumer)
+    assert offsets_of(consumer, IN0) == list(range(10))
+    assert offsets_of(consumer, IN1) == list(range(5))
+    assert consumer._read_offset[IN0] == 9
+    assert consumer.seeks == []
+    assert consumer.waits == 0  # every delivery completed without a task
+
+
+def test_records_past_a_hole_are_not_delivered_the_hole_is_read_again() -> None:
+    # faust-streaming#596: records 0..3 were fetched and dropped, the position
+    # moved on; the next fetch starts at 4
+    consumer = FakeConsumer({IN0: list(range(10))}, script=[{IN0: list(range(4, 10))}])
+    loop = drain(consumer)
+    assert offsets_of(consumer, IN0) == list(range(10))
+    assert consumer.seeks == [{IN0: 0}]
+    assert loop.seeks_back == 1
+
+
+def test_records_already_delivered_are_dropped() -> None:
+    # a fetch made before a seek comes back after it: its records repeat
+    consumer = FakeConsumer({IN0: list(range(6))},
+                            script=[{IN0: [0, 1, 2]}, {IN0: [0, 1, 2, 3]}])
+    loop = drain(consumer)
+    assert offsets_of(consumer, IN0) == list(range(6))
+    assert loop.dropped == 3
+
+
+def test_a_delivery_that_waits_still_arrives_in_order() -> None:
+    consumer = FakeConsumer({IN0: list(range(5))}, slow={2})
+    drain(consumer)
+    assert offsets_of(consumer, IN0) == list(range(5))
+    assert consumer.waits == 1
+
+
+def test_a_delivery_cancelled_by_a_rebalance_is_not_read() -> None:
+    consumer = FakeConsumer({IN0: list(range(5))}, slow={2})
+
+    async def go() -> None:
+        loop = fetch.install(consumer, ("in",))
+        task = asyncio.ensure_future(loop.deliver(Message(IN0, 2)))
+        await asyncio.sleep(0)
+        consumer.suspend_flow.set()  # the rebalance suspends the flow mid-delivery
+        assert await task is False
+        consumer.suspend_flow.clear()
+        assert await loop.deliver(Message(IN0, 3)) is True
+
+    asyncio.run(go())
+    assert consumer.delivered == [(IN0, 3)]
+
+
+def test_partitions_without_a_commit_go_back_to_the_log_start_on_seek() -> None:
+    # Faust's perform_seek leaves them where dropped fetches left them
+    consumer = FakeConsumer({IN0: list(range(8)), IN1: list(range(8))}, committed={IN1: 5})
+    consumer.position[IN0] = 6  # records 0..5 fetched before the rebalance, dropped
+
+    async def go() -> None:
+        loop = fetch.install(consumer, ("in",))
+        await consumer.perform_seek()
+        assert loop.next == {IN0: 0, IN1: 5}
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+
+    asyncio.run(go())
+    assert consumer.seeks == [{IN0: 0}]
+    assert offsets_of(consumer, IN0) == list(range(8))
+    assert offsets_of(consumer, IN1) == [5, 6, 7]
+
+
+def test_a_first_record_past_the_start_of_an_unpositioned_partition_is_a_hole() -> None:
+    consumer = FakeConsumer({IN0: list(range(6))}, script=[{IN0: [3, 4, 5]}])
+    drain(consumer)
+    assert offsets_of(consumer, IN0) == list(range(6))
+    assert consumer.seeks == [{IN0: 0}]
+
+
+def test_other_topics_keep_fausts_rules_gaps_included() -> None:
+    # compacted changelogs have offset gaps by design
+    consumer = FakeConsumer({CHANGELOG: [0, 3, 4, 9]})
+    drain(consumer)
+    assert offsets_of(consumer, CHANGELOG) == [0, 3, 4, 9]
+    assert consumer.seeks == []
+
+
+def test_a_gap_that_rereading_never_fills_is_let_through_after_max_seeks() -> None:
+    # a guarded log with a real gap: re-read MAX_SEEKS times, then delivered (the
+    # stream's sequence check then stops the worker)
+    consumer = FakeConsumer({IN0: [0, 1, 5, 6]})
+    drain(consumer)
+    assert offsets_of(consumer, IN0) == [0, 1, 5, 6]
+    assert consumer.seeks == [{IN0: 2}] * MAX_SEEKS
