@@ -158,9 +158,9 @@ class Settings(BaseSettings):
                      "broker, whose ListOffsets is wrong for multi-record batches)."),
     )
     fetch_max_wait_ms: int = Field(
-        1500, ge=1,
+        100, ge=1,
         description=("RECIPROCITY_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the "
-                     "broker for new messages (Faust's own value is 1500). Kafka answers as "
+                     "broker for new messages (Faust hard-codes 1500). Kafka answers as "
                      "soon as there are some; the Tansu broker only when the wait is over."),
     )
     dedup_retention_s: float = Field(
