@@ -220,6 +220,7 @@ class Pipeline:
         #: the fetch loop that reads a hole's records again (``pipeline.fetch``)
         self.fetch = fetch.install(self.app.consumer, (settings.topic, settings.pairs_topic,
                                                        settings.inbound_topic))
+        fetch.cheap_ebb(self.app)
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:
@@ -309,6 +310,7 @@ class Pipeline:
     async def _run_batches(self, stream: faust.StreamT[bytes],
                            handle: Callable[[Sequence[Any]], Any]) -> None:
         settings = self.settings
+        fetch.decode_raw(stream.channel)  # our topics are raw bytes
         batches = take_batches(stream, settings.batch_max, settings.batch_max_bytes,
                                settings.batch_within_s)
         async for events in batches:

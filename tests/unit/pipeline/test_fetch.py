@@ -227,3 +227,48 @@ def test_a_gap_that_rereading_never_fills_is_let_through_after_max_seeks() -> No
     drain(consumer)
     assert offsets_of(consumer, IN0) == [0, 1, 5, 6]
     assert consumer.seeks == [{IN0: 2}] * MAX_SEEKS
+
+
+def test_decode_raw_builds_the_event_faust_would_from_the_same_bytes() -> None:
+    import faust
+    from faust.types import TP as FaustTP
+    from faust.types.tuples import Message as FaustMessage
+
+    app = faust.App("test-decode-raw", broker="kafka://127.0.0.1:1")
+    raw = app.topic("raw", key_serializer="raw", value_serializer="raw").clone(is_iterator=True)
+    typed = app.topic("typed", value_type=str)
+    message = FaustMessage("raw", 0, 7, 0.0, 0, [("h", b"1")], b"key", b'{"id": 1}',
+                           None, tp=FaustTP("raw", 0))
+
+    async def go() -> tuple[Any, Any]:
+        faust_event = await raw.decode(message)
+        assert fetch.decode_raw(raw) is True
+        return faust_event, await raw.decode(message)
+
+    faust_event, ours = asyncio.run(go())
+    assert (ours.key, ours.value, ours.headers, ours.message) == (
+        faust_event.key, faust_event.value, faust_event.headers, faust_event.message)
+    assert type(ours) is type(faust_event)
+    assert fetch.decode_raw(typed) is False  # other schemas keep Faust's decode
+
+
+def test_cheap_ebb_waits_only_when_the_producer_buffer_is_over_its_limit() -> None:
+    calls = []
+
+    async def wait_until_ebb() -> None:
+        calls.append(True)
+
+    async def go() -> None:
+        pending: asyncio.Queue[int] = asyncio.Queue()
+        buffer = SimpleNamespace(wait_until_ebb=wait_until_ebb, pending=pending,
+                                 max_messages=2)
+        app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False),
+                              producer=SimpleNamespace(buffer=buffer))
+        fetch.cheap_ebb(app)
+        for item in range(3):
+            await buffer.wait_until_ebb()
+            pending.put_nowait(item)
+        await buffer.wait_until_ebb()  # 3 queued > 2
+
+    asyncio.run(go())
+    assert calls == [True]
