@@ -100,7 +100,7 @@ class Settings(BaseSettings):
                      "agent (its stream_buffer_maxsize); bounds memory with packed messages."),
     )
     batch_within_s: float = Field(
-        0.5, gt=0, description="RECIPROCITY_BATCH_WITHIN_S: longest wait to fill a batch."
+        0.2, gt=0, description="RECIPROCITY_BATCH_WITHIN_S: longest wait to fill a batch."
     )
     kafka_security_protocol: str = Field(
         "PLAINTEXT",
