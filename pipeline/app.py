@@ -1,6 +1,7 @@
 """The Faust app: thin adapters between Kafka, the pure stages and the sink.
 
-Three agents, each reading batches (``stream.take_events``):
+Three agents, each reading batches that the worker's fetch loop fills
+(:mod:`pipeline.fetch`, :class:`pipeline.batches.Lane`):
 
 1. ``reciprocity.ingest`` on the input topic, per source partition
    (:mod:`pipeline.ingest`): dedup, late check, omissions; routes engagements
@@ -42,7 +43,7 @@ from faust.types import TP
 
 from pipeline import fetch
 from pipeline.alerts import Alert, omission_alert
-from pipeline.batches import take_batches
+from pipeline.batches import Lane
 from pipeline.bulk import BulkProducer
 from pipeline.fetch import set_fetch_max_wait
 from pipeline.inbound import InboundCounts, InboundStage
@@ -179,9 +180,6 @@ def faust_app(settings: Settings, **overrides: Any) -> faust.App:
         # Never wait for unacked events on rebalance or stop: a failed batch stays
         # unacked on purpose, and commits only ever cover acked (flushed) events.
         "stream_wait_empty": False,
-        # read-ahead per agent: the batch size is take_events' business, and with
-        # packed messages Faust's default (4096) holds millions of events
-        "stream_buffer_maxsize": settings.stream_buffer_max,
     }
     credentials = settings.faust_credentials()
     if credentials is not None:
@@ -221,6 +219,11 @@ class Pipeline:
         self.fetch = fetch.install(self.app.consumer, (settings.topic, settings.pairs_topic,
                                                        settings.inbound_topic))
         fetch.cheap_ebb(self.app)
+        #: each stream topic's batches, filled by the fetch loop (``pipeline.batches``)
+        self.lanes = {topic: Lane(self.app, settings.batch_max, settings.batch_max_bytes)
+                      for topic in (settings.topic, settings.pairs_topic,
+                                    settings.inbound_topic)}
+        self.fetch.lanes.update(self.lanes)
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:
@@ -307,19 +310,19 @@ class Pipeline:
         """Return freed C heap to the system (:mod:`pipeline.memory`), off the loop."""
         await asyncio.get_running_loop().run_in_executor(None, free_heap)
 
-    async def _run_batches(self, stream: faust.StreamT[bytes],
+    async def _run_batches(self, stream: faust.StreamT[bytes], topic: str,
                            handle: Callable[[Sequence[Any]], Any]) -> None:
-        settings = self.settings
-        fetch.decode_raw(stream.channel)  # our topics are raw bytes
-        batches = take_batches(stream, settings.batch_max, settings.batch_max_bytes,
-                               settings.batch_within_s)
+        # Iterating the agent's channel subscribes the worker to the topic (Faust
+        # adds it to the conductor); its messages come through the lane.
+        aiter(stream.channel)
+        batches = self.lanes[topic].batches(self.settings.batch_within_s)
         async for events in batches:
             self._busy += 1
             try:
                 await handle(events)
             except Exception as exc:
-                # Keep the failed batch unacked for good (take_batches acks what it
-                # yielded once we move on), so no commit ever passes it; then park
+                # Keep the failed batch unacked for good (the lane acks a batch
+                # once we ask for the next one), so no commit ever passes it; then park
                 # until the runner stops the worker. A restart resumes from the
                 # last commit and, all writes being idempotent, loses nothing.
                 for event in events:
@@ -545,7 +548,7 @@ class Pipeline:
     # -- stage 1: ingest ---------------------------------------------------------------
 
     async def _ingest_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self._run_batches(stream, self.process)
+        await self._run_batches(stream, self.settings.topic, self.process)
 
     async def process(self, events: Sequence[Any]) -> None:
         """Process one batch of input events end to end (see module docstring)."""
@@ -745,7 +748,7 @@ class Pipeline:
     # -- stage 2: pairs ----------------------------------------------------------------
 
     async def _pairs_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self._run_batches(stream, self.process_pairs)
+        await self._run_batches(stream, self.settings.pairs_topic, self.process_pairs)
 
     def _load_stage(self, stage: PairStage | InboundStage, table: Any, partition: int,
                     decode: Callable[[str], str]) -> None:
@@ -826,7 +829,7 @@ class Pipeline:
     # -- stage 3: inbound --------------------------------------------------------------
 
     async def _inbound_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self._run_batches(stream, self.process_inbound)
+        await self._run_batches(stream, self.settings.inbound_topic, self.process_inbound)
 
     async def process_inbound(self, events: Sequence[Any]) -> None:
         settings = self.settings

@@ -1,93 +1,94 @@
-"""Batches of a Faust stream bounded by count and by bytes.
+"""Batches of a stream topic, bounded by count and by bytes.
 
-Faust's ``Stream.take_events(max_, within)`` bounds a batch by its number of
-messages only. Messages range from one ~110-byte event to a packed array of
+Faust hands each message of a topic to its agents one at a time: the
+conductor builds an event and puts it on the channel's queue, the stream takes
+it off again and runs its processors, ``Stream.take_events`` collects it into
+a batch, and every event is acked through the stream on its own. For
+single-event messages that was about a quarter of what the worker spent per
+event (docs/benchmarks.md).
+
+A :class:`Lane` is one stream topic's batch in the making. The worker's fetch
+loop (``pipeline.fetch``) adds each fetched message to it directly, in offset
+order per partition, and the topic's agent takes whole batches from it
+(:meth:`Lane.batches`). A batch is full at ``max_count`` messages or once its
+message values add up to ``max_bytes`` (a single larger message is a batch of
+its own): messages range from one ~110-byte event to a packed array of
 thousands, and an internal message of stage 1 holds up to ``CHUNK_RECORDS``
-engagements: a batch of 10,000 such messages taken while a backlog is read
-held most of a 1M-event topic at once (127 MB of input values in one stage-1
-batch, 50 MB in one pair-stage batch, peak RSS swinging between 1.5 and
-2.3 GiB from run to run). :func:`take_batches` is ``take_events`` with one
-more condition: the batch is also full once its message values add up to
-``max_bytes`` (a single larger message is a batch of its own).
+engagements, so a count alone let one batch hold most of a 1M-event backlog.
+While the agent works on a batch the fetch loop fills the next one, and
+waits (Faust's ``wait_first``, so a rebalance can cancel the wait) once that
+one is full.
 
-Everything else is Faust's (faust-streaming 0.15, ``faust/streams.py``): the
-buffer fills from a processor while the stream is consumed passively, acks
-are disabled while the batch is with the caller and every event of a batch is
-acked once the caller asks for the next one.
+What Faust's stream does that matters is kept: a message counts for commits
+only once the agent is done with its batch (``Event.ack``); messages fetched
+before a rebalance (an older consumer generation) are dropped, not processed
+and not acked (the rebalance's seek reads them again); nothing is taken while
+the app's flow is suspended.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from faust.streams import notify
 
+class Lane:
+    """Messages of one stream topic, from the fetch loop to its agent."""
 
-def take_batches(stream: Any, max_count: int, max_bytes: int,
-                 within: float) -> AsyncGenerator[Sequence[Any], None]:
-    """Batches of ``stream``'s events: at most ``max_count`` messages, and no
-    more than one message past ``max_bytes`` of values, or what came within
-    ``within`` seconds."""
-    agen = _take(stream, max_count, max_bytes, within)
-    # as Faust's own buffering generators: Stream.on_stop closes leftovers
-    stream._active_agens.add(agen)
-    return agen
+    def __init__(self, app: Any, max_count: int, max_bytes: int) -> None:
+        self.app = app
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._make_event = app.conf.Event
+        self._events: list[Any] = []
+        self._size = 0
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
 
+    def offer(self, message: Any) -> bool:
+        """Add a fetched message to the next batch; False (nothing added) when
+        that batch is full."""
+        if not self._room.is_set():
+            return False
+        message.incref()  # the agent acks it with its batch
+        value = message.value
+        self._events.append(self._make_event(self.app, message.key, value, message.headers,
+                                             message))
+        self._size += len(value or b"")
+        if len(self._events) >= self.max_count or self._size >= self.max_bytes:
+            self._full.set()
+            self._room.clear()
+        return True
 
-async def _take(stream: Any, max_count: int, max_bytes: int,
-                within: float) -> AsyncGenerator[Sequence[Any], None]:
-    events: list[Any] = []
-    size = 0
-    full = asyncio.Event()
-    consumed = asyncio.Event()
-    consuming: asyncio.Future[Any] | None = None
-    enable_acks = stream.enable_acks
+    async def room(self) -> None:
+        """Until the next batch can take a message again."""
+        await self._room.wait()
 
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming, size
-        try:
-            if consuming is not None:  # the caller is reading the batch
-                try:
-                    await consuming
-                finally:
-                    consuming = None
-            event = stream.current_event
-            if event is None:
-                raise RuntimeError("take_batches found current_event is None")
-            events.append(event)
-            size += len(event.value or b"")
-            if len(events) >= max_count or size >= max_bytes:
-                full.set()
-                consumed.clear()  # never more than one message past the bounds
-                await stream.wait(consumed)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            stream.log.exception("Error adding to take buffer: %r", exc)
-            await stream.crash(exc)
-        return value
+    def __len__(self) -> int:
+        return len(self._events)
 
-    stream.enable_acks = False  # acked here, once the caller is done with a batch
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(aiter(stream.channel))
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(full, timeout=within)
-            if events:
-                consuming = stream.loop.create_future()
-                try:
-                    yield list(events)
-                finally:
-                    taken = list(events)
-                    events.clear()
-                    size = 0
-                    for event in taken:
-                        await stream.ack(event)
-                    notify(consuming)
-                    full.clear()
-                    consumed.set()
-    finally:
-        stream.enable_acks = enable_acks
-        stream._processors.remove(add_to_buffer)
+    async def batches(self, within: float) -> AsyncGenerator[list[Any], None]:
+        """The agent's batches: what the next batch holds once it is full or
+        ``within`` seconds have passed. The events of a batch are acked when the
+        agent asks for the next one (not when it fails: a failed batch is never
+        resumed)."""
+        flow = self.app.flow_control
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), within)
+            if not self._events:
+                continue
+            await flow.acquire()  # not while a rebalance has the flow suspended
+            taken, self._events, self._size = self._events, [], 0
+            self._full.clear()
+            self._room.set()
+            generation = self.app.consumer_generation_id
+            batch = [event for event in taken if event.message.generation_id == generation]
+            if not batch:
+                continue
+            yield batch
+            for event in batch:
+                event.ack()

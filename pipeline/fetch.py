@@ -27,11 +27,11 @@ task is created at all. A delivery that must wait continues under Faust's own
 ``wait_first``, cancelled when a rebalance suspends the flow, exactly as
 before; it then does not count as read.
 
-Two more per-message costs of Faust's delivery go the same way (measured with
-py-spy on single-event messages, where they were a third of the delivery):
-:func:`decode_raw` builds the events of a raw-bytes channel directly instead
-of through Faust's serializer registry, and :func:`cheap_ebb` checks the
-producer buffer without reading the app's settings for every message.
+The guarded topics' messages go straight into their agents' batches
+(``pipeline.batches.Lane``), not through Faust's conductor, channel queue and
+stream. For what still goes through the conductor (table changelogs while
+tables recover), :func:`cheap_ebb` checks the producer buffer without reading
+the app's settings for every message.
 
 Other topics (table changelogs, which are compacted and have offset gaps by
 design) keep Faust's behaviour. These patches use Faust internals
@@ -45,6 +45,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Collection, Coroutine, Generator
 from typing import Any
+
+from pipeline.batches import Lane
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,9 @@ class GapFreeFetch:
         self.next: dict[Any, int] = {}
         #: (partition, offset) of the last seek back and how often it repeated
         self._seeks: dict[Any, tuple[int, int]] = {}
+        #: where the guarded topics' messages go (``pipeline.batches``); a topic
+        #: without a lane goes through Faust's conductor
+        self.lanes: dict[str, Lane] = {}
         #: bumped by every seek, so a delivery that waited across one is not
         #: counted against the new position
         self.epoch = 0
@@ -148,15 +153,23 @@ class GapFreeFetch:
     # -- delivery -------------------------------------------------------------------
 
     async def deliver(self, message: Any) -> bool:
-        """Hand one message to the streams; False when a rebalance suspended the
-        flow while the delivery waited (the message then counts as not read)."""
+        """Hand one message to its lane or to the streams; False when a rebalance
+        suspended the flow while the delivery waited (the message then counts as
+        not read)."""
         consumer = self.consumer
+        lane = self.lanes.get(message.topic)
+        if lane is not None:
+            if lane.offer(message):
+                return True  # the usual case: no await at all
+            room = lane.room()
+            results = await consumer.wait_first(room, consumer.suspend_flow.wait())
+            return room in results.done and lane.offer(message)
         delivery = consumer.callback(message)
         if asyncio.iscoroutine(delivery):
             try:
                 pending = delivery.send(None)
             except StopIteration:
-                return True  # completed without waiting: the usual case
+                return True  # completed without waiting
             delivery = _Continued(delivery, pending)
         results = await consumer.wait_first(delivery, consumer.suspend_flow.wait())
         return delivery in results.done
@@ -254,26 +267,6 @@ def install(consumer: Any, topics: Collection[str]) -> GapFreeFetch:
     consumer.seek_wait = seek_wait_tracked
     consumer._drain_messages = fetch.run
     return fetch
-
-
-def decode_raw(channel: Any) -> bool:
-    """Give a channel whose keys and values are raw bytes (serializer "raw", no
-    types) a decode that builds the event directly. Faust's generic decode runs
-    both through its serializer registry, and reads the app's settings, for
-    every message, only to return the same bytes. False (and nothing changed)
-    for any other channel."""
-    schema = channel.schema
-    if (schema.key_serializer, schema.value_serializer) != ("raw", "raw") or (
-            schema.key_type is not None or schema.value_type is not None):
-        return False
-    app = channel.app
-    make_event = app.conf.Event
-
-    async def decode(message: Any, *, propagate: bool = False) -> Any:
-        return make_event(app, message.key, message.value, message.headers, message)
-
-    channel.decode = decode
-    return True
 
 
 def cheap_ebb(app: Any) -> None:

@@ -94,11 +94,6 @@ class Settings(BaseSettings):
         description=("RECIPROCITY_BATCH_MAX_BYTES: a batch is full once its message values "
                      "add up to this (bounds memory with packed messages)."),
     )
-    stream_buffer_max: int = Field(
-        64, ge=1,
-        description=("RECIPROCITY_STREAM_BUFFER_MAX: most messages Faust reads ahead per "
-                     "agent (its stream_buffer_maxsize); bounds memory with packed messages."),
-    )
     batch_within_s: float = Field(
         0.2, gt=0, description="RECIPROCITY_BATCH_WITHIN_S: longest wait to fill a batch."
     )

@@ -218,8 +218,10 @@ def test_dedup_ids_expire_after_the_retention(broker: EmbeddedBroker, tmp_path: 
         url = f"chdb://{tmp_path / name}"
         topic = f"expiry-{name}-{uuid.uuid4().hex[:6]}"
         settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}", topic)
+        # small batches, so commits (which expiry waits for) come between them
+        # while the worker works through the backlog its startup leaves
         settings = settings.model_copy(update={"stream_id": "s", "dedup_retention_s": retention,
-                                               "commit_interval_s": 0.3})
+                                               "commit_interval_s": 0.3, "batch_max": 50})
         held: list = []
         store = open_backend(url)
         try:
@@ -244,7 +246,7 @@ def test_batches_are_bounded_by_bytes_as_they_are_taken(
     """With RECIPROCITY_BATCH_MAX_BYTES small, every batch of every agent stops
     at the first message that reaches the bound (a backlog of packed messages
     is never taken whole), and every event is still processed once."""
-    from pipeline import app, batches
+    from pipeline.batches import Lane
 
     events, registry_path, _ = write_case(tmp_path, n_events=1200, seed=3)
     registry = load_registry(registry_path)
@@ -252,14 +254,14 @@ def test_batches_are_bounded_by_bytes_as_they_are_taken(
     packed = [b"[" + b",".join(lines[i:i + 100]) + b"]" for i in range(0, len(lines), 100)]
     max_bytes = 2 * max(len(m) for m in packed)
     taken: list[list[int]] = []
+    batches = Lane.batches
 
-    async def recording(stream: Any, max_count: int, max_bytes_: int,
-                        within: float) -> AsyncIterator[Sequence[Any]]:
-        async for batch in batches.take_batches(stream, max_count, max_bytes_, within):
+    async def recording(lane: Lane, within: float) -> AsyncIterator[Sequence[Any]]:
+        async for batch in batches(lane, within):
             taken.append([len(e.value or b"") for e in batch])
             yield batch
 
-    monkeypatch.setattr(app, "take_batches", recording)
+    monkeypatch.setattr(Lane, "batches", recording)
     url = f"chdb://{tmp_path / 'bounded'}"
     settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}",
                             f"bounded-{uuid.uuid4().hex[:6]}")

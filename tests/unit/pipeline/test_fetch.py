@@ -33,6 +33,10 @@ class Message:
     tp: TP
     offset: int
 
+    @property
+    def topic(self) -> str:
+        return self.tp.topic
+
 
 @dataclass
 class FakeConsumer:
@@ -229,29 +233,6 @@ def test_a_gap_that_rereading_never_fills_is_let_through_after_max_seeks() -> No
     assert consumer.seeks == [{IN0: 2}] * MAX_SEEKS
 
 
-def test_decode_raw_builds_the_event_faust_would_from_the_same_bytes() -> None:
-    import faust
-    from faust.types import TP as FaustTP
-    from faust.types.tuples import Message as FaustMessage
-
-    app = faust.App("test-decode-raw", broker="kafka://127.0.0.1:1")
-    raw = app.topic("raw", key_serializer="raw", value_serializer="raw").clone(is_iterator=True)
-    typed = app.topic("typed", value_type=str)
-    message = FaustMessage("raw", 0, 7, 0.0, 0, [("h", b"1")], b"key", b'{"id": 1}',
-                           None, tp=FaustTP("raw", 0))
-
-    async def go() -> tuple[Any, Any]:
-        faust_event = await raw.decode(message)
-        assert fetch.decode_raw(raw) is True
-        return faust_event, await raw.decode(message)
-
-    faust_event, ours = asyncio.run(go())
-    assert (ours.key, ours.value, ours.headers, ours.message) == (
-        faust_event.key, faust_event.value, faust_event.headers, faust_event.message)
-    assert type(ours) is type(faust_event)
-    assert fetch.decode_raw(typed) is False  # other schemas keep Faust's decode
-
-
 def test_cheap_ebb_waits_only_when_the_producer_buffer_is_over_its_limit() -> None:
     calls = []
 
@@ -272,3 +253,51 @@ def test_cheap_ebb_waits_only_when_the_producer_buffer_is_over_its_limit() -> No
 
     asyncio.run(go())
     assert calls == [True]
+
+
+class FakeLane:
+    """A lane that takes ``capacity`` messages until its batch is taken."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.batch: list[int] = []
+        self.taken: list[list[int]] = []
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def offer(self, message: Message) -> bool:
+        if len(self.batch) >= self.capacity:
+            return False
+        self.batch.append(message.offset)
+        if len(self.batch) >= self.capacity:
+            self._room.clear()
+        return True
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def take(self) -> None:
+        self.taken.append(self.batch)
+        self.batch = []
+        self._room.set()
+
+
+def test_guarded_topics_go_to_their_lane_and_wait_for_room_when_it_is_full() -> None:
+    consumer = FakeConsumer({IN0: list(range(7)), CHANGELOG: [0, 1]})
+    lane = FakeLane(capacity=3)
+
+    async def go() -> None:
+        loop = fetch.install(consumer, ("in",))
+        loop.lanes["in"] = lane  # type: ignore[assignment]
+        drain = asyncio.ensure_future(loop.run(consumer.fetcher))
+        while not drain.done():
+            await asyncio.sleep(0.005)
+            if len(lane.batch) == lane.capacity:
+                lane.take()  # the agent takes the full batch
+        await drain
+
+    asyncio.run(go())
+    assert [*lane.taken, lane.batch] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert consumer.delivered == [(CHANGELOG, 0), (CHANGELOG, 1)]  # not the lane's
+    assert consumer._read_offset[IN0] == 6
+    assert consumer.waits == 2  # once per full batch, not per message
