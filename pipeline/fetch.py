@@ -18,23 +18,20 @@ delivers a partition's records strictly in offset order from where the
 consumer was last positioned: a record behind the next expected offset is
 dropped (already delivered), a record past it means records were lost, and the
 loop seeks the partition back to the next expected offset and reads them again
-instead of delivering past the hole. ``pipeline.sequence`` still checks the
-streams and stops the worker if a hole ever reaches them.
+instead of delivering past the hole. ``pipeline.sequence`` still checks each
+batch and stops the worker if a hole ever reaches one.
 
-Each delivery is first run synchronously: when it completes without waiting
-(the stream buffer has room and the flow is not suspended, the usual case) no
-task is created at all. A delivery that must wait continues under Faust's own
-``wait_first``, cancelled when a rebalance suspends the flow, exactly as
-before; it then does not count as read.
-
-The guarded topics' messages go straight into their agents' batches
+A guarded topic's message goes straight into its agent's next batch
 (``pipeline.batches.Lane``), not through Faust's conductor, channel queue and
-stream. For what still goes through the conductor (table changelogs while
-tables recover), :func:`cheap_ebb` checks the producer buffer without reading
-the app's settings for every message.
+stream: no ``await`` at all unless that batch is full, and then one wait,
+under Faust's own ``wait_first`` so a rebalance can cancel it. A message whose
+delivery a rebalance cancelled does not count as read. Messages of other
+topics (table changelogs while tables recover) still go to Faust's conductor,
+first run synchronously and only handed to ``wait_first`` when they must
+wait; :func:`cheap_ebb` spares that path a settings lookup per message.
 
 Other topics (table changelogs, which are compacted and have offset gaps by
-design) keep Faust's behaviour. These patches use Faust internals
+design) keep Faust's offset rules. These patches use Faust internals
 (``_drain_messages``, ``_read_offset``, ``perform_seek``, ``seek_wait``);
 faust-streaming is pinned below 0.16.
 """
