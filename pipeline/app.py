@@ -45,7 +45,6 @@ from pipeline import fetch
 from pipeline.alerts import Alert, omission_alert
 from pipeline.batches import Lane
 from pipeline.bulk import BulkProducer
-from pipeline.fetch import set_fetch_max_wait
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
     Counts,
@@ -214,16 +213,12 @@ class Pipeline:
         self.inbound_stage = InboundStage(params, settings.partitions)
         self.app = faust_app(settings, **app_overrides)
         self.bulk = BulkProducer(self.app)
-        set_fetch_max_wait(self.app.consumer, settings.fetch_max_wait_ms)
-        #: the fetch loop that reads a hole's records again (``pipeline.fetch``)
-        self.fetch = fetch.install(self.app.consumer, (settings.topic, settings.pairs_topic,
-                                                       settings.inbound_topic))
-        fetch.cheap_ebb(self.app)
-        #: each stream topic's batches, filled by the fetch loop (``pipeline.batches``)
-        self.lanes = {topic: Lane(self.app, settings.batch_max, settings.batch_max_bytes)
-                      for topic in (settings.topic, settings.pairs_topic,
-                                    settings.inbound_topic)}
-        self.fetch.lanes.update(self.lanes)
+        fetch.set_fetch_max_wait(self.app.consumer, settings.fetch_max_wait_ms)
+        #: the fetch loop (``pipeline.fetch``) fills each stream topic's batches
+        #: (``pipeline.batches``) and reads a hole's records again
+        self.fetch = fetch.install(self.app.consumer, {
+            topic: Lane(self.app, settings.batch_max, settings.batch_max_bytes)
+            for topic in (settings.topic, settings.pairs_topic, settings.inbound_topic)})
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:
@@ -315,7 +310,7 @@ class Pipeline:
         # Iterating the agent's channel subscribes the worker to the topic (Faust
         # adds it to the conductor); its messages come through the lane.
         aiter(stream.channel)
-        batches = self.lanes[topic].batches(self.settings.batch_within_s)
+        batches = self.fetch.lanes[topic].batches(self.settings.batch_within_s)
         async for events in batches:
             self._busy += 1
             try:

@@ -10,8 +10,9 @@ things about it matter here:
   has a hole: offsets that never reach it.
 - **It costs four tasks per message**: every delivery runs as
   ``wait_first(deliver(message), suspend_flow.wait())`` so a rebalance can
-  cancel a delivery blocked on a full stream buffer. For single-event messages
-  that was about half of what the worker spent per event.
+  cancel a delivery blocked on a full stream buffer, and then the conductor,
+  the channel queue and the stream handle each message on its own. For
+  single-event messages that was most of what the worker spent per event.
 
 :func:`install` replaces the loop with one that, for the topics it guards,
 delivers a partition's records strictly in offset order from where the
@@ -24,23 +25,21 @@ batch and stops the worker if a hole ever reaches one.
 A guarded topic's message goes straight into its agent's next batch
 (``pipeline.batches.Lane``), not through Faust's conductor, channel queue and
 stream: no ``await`` at all unless that batch is full, and then one wait,
-under Faust's own ``wait_first`` so a rebalance can cancel it. A message whose
-delivery a rebalance cancelled does not count as read. Messages of other
-topics (table changelogs while tables recover) still go to Faust's conductor,
-first run synchronously and only handed to ``wait_first`` when they must
-wait; :func:`cheap_ebb` spares that path a settings lookup per message.
+under Faust's own ``wait_first`` so a rebalance can cancel it. Messages of
+other topics (table changelogs while tables recover; compacted, so with
+offset gaps by design) go to Faust's conductor as in Faust, under Faust's
+offset rules. Either way a message whose delivery a rebalance cancelled does
+not count as read.
 
-Other topics (table changelogs, which are compacted and have offset gaps by
-design) keep Faust's offset rules. These patches use Faust internals
-(``_drain_messages``, ``_read_offset``, ``perform_seek``, ``seek_wait``);
-faust-streaming is pinned below 0.16.
+These patches use Faust internals (``_drain_messages``, ``_read_offset``,
+``perform_seek``, ``seek_wait``); faust-streaming is pinned below 0.16.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection, Coroutine, Generator
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pipeline.batches import Lane
@@ -56,45 +55,18 @@ MAX_SEEKS = 5
 YIELD_EVERY = 100
 
 
-class _Continued(Awaitable[Any]):
-    """A coroutine that already ran to its first suspension, as an awaitable
-    that runs the rest of it (so a task can take over a delivery that could
-    not complete synchronously)."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-        self._coro = coro
-        self._pending = pending
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        coro, pending = self._coro, self._pending
-        while True:
-            try:
-                yield pending
-            except BaseException as exc:  # cancellation: hand it to the coroutine
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    pending = coro.send(None)
-                except StopIteration as stop:
-                    return stop.value
-
-
 class GapFreeFetch:
     """The replacement fetch loop of one Faust consumer (:func:`install`)."""
 
-    def __init__(self, consumer: Any, topics: Collection[str]) -> None:
+    def __init__(self, consumer: Any, lanes: Mapping[str, Lane]) -> None:
         self.consumer = consumer
-        self.topics = frozenset(topics)
+        #: where each guarded topic's messages go (``pipeline.batches``)
+        self.lanes = dict(lanes)
+        self.topics = frozenset(lanes)
         #: next offset to deliver per guarded partition (unknown until positioned)
         self.next: dict[Any, int] = {}
         #: (partition, offset) of the last seek back and how often it repeated
         self._seeks: dict[Any, tuple[int, int]] = {}
-        #: where the guarded topics' messages go (``pipeline.batches``); a topic
-        #: without a lane goes through Faust's conductor
-        self.lanes: dict[str, Lane] = {}
         #: bumped by every seek, so a delivery that waited across one is not
         #: counted against the new position
         self.epoch = 0
@@ -150,26 +122,19 @@ class GapFreeFetch:
     # -- delivery -------------------------------------------------------------------
 
     async def deliver(self, message: Any) -> bool:
-        """Hand one message to its lane or to the streams; False when a rebalance
-        suspended the flow while the delivery waited (the message then counts as
-        not read)."""
+        """Hand one message to its lane, or to Faust's conductor; False when a
+        rebalance suspended the flow while the delivery waited (the message then
+        counts as not read)."""
         consumer = self.consumer
         lane = self.lanes.get(message.topic)
-        if lane is not None:
-            if lane.offer(message):
-                return True  # the usual case: no await at all
-            room = lane.room()
-            results = await consumer.wait_first(room, consumer.suspend_flow.wait())
-            return room in results.done and lane.offer(message)
-        delivery = consumer.callback(message)
-        if asyncio.iscoroutine(delivery):
-            try:
-                pending = delivery.send(None)
-            except StopIteration:
-                return True  # completed without waiting
-            delivery = _Continued(delivery, pending)
-        results = await consumer.wait_first(delivery, consumer.suspend_flow.wait())
-        return delivery in results.done
+        if lane is None:
+            waiting = consumer.callback(message)
+        elif lane.offer(message):
+            return True  # the usual case: no await at all
+        else:
+            waiting = lane.room()  # its next batch is full
+        results = await consumer.wait_first(waiting, consumer.suspend_flow.wait())
+        return waiting in results.done and (lane is None or lane.offer(message))
 
     async def run(self, fetcher: Any) -> None:
         """The loop (Faust's ``Consumer._drain_messages`` with the changes above)."""
@@ -237,10 +202,10 @@ class GapFreeFetch:
             raise
 
 
-def install(consumer: Any, topics: Collection[str]) -> GapFreeFetch:
-    """Replace ``consumer``'s fetch loop (see the module doc); ``topics`` are the
-    ones delivered strictly in offset order."""
-    fetch = GapFreeFetch(consumer, topics)
+def install(consumer: Any, lanes: Mapping[str, Lane]) -> GapFreeFetch:
+    """Replace ``consumer``'s fetch loop (see the module doc): the topics of
+    ``lanes`` are delivered to them, strictly in offset order."""
+    fetch = GapFreeFetch(consumer, lanes)
     perform_seek = consumer.perform_seek
     seek_wait = consumer.seek_wait
 
@@ -264,25 +229,6 @@ def install(consumer: Any, topics: Collection[str]) -> GapFreeFetch:
     consumer.seek_wait = seek_wait_tracked
     consumer._drain_messages = fetch.run
     return fetch
-
-
-def cheap_ebb(app: Any) -> None:
-    """Faust's delivery waits, for every message, until the producer buffer
-    (table writes queued by ``table[key] = value``) is below its limit; its
-    size reads ``app.conf`` each time. Check the queue directly and leave the
-    waiting to Faust. Call before the worker starts (Faust captures the method
-    when it assigns partitions)."""
-    if app.conf.producer_threaded:
-        return
-    buffer = app.producer.buffer
-    wait_until_ebb = buffer.wait_until_ebb
-    pending = buffer.pending
-
-    async def wait_if_full() -> None:
-        if pending.qsize() > buffer.max_messages:
-            await wait_until_ebb()
-
-    buffer.wait_until_ebb = wait_if_full
 
 
 def set_fetch_max_wait(consumer: Any, wait_ms: int) -> None:

@@ -38,6 +38,39 @@ class Message:
         return self.tp.topic
 
 
+class FakeLane:
+    """A lane whose batch takes ``capacity`` messages until it is taken; what it
+    takes also goes to ``sink`` when given."""
+
+    def __init__(self, capacity: int = 10**9, sink: list[tuple[TP, int]] | None = None) -> None:
+        self.capacity = capacity
+        self.sink = sink
+        self.batch: list[int] = []
+        self.taken: list[list[int]] = []
+        self.room_waits = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def offer(self, message: Message) -> bool:
+        if len(self.batch) >= self.capacity:
+            return False
+        self.batch.append(message.offset)
+        if self.sink is not None:
+            self.sink.append((message.tp, message.offset))
+        if len(self.batch) >= self.capacity:
+            self._room.clear()
+        return True
+
+    async def room(self) -> None:
+        self.room_waits += 1
+        await self._room.wait()
+
+    def take(self) -> None:
+        self.taken.append(self.batch)
+        self.batch = []
+        self._room.set()
+
+
 @dataclass
 class FakeConsumer:
     """Just enough of Faust's consumer: a log per partition, a position per
@@ -122,9 +155,14 @@ class FakeConsumer:
         pass
 
 
-def drain(consumer: FakeConsumer, topics: tuple[str, ...] = ("in",)) -> GapFreeFetch:
+def install(consumer: FakeConsumer) -> GapFreeFetch:
+    """The loop with a lane for topic "in" that records into ``consumer.delivered``."""
+    return fetch.install(consumer, {"in": FakeLane(sink=consumer.delivered)})  # type: ignore[dict-item]
+
+
+def drain(consumer: FakeConsumer) -> GapFreeFetch:
     async def go() -> GapFreeFetch:
-        loop = fetch.install(consumer, topics)
+        loop = install(consumer)
         await asyncio.wait_for(loop.run(consumer.fetcher), 5)
         return loop
     return asyncio.run(go())
@@ -136,7 +174,7 @@ def offsets_of(consumer: FakeConsumer, tp: TP) -> list[int]:
 
 def test_install_replaces_the_consumers_fetch_loop() -> None:
     consumer = FakeConsumer({IN0: [0]})
-    loop = fetch.install(consumer, ("in",))
+    loop = install(consumer)
     assert consumer._drain_messages == loop.run  # type: ignore[attr-defined]
 
 
@@ -147,7 +185,7 @@ def test_in_order_records_are_delivered_once_and_counted_as_read() -> None:
     assert offsets_of(consumer, IN1) == list(range(5))
     assert consumer._read_offset[IN0] == 9
     assert consumer.seeks == []
-    assert consumer.waits == 0  # every delivery completed without a task
+    assert consumer.waits == 0  # every message went to the lane without a task
 
 
 def test_records_past_a_hole_are_not_delivered_the_hole_is_read_again() -> None:
@@ -169,27 +207,29 @@ def test_records_already_delivered_are_dropped() -> None:
     assert loop.dropped == 3
 
 
-def test_a_delivery_that_waits_still_arrives_in_order() -> None:
-    consumer = FakeConsumer({IN0: list(range(5))}, slow={2})
+def test_other_topics_go_to_fausts_conductor_in_order_waiting_or_not() -> None:
+    consumer = FakeConsumer({CHANGELOG: list(range(5))}, slow={2})
     drain(consumer)
-    assert offsets_of(consumer, IN0) == list(range(5))
-    assert consumer.waits == 1
+    assert offsets_of(consumer, CHANGELOG) == list(range(5))
 
 
 def test_a_delivery_cancelled_by_a_rebalance_is_not_read() -> None:
-    consumer = FakeConsumer({IN0: list(range(5))}, slow={2})
+    consumer = FakeConsumer({CHANGELOG: list(range(5)), IN0: list(range(5))}, slow={2})
 
-    async def go() -> None:
-        loop = fetch.install(consumer, ("in",))
-        task = asyncio.ensure_future(loop.deliver(Message(IN0, 2)))
+    async def go() -> list[bool]:
+        loop = fetch.install(consumer, {"in": FakeLane(capacity=1)})  # type: ignore[dict-item]
+        verdicts = [await loop.deliver(Message(IN0, 0))]  # the lane's batch is full now
+        waiting = [asyncio.ensure_future(loop.deliver(Message(CHANGELOG, 2))),  # slow
+                   asyncio.ensure_future(loop.deliver(Message(IN0, 1)))]  # no room
         await asyncio.sleep(0)
         consumer.suspend_flow.set()  # the rebalance suspends the flow mid-delivery
-        assert await task is False
+        verdicts += [await w for w in waiting]
         consumer.suspend_flow.clear()
-        assert await loop.deliver(Message(IN0, 3)) is True
+        verdicts.append(await loop.deliver(Message(CHANGELOG, 3)))
+        return verdicts
 
-    asyncio.run(go())
-    assert consumer.delivered == [(IN0, 3)]
+    assert asyncio.run(go()) == [True, False, False, True]
+    assert consumer.delivered == [(CHANGELOG, 3)]
 
 
 def test_partitions_without_a_commit_go_back_to_the_log_start_on_seek() -> None:
@@ -198,7 +238,7 @@ def test_partitions_without_a_commit_go_back_to_the_log_start_on_seek() -> None:
     consumer.position[IN0] = 6  # records 0..5 fetched before the rebalance, dropped
 
     async def go() -> None:
-        loop = fetch.install(consumer, ("in",))
+        loop = install(consumer)
         await consumer.perform_seek()
         assert loop.next == {IN0: 0, IN1: 5}
         await asyncio.wait_for(loop.run(consumer.fetcher), 5)
@@ -233,62 +273,12 @@ def test_a_gap_that_rereading_never_fills_is_let_through_after_max_seeks() -> No
     assert consumer.seeks == [{IN0: 2}] * MAX_SEEKS
 
 
-def test_cheap_ebb_waits_only_when_the_producer_buffer_is_over_its_limit() -> None:
-    calls = []
-
-    async def wait_until_ebb() -> None:
-        calls.append(True)
-
-    async def go() -> None:
-        pending: asyncio.Queue[int] = asyncio.Queue()
-        buffer = SimpleNamespace(wait_until_ebb=wait_until_ebb, pending=pending,
-                                 max_messages=2)
-        app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False),
-                              producer=SimpleNamespace(buffer=buffer))
-        fetch.cheap_ebb(app)
-        for item in range(3):
-            await buffer.wait_until_ebb()
-            pending.put_nowait(item)
-        await buffer.wait_until_ebb()  # 3 queued > 2
-
-    asyncio.run(go())
-    assert calls == [True]
-
-
-class FakeLane:
-    """A lane that takes ``capacity`` messages until its batch is taken."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.batch: list[int] = []
-        self.taken: list[list[int]] = []
-        self._room = asyncio.Event()
-        self._room.set()
-
-    def offer(self, message: Message) -> bool:
-        if len(self.batch) >= self.capacity:
-            return False
-        self.batch.append(message.offset)
-        if len(self.batch) >= self.capacity:
-            self._room.clear()
-        return True
-
-    async def room(self) -> None:
-        await self._room.wait()
-
-    def take(self) -> None:
-        self.taken.append(self.batch)
-        self.batch = []
-        self._room.set()
-
-
 def test_guarded_topics_go_to_their_lane_and_wait_for_room_when_it_is_full() -> None:
     consumer = FakeConsumer({IN0: list(range(7)), CHANGELOG: [0, 1]})
     lane = FakeLane(capacity=3)
 
     async def go() -> None:
-        loop = fetch.install(consumer, ("in",))
-        loop.lanes["in"] = lane  # type: ignore[assignment]
+        loop = fetch.install(consumer, {"in": lane})  # type: ignore[dict-item]
         drain = asyncio.ensure_future(loop.run(consumer.fetcher))
         while not drain.done():
             await asyncio.sleep(0.005)
@@ -300,4 +290,4 @@ def test_guarded_topics_go_to_their_lane_and_wait_for_room_when_it_is_full() -> 
     assert [*lane.taken, lane.batch] == [[0, 1, 2], [3, 4, 5], [6]]
     assert consumer.delivered == [(CHANGELOG, 0), (CHANGELOG, 1)]  # not the lane's
     assert consumer._read_offset[IN0] == 6
-    assert consumer.waits == 2  # once per full batch, not per message
+    assert lane.room_waits == 2  # once per full batch, not per message
