@@ -374,14 +374,8 @@ class Pipeline:
         fresh = {e.message.tp for e in events if e.message.partition not in guard.expected}
         if not fresh:
             return
-        consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})  # Faust internals
-        earliest = await consumer.earliest_offsets(*fresh)
-        for tp in fresh:
-            # a commit older than the log start (retention) resumes at the log start
-            starts = [int(o) for o in (committed.get(tp), earliest.get(tp)) if o is not None]
-            if starts:
-                guard.start(tp.partition, max(starts))
+        for tp, start in (await self.fetch.starts(fresh)).items():
+            guard.start(tp.partition, start)
 
     async def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
         """The events to apply: in offset order, redeliveries dropped.

@@ -88,8 +88,9 @@ class GapFreeFetch:
                 self.next[tp] = offset
 
     async def starts(self, tps: Collection[Any]) -> dict[Any, int]:
-        """Where partitions start when nothing says otherwise: the committed
-        offset, else the log start (and the log start when the commit is older)."""
+        """Where partitions resume when nothing else says: the committed offset,
+        else the log start (and the log start when the commit is older, after
+        retention). Partitions with neither are left out."""
         if not tps:
             return {}
         consumer = self.consumer
@@ -98,7 +99,8 @@ class GapFreeFetch:
         for tp in tps:
             known = [int(o) for o in (consumer._committed_offset.get(tp), earliest.get(tp))
                      if o is not None]
-            starts[tp] = max(known) if known else 0
+            if known:
+                starts[tp] = max(known)
         return starts
 
     async def _seek_back(self, tp: Any, offset: int, found: int) -> bool:
@@ -165,8 +167,8 @@ class GapFreeFetch:
                         if tp in skip:
                             continue
                         expected = nxt.get(tp)
-                        if expected is None:
-                            expected = nxt[tp] = (await self.starts([tp]))[tp]
+                        if expected is None:  # unknown start: this record, if nothing says
+                            expected = nxt[tp] = (await self.starts([tp])).get(tp, offset)
                         if offset < expected:
                             self.dropped += 1
                             continue
