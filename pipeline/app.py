@@ -404,33 +404,8 @@ class Pipeline:
         stats = self.stats
         for event in events:
             stats.flushed[(topic, event.message.partition)] = event.message.offset
-        self._drop_gaps({event.message.tp for event in events})
         stats.batches += 1
         stats.progress.set()
-
-    def _drop_gaps(self, tps: set[Any]) -> None:
-        """Forget the offset gaps Faust's fetcher recorded for these partitions.
-
-        Faust counts offsets its read position jumped over as acked when it
-        commits (meant for compacted or transactional topics; ours are
-        neither). The jumps here are faust-streaming#596's dropped messages:
-        the sequence check already stops the worker when one reaches the stream
-        as a hole, and when the messages come after all, the gap made Faust's
-        ack list hold them twice, after which each commit advanced a single
-        offset (a worker that processed everything never committed it).
-        """
-        consumer = getattr(self.app, "_consumer", None)
-        gaps = getattr(consumer, "_gap", None)
-        acked = getattr(consumer, "_acked", None)
-        if gaps is None or acked is None:
-            return
-        for tp in tps:
-            gap = gaps.get(tp)
-            if gap:
-                gap.clear()
-            offsets = acked.get(tp)
-            if offsets and len(offsets) != len(set(offsets)):
-                offsets[:] = sorted(set(offsets))
 
     async def _on_partitions_revoked(
         self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any
