@@ -62,7 +62,6 @@ class GapFreeFetch:
         self.consumer = consumer
         #: where each guarded topic's messages go (``pipeline.batches``)
         self.lanes = dict(lanes)
-        self.topics = frozenset(lanes)
         #: next offset to deliver per guarded partition (unknown until positioned)
         self.next: dict[Any, int] = {}
         #: (partition, offset) of the last seek back and how often it repeated
@@ -80,7 +79,7 @@ class GapFreeFetch:
         no committed offset; the next record fetched sets it)."""
         self.epoch += 1
         for tp, offset in offsets.items():
-            if tp.topic not in self.topics:
+            if tp.topic not in self.lanes:
                 continue
             if offset is None or offset < 0:
                 self.next.pop(tp, None)
@@ -147,7 +146,7 @@ class GapFreeFetch:
         read_offset = consumer._read_offset
         commit_every = consumer._commit_every
         acks_enabled_for = consumer.app.topics.acks_enabled_for
-        guarded = self.topics
+        guarded = self.lanes
         nxt = self.next
         since_yield = 0
         try:
@@ -217,7 +216,7 @@ def install(consumer: Any, lanes: Mapping[str, Lane]) -> GapFreeFetch:
         # records that were dropped then. Those go back to the log start.
         await perform_seek()
         guarded = {tp: consumer._read_offset.get(tp) for tp in consumer.assignment()
-                   if tp.topic in fetch.topics}
+                   if tp.topic in fetch.lanes}
         unset = await fetch.starts([tp for tp, offset in guarded.items() if offset is None])
         if unset:
             await seek_wait(unset)
