@@ -58,7 +58,7 @@ from pipeline.ingest import (
     expired_seen,
 )
 from pipeline.memory import free_heap
-from pipeline.pairs import PairCounts, PairStage
+from pipeline.pairs import PairCounts, PairStage, pair_of
 from pipeline.routing import encode, pair_key, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
@@ -715,9 +715,11 @@ class Pipeline:
         await self._run_batches(stream, self.settings.pairs_topic, self.process_pairs)
 
     def _load_stage(self, stage: PairStage | InboundStage, table: Any, partition: int,
-                    decode: Callable[[str], str]) -> None:
+                    decode: Callable[[str], str],
+                    owner: Callable[[str], str] = lambda key: key) -> None:
         """Give a stage a partition new to it, from what its table holds (the table
-        was recovered from its changelog by the time the partition's events come)."""
+        was recovered from its changelog by the time the partition's events come;
+        ``owner`` maps a decoded key to the key its partition follows)."""
         if stage.owns(partition):
             return
         n = self.settings.partitions
@@ -727,7 +729,7 @@ class Pipeline:
             if key.startswith(_TRACKER):
                 if int(key[len(_TRACKER):]) == partition:
                     tracker = orjson.loads(value)
-            elif partition_for(decode(key), n) == partition:
+            elif partition_for(owner(decode(key)), n) == partition:
                 states.append((decode(key), orjson.loads(value)))
         stage.load(partition, tracker, states)
 
@@ -761,7 +763,7 @@ class Pipeline:
         dead: list[DeadLetter] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
-            self._load_stage(stage, self.pair_table, partition, _same)
+            self._load_stage(stage, self.pair_table, partition, _same, pair_of)
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages, stream, now)
             outcomes.append((group[-1], outcome))

@@ -73,12 +73,13 @@ class BulkProducer:
         return sent
 
     async def write_table(self, table: Any, event: Any,
-                          items: Sequence[tuple[str, bytes]]) -> list[asyncio.Future[Any]]:
-        """``table[key] = value`` for each item, as Faust would do it while
-        processing ``event`` (the changelog partition and the store's partition
-        are the event's), with the changelog records sent in batches. Each
-        delivered batch moves the store's persisted offset, as Faust's own
-        changelog callback does (a RocksDB store then recovers from there)."""
+                          items: Sequence[tuple[str, bytes | None]]) -> list[asyncio.Future[Any]]:
+        """``table[key] = value`` for each item (``del table[key]`` for a None
+        value: a tombstone), in order, as Faust would do it while processing
+        ``event`` (the changelog partition and the store's partition are the
+        event's), with the changelog records sent in batches. Each delivered
+        batch moves the store's persisted offset, as Faust's own changelog
+        callback does (a RocksDB store then recovers from there)."""
         changelog = table.changelog_topic
         topic = changelog.get_topic_name()
         partition = event.message.partition
@@ -87,6 +88,10 @@ class BulkProducer:
         _current_event.set(weakref.ref(event))  # the store reads the partition from it
         records: list[Record] = []
         for key, value in items:
+            if value is None:
+                store.pop(key, None)
+                records.append((changelog.prepare_key(key, key_serializer)[0], None))
+                continue
             store[key] = value
             records.append((changelog.prepare_key(key, key_serializer)[0],
                             changelog.prepare_value(value, value_serializer)[0]))

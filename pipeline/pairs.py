@@ -21,6 +21,14 @@ State per pair (:class:`PairState`), all JSON-able for the Faust changelog:
 - ``tag``: the internal-topic offset of the last message that changed the
   pair; rows carry ``tag + 1`` as their version, so the newest state wins.
 
+State is written as a snapshot plus deltas (:data:`MAX_DELTAS`, the changelog
+keys of :func:`delta_key`): a batch that changes a pair writes what it did to
+it (the engagements it applied, the watermark it decided at) instead of the
+whole state, until those deltas add up to the snapshot's size; then the
+whole state again. Replaying a snapshot's deltas through the same code gives
+back exactly the state, so a busy pair waiting out a 72 h horizon costs a
+batch the bytes of its new engagements, not of everything it holds.
+
 Each pair has a deadline, the watermark at which it next changes on its own
 (``pipeline.watermark.Deadlines``), so a watermark step touches only the pairs
 that are due.
@@ -58,6 +66,23 @@ DELAYS = N_KINDS + 2
 WindowKey = tuple[int, int, int]
 #: pending engagement: (ts, event id, kind index)
 Pending = tuple[float, str, int]
+#: an engagement as a delta holds it: (direction, kind index, event id, ts)
+Added = tuple[int, int, str, float]
+
+#: deltas a pair may have on top of its snapshot before the next snapshot
+#: (besides the size rule: their bytes stay below the snapshot's)
+MAX_DELTAS = 64
+
+
+def delta_key(pair: str, n: int) -> str:
+    """The table key of a pair's ``n``-th delta (from 1) since its snapshot."""
+    return f"{pair}#{n}"
+
+
+def pair_of(key: str) -> str:
+    """The pair key of a table key, snapshot or delta (a pair key is a JSON
+    array, so it ends with ``]``; a delta key adds ``#n``)."""
+    return key if key.endswith("]") else key.rpartition("#")[0]
 
 
 @dataclass(slots=True)
@@ -73,6 +98,14 @@ class PairState:
     #: earliest end of a window in ``windows`` (derived, not stored): the
     #: windows are only scanned for retiring once the watermark passes it
     window_end: float = math.inf
+    #: how the state is in the table (not stored in the state): the tag of its
+    #: snapshot (None: none yet), the deltas on top of it and their bytes, the
+    #: snapshot's bytes, and the highest delta number the table may hold
+    base: int | None = None
+    deltas: int = 0
+    delta_bytes: int = 0
+    snapshot_bytes: int = 0
+    slots: int = 0
 
     def __post_init__(self) -> None:
         self.reset_window_end()
@@ -128,8 +161,10 @@ class PairCounts:
 class PairOutcome:
     """What one batch of one internal partition changed."""
 
-    #: pair key -> new state (write each to the table, then the tracker)
-    states: dict[str, bytes] = field(default_factory=dict)
+    #: table key -> value: a pair's snapshot (its key), a delta
+    #: (:func:`delta_key`) or None, a delta to delete; write them in this
+    #: order, then the tracker
+    states: dict[str, bytes | None] = field(default_factory=dict)
     tracker: dict[str, Any] | None = None
     pair_windows: list[PairWindowRow] = field(default_factory=list)
     snubs: list[Snub] = field(default_factory=list)
@@ -166,11 +201,40 @@ class PairStage:
             WatermarkTracker(self.sources, self.params.lateness_s) if tracker is None
             else WatermarkTracker.from_json(tracker, self.sources, self.params.lateness_s)
         )
+        snapshots: list[tuple[str, Sequence[Any]]] = []
+        deltas: dict[str, dict[int, Sequence[Any]]] = {}
         for key, doc in states:
+            pair = pair_of(key)
+            if pair == key:
+                snapshots.append((key, doc))
+            else:
+                deltas.setdefault(pair, {})[int(key[len(pair) + 1:])] = doc
+        for key, doc in snapshots:
             state = PairState.from_json(doc)
+            state.base = state.tag
+            state.snapshot_bytes = len(state.to_bytes())
+            log = deltas.pop(key, {})
+            state.slots = max(log, default=0)
+            # the deltas written on top of this snapshot, in order; others are
+            # leftovers of an earlier snapshot whose deletion was cut short
+            while (delta := log.get(state.deltas + 1)) is not None and delta[0] == state.base:
+                self._replay(state, delta)
+                state.deltas += 1
+                state.delta_bytes += len(orjson.dumps(delta))
             part.states[key] = state
             self._schedule(part, key, state)
         self._partitions[partition] = part
+
+    def _replay(self, state: PairState, delta: Sequence[Any]) -> None:
+        """Redo one batch's changes to a pair from its delta (see :meth:`_delta`)."""
+        _base, tag, applied, added, decided = delta
+        for direction, kind, event_id, ts in added:
+            self._add(state, state.orgs(int(direction))[0], int(kind), str(event_id),
+                      float(ts), set())
+        if decided is not None:
+            self._decide(state, float(decided), set(), {}, PairOutcome())
+        state.applied = {int(p): int(o) for p, o in applied.items()}
+        state.tag = int(tag)
 
     def forget(self, partition: int) -> None:
         self._partitions.pop(partition, None)
@@ -190,6 +254,10 @@ class PairStage:
         part = self._partitions[partition]
         out = PairOutcome()
         dirty: dict[str, set[WindowKey]] = {}
+        #: what the batch did to each pair that changed: engagements applied, in
+        #: order, and the watermark it was decided at
+        added: dict[str, list[Added]] = {}
+        decided: dict[str, float] = {}
         #: figures of windows retired during the batch whose last change is unwritten
         retired: dict[str, dict[WindowKey, list[Any]]] = {}
         tracker = part.tracker
@@ -197,7 +265,7 @@ class PairStage:
             out.counts.messages += 1
             out.last_offset = message.offset
             routed = decode(message.value)
-            self._apply_records(part, partition, message, routed, dirty, out)
+            self._apply_records(part, partition, message, routed, dirty, added, out)
             if message.offset > tracker.tag:
                 tracker.observe(routed.source, routed.max_ts, routed.idle)
                 tracker.tag = message.offset
@@ -207,17 +275,39 @@ class PairStage:
         # watermark reached W has a time after W (else it is late), so it
         # cannot return, snub or fall into anything W decided or closed.
         if tracker.closed is not None and messages:
-            self._advance(part, tracker.closed, out.last_offset, dirty, retired, out)
+            self._advance(part, tracker.closed, out.last_offset, dirty, retired, decided, out)
         for key, windows in dirty.items():
             state = part.states[key]
-            out.states[key] = state.to_bytes()
+            if key in added or key in decided:
+                self._write(key, state, added.get(key, []), decided.get(key), out)
             self._rows(state, windows, retired.get(key, {}), partition, stream, now, out)
         out.tracker = part.tracker.to_json()
         return out
 
+    def _write(self, key: str, state: PairState, added: list[Added], decided: float | None,
+               out: PairOutcome) -> None:
+        """What goes to the table for a pair the batch changed: a delta (the
+        batch's changes, redone by :meth:`_replay`) while the deltas stay smaller
+        than the snapshot, else a new snapshot and the old deltas deleted."""
+        if state.base is not None and state.deltas < MAX_DELTAS:
+            delta = orjson.dumps((state.base, state.tag, state.applied, added, decided),
+                                 option=orjson.OPT_NON_STR_KEYS)
+            if state.delta_bytes + len(delta) <= state.snapshot_bytes:
+                state.deltas += 1
+                state.delta_bytes += len(delta)
+                state.slots = max(state.slots, state.deltas)
+                out.states[delta_key(key, state.deltas)] = delta
+                return
+        snapshot = state.to_bytes()
+        out.states[key] = snapshot  # first: deltas deleted before it would be lost
+        for n in range(1, state.slots + 1):
+            out.states[delta_key(key, n)] = None
+        state.base, state.snapshot_bytes = state.tag, len(snapshot)
+        state.deltas = state.delta_bytes = state.slots = 0
+
     def _apply_records(self, part: StagePartition[PairState], partition: int, message: Message,
                        routed: Routed, dirty: dict[str, set[WindowKey]],
-                       out: PairOutcome) -> None:
+                       added: dict[str, list[Added]], out: PairOutcome) -> None:
         source = routed.source
         closed = part.tracker.closed
         applied_before: dict[str, int] = {}
@@ -238,6 +328,7 @@ class PairStage:
             state.applied[source] = max(state.applied.get(source, -1), record.offset)
             state.tag = message.offset
             windows = dirty.setdefault(key, set())
+            log = added.setdefault(key, [])
             if closed is not None and record.ts <= closed:
                 # only after an idle source partition woke up behind the watermark
                 out.counts.late += 1
@@ -248,7 +339,8 @@ class PairStage:
                     message.value, None))
                 continue
             out.counts.applied += 1
-            self._add(state, record.src, record.kind, record.id, record.ts, windows)
+            direction = self._add(state, record.src, record.kind, record.id, record.ts, windows)
+            log.append((direction, record.kind, record.id, record.ts))
             touched[key] = state
             if self.keep_applied_ts:
                 out.applied_ts.append(record.ts)
@@ -256,7 +348,8 @@ class PairStage:
             self._schedule(part, key, state)
 
     def _add(self, state: PairState, src: str, kind: int, event_id: str, ts: float,
-             windows: set[WindowKey]) -> None:
+             windows: set[WindowKey]) -> int:
+        """Apply one engagement; returns its direction."""
         direction = 0 if src == state.lo else 1
         bisect.insort(state.pending[direction], (ts, event_id, kind))
         bisect.insort(state.times[direction], ts)
@@ -275,15 +368,18 @@ class PairStage:
         if series is None:
             series = state.days[direction] = DaySeries.begin(day, params.drop_days)
         series.add(day, params.drop_days)
+        return direction
 
     def _advance(self, part: StagePartition[PairState], watermark: float, offset: int,
                  dirty: dict[str, set[WindowKey]],
-                 retired: dict[str, dict[WindowKey, list[Any]]], out: PairOutcome) -> None:
+                 retired: dict[str, dict[WindowKey, list[Any]]], decided: dict[str, float],
+                 out: PairOutcome) -> None:
         for key in part.deadlines.pop_due(watermark):
             state = part.states[key]
             windows = dirty.setdefault(key, set())
             if self._decide(state, watermark, windows, retired.setdefault(key, {}), out):
                 state.tag = offset
+                decided[key] = watermark
             self._schedule(part, key, state)
 
     def _decide(self, state: PairState, watermark: float, windows: set[WindowKey],

@@ -14,7 +14,7 @@ import pytest
 from pipeline.alerts import DROP_PAIR, SNUB, Alert, Snub, drop_alert, snub_alert
 from pipeline.engagements import KIND_INDEX
 from pipeline.ingest import REASON_LATE, Engagement, Message
-from pipeline.pairs import PairOutcome, PairStage, PairState
+from pipeline.pairs import MAX_DELTAS, PairOutcome, PairStage, PairState, delta_key
 from pipeline.reciprocity import Params
 from pipeline.routing import encode, pair_key
 from pipeline.sinks.base import PairWindowRow
@@ -92,19 +92,33 @@ class Harness:
         self.params = params
         self.sources = sources
         self.stage = PairStage(REGISTRY, params, sources)
+        states = list(states)
         self.stage.load(Q, tracker, states)
+        self.loaded = dict(states)
         self.outcomes: list[PairOutcome] = []
-        #: what the tables hold after each batch: (tracker, pair key -> state)
+        #: what the tables hold after each batch: (tracker, table key -> snapshot
+        #: or delta)
         self.tables: list[tuple[dict[str, Any] | None, dict[str, list[Any]]]] = []
+        #: the stage's live states after each batch, as bytes
+        self.live: list[dict[str, bytes]] = []
 
     def batch(self, *messages: Message) -> PairOutcome:
         out = self.stage.process(Q, messages, STREAM, NOW)
         self.outcomes.append(out)
         # a JSON round trip right away, as the changelog stores them
-        states = dict(self.tables[-1][1]) if self.tables else {}
-        states.update({key: orjson.loads(doc) for key, doc in out.states.items()})
+        states = dict(self.tables[-1][1] if self.tables else self.loaded)
+        for key, doc in out.states.items():
+            if doc is None:
+                states.pop(key, None)  # a tombstone
+            else:
+                states[key] = orjson.loads(doc)
         self.tables.append((orjson.loads(orjson.dumps(out.tracker)), states))
+        self.live.append({key: state.to_bytes()
+                          for key, state in self.stage._partitions[Q].states.items()})
         return out
+
+    def live_state(self, key: str) -> bytes:
+        return self.stage._partitions[Q].states[key].to_bytes()
 
     def each(self, *messages: Message) -> list[PairOutcome]:
         """Every message in a batch of its own."""
@@ -476,6 +490,87 @@ def test_a_window_retired_in_the_batch_that_changed_it_still_gets_its_last_row()
     assert latest(out.pair_windows)[("1d", DAY0, "uni", "ext")].snubbed == 1
     state = PairState.from_json(orjson.loads(out.states[pair_key("uni", "ext")]))
     assert state.windows == {} and state.pending == ([], [])
+
+
+# --------------------------------------------------------------------------- snapshots and deltas
+
+
+def test_loading_snapshots_and_deltas_gives_back_the_live_states_after_every_batch() -> None:
+    assert any(not key.endswith("]") for _, table in CLEAN.tables for key in table)
+    for (tracker, table), live in zip(CLEAN.tables, CLEAN.live, strict=True):
+        loaded = Harness(sources=2, tracker=tracker, states=table.items())
+        states = loaded.stage._partitions[Q].states
+        assert {key: state.to_bytes() for key, state in states.items()} == live
+
+
+def test_a_busy_pair_writes_its_new_engagements_not_its_whole_state() -> None:
+    feed, h = Feed(), Harness()
+    h.batch(feed.msg([feed.rec("uni", "ext", T0 + i) for i in range(200)]))
+    key = pair_key("uni", "ext")
+    snapshot = h.outcomes[-1].states[key]
+    assert snapshot is not None and len(snapshot) > 5000
+    out = h.batch(feed.msg([feed.rec("uni", "ext", T0 + 300)]))
+    (written, delta), = out.states.items()
+    assert written == delta_key(key, 1) and delta is not None and len(delta) < 200
+    assert orjson.loads(h.live[-1][key]) == orjson.loads(
+        Harness(tracker=h.tables[-1][0], states=h.tables[-1][1].items()).live_state(key))
+
+
+def test_deltas_give_way_to_a_snapshot_that_deletes_them() -> None:
+    feed, h = Feed(), Harness()
+    h.batch(feed.msg([feed.rec("uni", "ext", T0 + i) for i in range(20)]))
+    key = pair_key("uni", "ext")
+    for deltas in range(100):
+        out = h.batch(feed.msg([feed.rec("ext", "uni", T0 + 100 + deltas)]))
+        if key in out.states:  # the snapshot: the deltas before it go
+            assert deltas > 0
+            assert [k for k, v in out.states.items() if v is None] == [
+                delta_key(key, n) for n in range(1, deltas + 1)]
+            assert next(iter(out.states)) == key
+            break
+    else:
+        pytest.fail("no snapshot after 100 deltas")
+    assert set(h.tables[-1][1]) == {key}
+
+
+def test_no_more_than_max_deltas_on_a_snapshot() -> None:
+    feed, h = Feed(), Harness()
+    h.batch(feed.msg([feed.rec("uni", "ext", T0 + i) for i in range(2000)]))
+    key = pair_key("uni", "ext")
+    for i in range(MAX_DELTAS + 1):
+        h.batch(feed.msg([feed.rec("ext", "uni", T0 + 3000 + i)]))
+    assert len(h.tables[-1][1]) == 1  # the snapshot after MAX_DELTAS deltas, alone
+    assert key in h.outcomes[-1].states
+
+
+def test_leftover_deltas_of_an_older_snapshot_are_ignored_and_deleted_later() -> None:
+    """A crash between a new snapshot and the deletion of the deltas before it
+    leaves those deltas behind: they are not applied to the new snapshot, and the
+    pair's next snapshot deletes them."""
+    feed, h = Feed(), Harness()
+    key = pair_key("uni", "ext")
+    h.batch(feed.msg([feed.rec("uni", "ext", T0 + i) for i in range(20)]))
+    old: dict[str, list[Any]] = {}
+    while True:
+        out = h.batch(feed.msg([feed.rec("ext", "uni", T0 + 100 + len(h.outcomes))]))
+        if key in out.states:
+            break
+        old.update(h.tables[-1][1])
+    leftovers = {k: v for k, v in old.items() if k != key}
+    assert leftovers
+    tracker, table = h.tables[-1]
+    crashed = Harness(tracker=tracker, states=[*table.items(), *leftovers.items()])
+    assert crashed.live_state(key) == h.live[-1][key]
+    # the same input on both: the crashed table's next snapshot deletes the leftovers
+    for i in range(200):
+        message = feed.msg([feed.rec("uni", "ext", T0 + 1000 + i)])
+        h.batch(message)
+        out = crashed.batch(message)
+        if key in out.states:
+            break
+    assert key in out.states and set(leftovers) <= {k for k, v in out.states.items() if v is None}
+    assert set(crashed.tables[-1][1]) == set(h.tables[-1][1]) == {key}
+    assert crashed.live[-1] == h.live[-1]
 
 
 # --------------------------------------------------------------------------- crash and replay
