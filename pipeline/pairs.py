@@ -70,8 +70,8 @@ Pending = tuple[float, str, int]
 Added = tuple[int, int, str, float]
 
 #: deltas a pair may have on top of its snapshot before the next snapshot
-#: (besides the size rule: their bytes stay below the snapshot's)
-MAX_DELTAS = 64
+#: (besides the size rules of :meth:`PairStage._write`)
+MAX_DELTAS = 16
 
 
 def delta_key(pair: str, n: int) -> str:
@@ -174,6 +174,16 @@ class PairOutcome:
     last_offset: int = -1
     #: event times of the engagements applied (only when the stage keeps them)
     applied_ts: list[float] = field(default_factory=list)
+
+
+def _size(state: PairState) -> int:
+    """About the bytes of a pair's snapshot, without building it (a pending
+    engagement is about 50 bytes of JSON, a time 20, a window 60 before its
+    delays, a day of a series 15)."""
+    pending, times = state.pending, state.times
+    days = sum(len(d.counts) for d in state.days if d is not None)
+    return (100 + 50 * (len(pending[0]) + len(pending[1])) + 20 * (len(times[0]) + len(times[1]))
+            + 60 * len(state.windows) + 15 * days)
 
 
 class PairStage:
@@ -287,12 +297,17 @@ class PairStage:
     def _write(self, key: str, state: PairState, added: list[Added], decided: float | None,
                out: PairOutcome) -> None:
         """What goes to the table for a pair the batch changed: a delta (the
-        batch's changes, redone by :meth:`_replay`) while the deltas stay smaller
-        than the snapshot, else a new snapshot and the old deltas deleted."""
-        if state.base is not None and state.deltas < MAX_DELTAS:
+        batch's changes, redone by :meth:`_replay`), else a new snapshot and the
+        old deltas deleted. A pair's deltas stay under half its snapshot's
+        bytes, and a pair that shrank to under half its snapshot (decided
+        engagements, retired windows) gets a new one: the table holds at most
+        about 1.5 times a pair's state, and a batch writes about three times
+        what it changed."""
+        if state.base is not None and state.deltas < MAX_DELTAS and (
+                decided is None or 2 * _size(state) >= state.snapshot_bytes):
             delta = orjson.dumps((state.base, state.tag, state.applied, added, decided),
                                  option=orjson.OPT_NON_STR_KEYS)
-            if state.delta_bytes + len(delta) <= state.snapshot_bytes:
+            if 2 * (state.delta_bytes + len(delta)) <= state.snapshot_bytes:
                 state.deltas += 1
                 state.delta_bytes += len(delta)
                 state.slots = max(state.slots, state.deltas)
