@@ -32,7 +32,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -79,8 +79,6 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 #: key prefix of a partition's watermark record in a stage table
 _TRACKER = "wm:"
-#: what is left of a batch once it is processed: its writes and their delivery
-Finish = Callable[[], Awaitable[None]]
 #: Seconds a partition may stay behind what the fetcher read, with no batch in
 #: flight, before the worker calls it a hole at the tail of the stream.
 TAIL_HOLE_S = 20.0
@@ -259,8 +257,6 @@ class Pipeline:
         self._idle: set[int] = set()
         self._route_lock = asyncio.Lock()
         self._busy = 0  # batches in flight, all agents
-        #: per stream topic, the batch finishing its writes while the next is processed
-        self._inflight: dict[str, asyncio.Future[None]] = {}
         self._behind_since: dict[tuple[str, int, int], float] = {}
         #: highest offset sent to each internal (topic, partition)
         self.sent: dict[tuple[str, int], int] = {}
@@ -310,72 +306,28 @@ class Pipeline:
         await asyncio.get_running_loop().run_in_executor(None, free_heap)
 
     async def _run_batches(self, stream: faust.StreamT[bytes], topic: str,
-                           handle: Callable[[Sequence[Any]], Awaitable[Finish | None]]) -> None:
-        """An agent's loop. ``handle`` processes a batch and either completes it
-        or returns what is left to do (its writes, their delivery): that then
-        runs while the next batch is processed, one batch at a time and in
-        order, and the batch is acked once it is done."""
+                           handle: Callable[[Sequence[Any]], Any]) -> None:
         # Iterating the agent's channel subscribes the worker to the topic (Faust
         # adds it to the conductor); its messages come through the lane.
         aiter(stream.channel)
         batches = self.fetch.lanes[topic].batches(self.settings.batch_within_s)
-        inflight: asyncio.Future[None] | None = None
-        try:
-            async for events in batches:
-                self._busy += 1
-                try:
-                    finish = await handle(events)
-                except Exception as exc:
-                    self._busy -= 1
-                    self._fail(exc)
-                    finish = None
-                else:
-                    if finish is None:
-                        self._busy -= 1
-                        _ack(events)
-                if finish is not None:
-                    prior = inflight
-                    inflight = self._inflight[topic] = asyncio.ensure_future(
-                        self._finish(events, finish, prior))
-                    if prior is not None:
-                        await prior  # at most one batch finishing while the next is processed
-                if self.stats.fatal is not None:
-                    # Keep the failed batch, and every later one, unacked for good so no
-                    # commit ever passes it; then park until the runner stops the
-                    # worker. A restart resumes from the last commit and, all writes
-                    # being idempotent, loses nothing.
-                    await asyncio.Event().wait()
-        finally:
-            if inflight is not None and not inflight.done():
-                inflight.cancel()
-
-    async def _finish(self, events: Sequence[Any], finish: Finish,
-                      prior: asyncio.Future[None] | None) -> None:
-        """The rest of a batch after its processing (never raises: a failure
-        stops the worker), after the batch before it; then its acks."""
-        try:
-            if prior is not None:
-                await prior
-            if self.stats.fatal is None:
-                await finish()
-                _ack(events)
-        except Exception as exc:
-            self._fail(exc)
-        finally:
-            self._busy -= 1
-
-    def _fail(self, exc: BaseException) -> None:
-        log.error("batch failed; stopping the worker", exc_info=exc)
-        if self.stats.fatal is None:
-            self.stats.fatal = exc
-        self.stats.progress.set()
-
-    async def _finishing(self) -> None:
-        """Until the batches still finishing are done (a rebalance waits for them:
-        their table writes belong to the partitions' current owner)."""
-        running = [f for f in self._inflight.values() if not f.done()]
-        if running:
-            await asyncio.wait(running)
+        async for events in batches:
+            self._busy += 1
+            try:
+                await handle(events)
+            except Exception as exc:
+                # Keep the failed batch unacked for good (the lane acks a batch
+                # once we ask for the next one), so no commit ever passes it; then park
+                # until the runner stops the worker. A restart resumes from the
+                # last commit and, all writes being idempotent, loses nothing.
+                for event in events:
+                    event.message.incref()
+                log.exception("batch failed; stopping the worker")
+                self.stats.fatal = exc
+                self.stats.progress.set()
+                await asyncio.Event().wait()
+            finally:
+                self._busy -= 1
 
     async def _check_tail_holes(self) -> None:
         """Timer: catch a hole at the end of a partition, which no later message
@@ -460,7 +412,6 @@ class Pipeline:
     ) -> None:
         """Revoked partitions: whoever gets them next starts their sequence anew."""
         revoked = args[0] if args else kwargs.get("revoked", ())
-        await self._finishing()
         settings = self.settings
         for tp in revoked:
             guard = self.guards.get(tp.topic)
@@ -563,9 +514,8 @@ class Pipeline:
     async def _ingest_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._run_batches(stream, self.settings.topic, self.process)
 
-    async def process(self, events: Sequence[Any]) -> Finish:
-        """Process one batch of input events (see module docstring); returns what
-        is left: waiting for deliveries, the store write, dedup expiry."""
+    async def process(self, events: Sequence[Any]) -> None:
+        """Process one batch of input events end to end (see module docstring)."""
         settings = self.settings
         applied = await self._in_sequence(settings.topic, events)
         messages = [
@@ -580,7 +530,8 @@ class Pipeline:
         for partition in last_event:
             self._last_input[partition] = now_mono
         async with self._route_lock:
-            routed = await self._route(outcome, set(last_event))
+            await self._route(outcome, set(last_event))
+        await self._send_dead_letters(settings.topic, outcome.dead_letters)
         stream, now = settings.effective_stream_id, self.clock()
         alerts = [omission_alert(o) for o in outcome.omissions
                   if self.params.watched(o.left_out)]
@@ -591,18 +542,12 @@ class Pipeline:
             dead_letters=dead_letter_rows(outcome.dead_letters, stream, now),
             pipeline_batches=batch_rows(outcome, stream, now),
         )
-
-        async def finish() -> None:  # while the next batch is processed
-            self._note_sent(await self._delivered(routed))
-            await self._send_dead_letters(settings.topic, outcome.dead_letters)
-            await self.sink.write(batch)
-            await self._publish_alerts(alerts)
-            await self._delivered(seen)
-            await self._expire_seen(last_event)
-            self.stats.counts.add(outcome.counts)
-            self._done(settings.topic, applied)
-
-        return finish
+        await self.sink.write(batch)
+        await self._publish_alerts(alerts)
+        await self._delivered(seen)
+        await self._expire_seen(last_event)
+        self.stats.counts.add(outcome.counts)
+        self._done(settings.topic, applied)
 
     async def _persist_seen(self, outcome: IngestOutcome,
                             last_event: Mapping[int, Any]) -> list[Any]:
@@ -696,10 +641,10 @@ class Pipeline:
                 sorted(records, key=lambda record: record[1]))
         self._indexed |= missing
 
-    async def _route(self, outcome: IngestOutcome, partitions: set[int]) -> list[Any]:
+    async def _route(self, outcome: IngestOutcome, partitions: set[int]) -> None:
         """Send engagements and watermark news to the pair and inbound stages,
-        one message per source partition and target partition; returns their
-        deliveries to wait for (then :meth:`_note_sent`)."""
+        one message per source partition and target partition, and wait for
+        their delivery."""
         n = self.settings.partitions
         pending = []
         for source in sorted(partitions):
@@ -726,7 +671,7 @@ class Pipeline:
                             value=encode(source, None, False, chunk), partition=target))
                     pending.append(await topic.send(
                         value=encode(source, high, False, chunks[-1]), partition=target))
-        return pending
+        self._note_sent(await self._delivered(pending))
 
     def _note_sent(self, delivered: Iterable[Any]) -> None:
         sent = self.sent
@@ -807,7 +752,7 @@ class Pipeline:
             pending += await self.bulk.write_table(table, last, items)
         await self._delivered(pending)
 
-    async def process_pairs(self, events: Sequence[Any]) -> Finish:
+    async def process_pairs(self, events: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.pairs_topic
         applied = await self._in_sequence(topic, events)
@@ -830,18 +775,13 @@ class Pipeline:
             _add_counts(self.stats.pairs, outcome.counts)
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
-
-        async def finish() -> None:  # while the next batch is processed
-            await self._send_dead_letters(topic, dead)
-            await self.sink.write(batch)
-            if self.on_written is not None:
-                self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
-            await self._publish_alerts(alerts)
-            # results, then state
-            await self._persist_stage(stage, self.pair_table, outcomes, _same)
-            self._done(topic, applied)
-
-        return finish
+        await self._send_dead_letters(topic, dead)
+        await self.sink.write(batch)
+        if self.on_written is not None:
+            self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
+        await self._publish_alerts(alerts)
+        await self._persist_stage(stage, self.pair_table, outcomes, _same)  # results, then state
+        self._done(topic, applied)
 
     @property
     def on_written(self) -> Callable[[list[float]], None] | None:
@@ -881,11 +821,6 @@ class Pipeline:
 def _last_offset(key: str, ids: Sequence[Sequence[Any]]) -> int:
     """The last input offset a dedup record covers (its key's for no ids)."""
     return max((int(entry[1]) for entry in ids), default=int(key.split(":")[1]))
-
-
-def _ack(events: Sequence[Any]) -> None:
-    for event in events:
-        event.ack()
 
 
 def _same(key: str) -> str:

@@ -20,8 +20,7 @@ waits (Faust's ``wait_first``, so a rebalance can cancel the wait) once that
 one is full.
 
 What Faust's stream does that matters is kept: a message counts for commits
-only once the agent is done with its batch (the agent calls ``Event.ack``,
-not the lane: a batch may finish while the next one is processed); messages fetched
+only once the agent is done with its batch (``Event.ack``); messages fetched
 before a rebalance (an older consumer generation) are dropped, not processed
 and not acked (the rebalance's seek reads them again); nothing is taken while
 the app's flow is suspended.
@@ -73,8 +72,9 @@ class Lane:
 
     async def batches(self, within: float) -> AsyncGenerator[list[Any], None]:
         """The agent's batches: what the next batch holds once it is full or
-        ``within`` seconds have passed. The agent acks each event once its batch
-        is done (never when it failed: a failed batch is never resumed)."""
+        ``within`` seconds have passed. The events of a batch are acked when the
+        agent asks for the next one (not when it fails: a failed batch is never
+        resumed)."""
         flow = self.app.flow_control
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -90,3 +90,5 @@ class Lane:
             if not batch:
                 continue
             yield batch
+            for event in batch:
+                event.ack()
