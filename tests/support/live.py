@@ -61,11 +61,14 @@ def matches(url: str, expected: Result) -> Exception | None:
 def live_workers(broker: EmbeddedBroker, clickhouse_url: str, registry: Path, tmp: Path,
                  partitions: int = 2, workers: int = 1,
                  extra_env: dict[str, str] | None = None,
-                 web_ports: list[int] | None = None) -> Iterator[LiveStack]:
+                 web_ports: list[int] | None = None,
+                 name: str | None = None) -> Iterator[LiveStack]:
     """Start ``workers`` worker processes on a fresh topic (created with
     ``partitions``), consumer group and database; stop them on exit. With
-    ``web_ports``, worker i serves /health and /metrics on ``web_ports[i]``."""
-    name = f"live-{uuid.uuid4().hex[:8]}"
+    ``web_ports``, worker i serves /health and /metrics on ``web_ports[i]``.
+    With the ``name`` of an earlier stack (``LiveStack.topic``), the workers
+    continue that stack's topic, group and database instead."""
+    name = name or f"live-{uuid.uuid4().hex[:8]}"
     parts = urlsplit(clickhouse_url)
     url = urlunsplit(parts._replace(path=f"/{parts.path.strip('/')}_{name[5:]}"))
     ensure_pipeline_topics(Settings(broker=broker.url, topic=name, dlq_topic=f"{name}.dlq",
