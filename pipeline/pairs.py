@@ -366,8 +366,16 @@ class PairStage:
              windows: set[WindowKey]) -> int:
         """Apply one engagement; returns its direction."""
         direction = 0 if src == state.lo else 1
-        bisect.insort(state.pending[direction], (ts, event_id, kind))
-        bisect.insort(state.times[direction], ts)
+        pending, times = state.pending[direction], state.times[direction]
+        entry = (ts, event_id, kind)
+        if not pending or pending[-1] <= entry:  # live input comes in time order
+            pending.append(entry)
+        else:
+            bisect.insort(pending, entry)
+        if not times or times[-1] <= ts:
+            times.append(ts)
+        else:
+            bisect.insort(times, ts)
         for size, _label in self.windows:
             wkey = (size, int(ts // size) * size, direction)
             figures = state.windows.get(wkey)
