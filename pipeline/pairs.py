@@ -21,13 +21,15 @@ State per pair (:class:`PairState`), all JSON-able for the Faust changelog:
 - ``tag``: the internal-topic offset of the last message that changed the
   pair; rows carry ``tag + 1`` as their version, so the newest state wins.
 
-State is written as a snapshot plus deltas (:data:`MAX_DELTAS`, the changelog
-keys of :func:`delta_key`): a batch that changes a pair writes what it did to
-it (the engagements it applied, the watermark it decided at) instead of the
-whole state, until those deltas add up to the snapshot's size; then the
-whole state again. Replaying a snapshot's deltas through the same code gives
-back exactly the state, so a busy pair waiting out a 72 h horizon costs a
-batch the bytes of its new engagements, not of everything it holds.
+State is written as a snapshot plus deltas (the changelog keys of
+:func:`delta_key`): a batch that changes a pair writes what it did to it (the
+engagements it applied, the watermark it decided at) instead of the whole
+state, until the deltas would pass half the snapshot's bytes or
+:data:`MAX_DELTAS`, or the pair has shrunk to half its snapshot; then the
+whole state again (:meth:`PairStage._write`). Replaying a snapshot's deltas
+through the same code gives back exactly the state, so a busy pair waiting
+out a 72 h horizon costs a batch the bytes of its new engagements, not of
+everything it holds.
 
 Each pair has a deadline, the watermark at which it next changes on its own
 (``pipeline.watermark.Deadlines``), so a watermark step touches only the pairs
@@ -236,7 +238,7 @@ class PairStage:
         self._partitions[partition] = part
 
     def _replay(self, state: PairState, delta: Sequence[Any]) -> None:
-        """Redo one batch's changes to a pair from its delta (see :meth:`_delta`)."""
+        """Redo one batch's changes to a pair from its delta (see :meth:`_write`)."""
         _base, tag, applied, added, decided = delta
         for direction, kind, event_id, ts in added:
             self._add(state, state.orgs(int(direction))[0], int(kind), str(event_id),
