@@ -715,8 +715,7 @@ class Pipeline:
         await self._run_batches(stream, self.settings.pairs_topic, self.process_pairs)
 
     def _load_stage(self, stage: PairStage | InboundStage, table: Any, partition: int,
-                    decode: Callable[[str], str],
-                    owner: Callable[[str], str] = lambda key: key) -> None:
+                    decode: Callable[[str], str], owner: Callable[[str], str]) -> None:
         """Give a stage a partition new to it, from what its table holds (the table
         was recovered from its changelog by the time the partition's events come;
         ``owner`` maps a decoded key to the key its partition follows)."""
@@ -806,7 +805,7 @@ class Pipeline:
         alerts: list[Alert] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
-            self._load_stage(stage, self.inbound_table, partition, _org_of_key)
+            self._load_stage(stage, self.inbound_table, partition, _org_of_key, _same)
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages)
             outcomes.append((group[-1], outcome))
