@@ -97,6 +97,17 @@ class EmbeddedBroker:
         self.stop()
         raise BrokerError(f"Tansu did not listen on {self.bootstrap} within {timeout_s}s")
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the broker process has used so far (user + system, from
+        ``/proc``); None when it is not running or ``/proc`` cannot tell."""
+        if self._proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+
     def _log(self) -> str:
         if self._log_file is None:
             return ""

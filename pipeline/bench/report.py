@@ -126,6 +126,12 @@ def _number(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _broker_share(result: dict[str, Any]) -> str:
+    """The broker's CPU over the latency phase, in cores (it shares the machine)."""
+    cores = result.get("broker_cores")
+    return "" if cores is None else f"; the broker used {cores:.2f} of a core"
+
+
 def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
@@ -157,7 +163,8 @@ def table(doc: dict[str, Any]) -> str:
                         f"{_number(result.get('latency_max_s'), 3)} s over "
                         f"{_number(result.get('latency_samples'))} engagements; sent at "
                         f"{_number(result.get('sent_rate'))}/s for "
-                        f"{doc['latency_seconds']:g} s" + (f"; {note}" if note else ""))
+                        f"{doc['latency_seconds']:g} s" + _broker_share(result)
+                        + (f"; {note}" if note else ""))
             events = result.get("produced")
             rate = result.get("sent_rate")
         else:

@@ -24,12 +24,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from pipeline.bench.data import Dataset, generate, produce_topic
 from pipeline.bench.phase import PREFIX, PhaseResult, PhaseSpec
+
+if TYPE_CHECKING:
+    from pipeline.broker import EmbeddedBroker
 
 VARIANTS = ("ceiling", "baseline", "peer", "pipeline_packed", "pipeline_single", "latency")
 #: variants stopped after the time box (``--variant-timeout``)
@@ -156,7 +159,7 @@ def _measure(run: _Run, variant: str) -> PhaseResult:
                          partitions=config.partitions, dataset=dataset.directory,
                          events=dataset.events, group=name, workdir=str(workdir))
         if variant == "latency":
-            return _latency(run, spec)
+            return _with_broker_cpu(broker, lambda: _latency(run, spec))
         pack = config.pack if variant == "pipeline_packed" else 1
         produced = produce_topic(broker.bootstrap, name, config.partitions, dataset, pack)
         run.produce_s[variant] = produced.seconds
@@ -168,11 +171,24 @@ def _measure(run: _Run, variant: str) -> PhaseResult:
             timeout = _START_S + dataset.events / 2_000 + 60
         else:
             timeout = _START_S + 120 + dataset.events / 300
-        result = _child(run, spec, timeout)
+        result = _with_broker_cpu(broker, lambda: _child(run, spec, timeout))
         result.extra["messages"] = produced.messages
         if variant == "pipeline_packed":
             result.extra["pack"] = config.pack
         return result
+
+
+def _with_broker_cpu(broker: EmbeddedBroker, measure: Callable[[], PhaseResult]) -> PhaseResult:
+    """``measure()``, with the broker's CPU seconds meanwhile (``broker_cpu_s``)
+    and their share of the time it took (``broker_cores``): the broker shares
+    the machine (docs/benchmarks.md)."""
+    before, started = broker.cpu_seconds(), time.monotonic()
+    result = measure()
+    after, took = broker.cpu_seconds(), time.monotonic() - started
+    used = None if before is None or after is None else after - before
+    result.extra["broker_cpu_s"] = None if used is None else round(used, 2)
+    result.extra["broker_cores"] = None if used is None else round(used / took, 3)
+    return result
 
 
 def _command(spec: PhaseSpec, workdir: Path) -> list[str]:

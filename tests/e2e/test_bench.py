@@ -57,6 +57,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert variant["events"] == 2000, (name, variant["note"])
         assert variant["boxed"] is False
         assert variant["rss_bytes"] > 0
+    for name in ("ceiling", "baseline", "pipeline_packed", "pipeline_single", "latency"):
+        variant = doc["variants"][name]  # the broker's share of the machine
+        for key in ("broker_cpu_s", "broker_cores"):
+            assert _number(variant[key]) and variant[key] >= 0, (name, key, variant[key])
     counts = doc["variants"]["pipeline_packed"]["pipeline_counts"]
     assert counts["messages"] == -(-2000 // doc["pack"])  # packed: ceil(2000 / pack) messages
     assert counts["engagements"] == doc["engagements"]
