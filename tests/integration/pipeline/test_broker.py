@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
 
 
 def test_cpu_seconds_while_running_and_none_otherwise() -> None:
