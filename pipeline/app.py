@@ -57,7 +57,7 @@ from pipeline.ingest import (
     SeenRecord,
     expired_seen,
 )
-from pipeline.memory import free_heap
+from pipeline.memory import dumps, free_heap
 from pipeline.pairs import PairCounts, PairStage, pair_of
 from pipeline.routing import encode, pair_key, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
@@ -482,7 +482,7 @@ class Pipeline:
         for a in alerts:
             key = a.id.encode()
             by_partition.setdefault(self.bulk.partition_for(topic, key), []).append(
-                (key, orjson.dumps(a.to_json())))
+                (key, dumps(a.to_json())))
         pending = []
         for partition, records in by_partition.items():
             pending += await self.bulk.send(topic, partition, records)
@@ -578,7 +578,7 @@ class Pipeline:
                 else:
                     key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
                 chunk_hi = hi if chunk else None  # a record without ids has no ids to expire
-                records.append((key, orjson.dumps(
+                records.append((key, dumps(
                     {"ids": chunk, "max": after if i == len(chunks) - 1 else before,
                      "hi": chunk_hi})))
                 held.append((chunk_hi, _last_offset(key, chunk), key))
@@ -747,7 +747,7 @@ class Pipeline:
             if not stage.owns(partition):
                 continue  # revoked meanwhile: its new owner replays from the last commit
             items = [(encode(key), doc) for key, doc in outcome.states.items()]
-            items.append((f"{_TRACKER}{partition}", orjson.dumps(outcome.tracker)))
+            items.append((f"{_TRACKER}{partition}", dumps(outcome.tracker)))
             pending += await self.bulk.write_table(table, last, items)
         await self._delivered(pending)
 

@@ -18,6 +18,7 @@ import orjson
 from pipeline.alerts import DROP_INBOUND, Alert, drop_alert
 from pipeline.days import DaySeries, day_of
 from pipeline.ingest import Message
+from pipeline.memory import dumps
 from pipeline.reciprocity import Params
 from pipeline.routing import decode
 from pipeline.watermark import StagePartition, WatermarkTracker
@@ -33,7 +34,7 @@ class InboundState:
         return (self.applied, None if self.series is None else self.series.to_json())
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS)
+        return dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_json(cls, doc: Sequence[Any]) -> InboundState:

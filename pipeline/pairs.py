@@ -51,6 +51,7 @@ import orjson
 from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
 from pipeline.days import DaySeries, day_of
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
+from pipeline.memory import dumps
 from pipeline.reciprocity import Params, first_return
 from pipeline.routing import Routed, decode, pair_key
 from pipeline.sinks.base import PairWindowRow
@@ -128,7 +129,7 @@ class PairState:
                 [None if d is None else d.to_json() for d in self.days], self.tag)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS)
+        return dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_json(cls, doc: Sequence[Any]) -> PairState:
@@ -307,7 +308,7 @@ class PairStage:
         what it changed."""
         if state.base is not None and state.deltas < MAX_DELTAS and (
                 decided is None or 2 * _size(state) >= state.snapshot_bytes):
-            delta = orjson.dumps((state.base, state.tag, state.applied, added, decided),
+            delta = dumps((state.base, state.tag, state.applied, added, decided),
                                  option=orjson.OPT_NON_STR_KEYS)
             if 2 * (state.delta_bytes + len(delta)) <= state.snapshot_bytes:
                 state.deltas += 1

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import orjson
 
 from pipeline.ingest import Engagement
+from pipeline.memory import dumps
 
 
 def pair_key(a: str, b: str) -> str:
@@ -48,8 +49,8 @@ class Routed:
 
 def encode(source: int, max_ts: float | None, idle: bool,
            records: Sequence[Engagement] = ()) -> bytes:
-    return orjson.dumps({"p": source, "max": max_ts, "idle": idle,
-                         "r": [list(r) for r in records]})
+    return dumps({"p": source, "max": max_ts, "idle": idle,
+                  "r": [list(r) for r in records]})
 
 
 def decode(value: bytes) -> Routed:

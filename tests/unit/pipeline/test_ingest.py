@@ -22,6 +22,7 @@ from pipeline.ingest import (
     Seen,
     SeenIndex,
     expired_seen,
+    item_bytes,
     split_message,
 )
 from pipeline.pairs import N_KINDS
@@ -400,7 +401,8 @@ def test_split_message() -> None:
     assert packed[0][0].id == "p"
     assert not isinstance(packed[1][0], Event)
     assert packed[1][0].reason == REASON_INVALID_EVENT
-    assert packed[1][1] == b'{"id":"x"}'
+    assert item_bytes(packed[1][1]) == b'{"id":"x"}'
+    assert item_bytes(items[0][1]) == single
     invalid = split_message(b"{")
     assert not isinstance(invalid, list)
     assert invalid.reason == REASON_INVALID_JSON
