@@ -15,11 +15,13 @@ Three agents, each reading batches that the worker's fetch loop fills
 For every batch an agent first checks that each partition's offsets follow
 on with no hole (``pipeline.sequence``), runs the pure stage, writes each
 touched table key once (one changelog record per key per batch), sends what
-goes to Kafka (routed engagements, dead letters, alerts) and waits for its
-delivery, writes its rows to ClickHouse off the loop, and only then lets Faust
-ack the batch: committed offsets never run ahead of what is delivered and
-stored. Everything written is idempotent, so at-least-once re-delivery after a
-crash gives the same results (docs/pipeline.md).
+goes to Kafka (routed engagements, dead letters, alerts) and writes its rows
+to ClickHouse off the loop at the same time, waits for both, and only then
+lets Faust ack the batch: committed offsets never run ahead of what is
+delivered and stored. The pair and inbound states go to their changelogs
+only after their batch's results are delivered and stored. Everything
+written is idempotent, so at-least-once re-delivery after a crash gives the
+same results (docs/pipeline.md).
 
 Dedup scope: an id is recognised as a duplicate when its copies reach the same
 partition, which holds when copies share a Kafka key (our producers key every
@@ -529,9 +531,6 @@ class Pipeline:
         now_mono = time.monotonic()
         for partition in last_event:
             self._last_input[partition] = now_mono
-        async with self._route_lock:
-            await self._route(outcome, set(last_event))
-        await self._send_dead_letters(settings.topic, outcome.dead_letters)
         stream, now = settings.effective_stream_id, self.clock()
         alerts = [omission_alert(o) for o in outcome.omissions
                   if self.params.watched(o.left_out)]
@@ -542,8 +541,16 @@ class Pipeline:
             dead_letters=dead_letter_rows(outcome.dead_letters, stream, now),
             pipeline_batches=batch_rows(outcome, stream, now),
         )
-        await self.sink.write(batch)
-        await self._publish_alerts(alerts)
+
+        async def send() -> None:
+            async with self._route_lock:
+                await self._route(outcome, set(last_event))
+            await self._send_dead_letters(settings.topic, outcome.dead_letters)
+            await self._publish_alerts(alerts)
+
+        # the store write (on the sink's thread) while Kafka delivers: both
+        # are done before the batch is acked
+        await asyncio.gather(self.sink.write(batch), send())
         await self._delivered(seen)
         await self._expire_seen(last_event)
         self.stats.counts.add(outcome.counts)
@@ -774,12 +781,18 @@ class Pipeline:
             _add_counts(self.stats.pairs, outcome.counts)
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
-        await self._send_dead_letters(topic, dead)
-        await self.sink.write(batch)
-        if self.on_written is not None:
-            self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
-        await self._publish_alerts(alerts)
-        await self._persist_stage(stage, self.pair_table, outcomes, _same)  # results, then state
+
+        async def write() -> None:
+            await self.sink.write(batch)
+            if self.on_written is not None:
+                self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
+
+        async def send() -> None:
+            await self._send_dead_letters(topic, dead)
+            await self._publish_alerts(alerts)
+
+        await asyncio.gather(write(), send())  # the results, together
+        await self._persist_stage(stage, self.pair_table, outcomes, _same)  # then the state
         self._done(topic, applied)
 
     @property
@@ -811,8 +824,8 @@ class Pipeline:
             outcomes.append((group[-1], outcome))
             alerts.extend(outcome.alerts)
             _add_counts(self.stats.inbound, outcome.counts)
-        await self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now)))
-        await self._publish_alerts(alerts)
+        await asyncio.gather(self.sink.write(SinkBatch(alerts=alert_rows(alerts, stream, now))),
+                             self._publish_alerts(alerts))
         await self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
         self._done(topic, applied)
 

@@ -17,7 +17,9 @@ thousands, and an internal message of stage 1 holds up to ``CHUNK_RECORDS``
 engagements, so a count alone let one batch hold most of a 1M-event backlog.
 While the agent works on a batch the fetch loop fills the next one, and
 waits (Faust's ``wait_first``, so a rebalance can cancel the wait) once that
-one is full.
+one is full. A batch is taken once it is full or its first message has
+waited ``within`` seconds, counted from that message's arrival: messages that
+arrived while the agent worked on the previous batch do not wait again.
 
 What Faust's stream does that matters is kept: a message counts for commits
 only once the agent is done with its batch (``Event.ack``); messages fetched
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -44,6 +47,9 @@ class Lane:
         self._make_event = app.conf.Event
         self._events: list[Any] = []
         self._size = 0
+        #: when the first message of the next batch arrived (monotonic seconds)
+        self._first_at = 0.0
+        self._some = asyncio.Event()
         self._full = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -54,6 +60,9 @@ class Lane:
         if not self._room.is_set():
             return False
         message.incref()  # the agent acks it with its batch
+        if not self._events:
+            self._first_at = time.monotonic()
+            self._some.set()
         value = message.value
         self._events.append(self._make_event(self.app, message.key, value, message.headers,
                                              message))
@@ -72,17 +81,22 @@ class Lane:
 
     async def batches(self, within: float) -> AsyncGenerator[list[Any], None]:
         """The agent's batches: what the next batch holds once it is full or
-        ``within`` seconds have passed. The events of a batch are acked when the
-        agent asks for the next one (not when it fails: a failed batch is never
-        resumed)."""
+        its first message arrived ``within`` seconds ago. The events of a batch
+        are acked when the agent asks for the next one (not when it fails: a
+        failed batch is never resumed)."""
         flow = self.app.flow_control
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._full.wait(), within)
-            if not self._events:
-                continue
+            await self._some.wait()
+            remaining = self._first_at + within - time.monotonic()
+            if remaining > 0 and not self._full.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), remaining)
             await flow.acquire()  # not while a rebalance has the flow suspended
+            if not self._events:  # defensive: only a take empties the batch
+                self._some.clear()
+                continue
             taken, self._events, self._size = self._events, [], 0
+            self._some.clear()
             self._full.clear()
             self._room.set()
             generation = self.app.consumer_generation_id

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from pipeline.sinks.base import (
     AlertRow,
@@ -47,12 +48,25 @@ def open_backend(url: str) -> Backend:
     raise ValueError("ClickHouse URL must start with clickhouse://, clickhouses:// or chdb://")
 
 
+@dataclass
+class _Group:
+    """Batches written together: those that came while the thread was busy."""
+
+    batch: SinkBatch
+    done: asyncio.Future[None]
+    members: int = 0
+
+
 class AsyncSink:
     """Runs a blocking backend on one dedicated thread, off the event loop.
 
     :meth:`write` retries a failing batch with exponential backoff
     (``retry_delays`` seconds between attempts) and raises the last error when
     they are exhausted; the caller then must not ack the batch's offsets.
+    Batches that arrive while a write is in progress (the three agents each
+    write every batch) wait for it together and go in one write, one INSERT
+    per table for all of them: an insert has a fixed cost (a new part in the
+    store), about 6 ms on the embedded engine however few its rows.
     """
 
     def __init__(
@@ -67,6 +81,10 @@ class AsyncSink:
         #: seconds spent in successful writes (with their retries), for metrics
         self.write_seconds = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+        #: the batches waiting for the thread, to be written together
+        self._forming: _Group | None = None
+        self._writing = asyncio.Lock()
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def run(self, fn: object, *args: object) -> object:
         loop = asyncio.get_running_loop()
@@ -76,8 +94,34 @@ class AsyncSink:
         await self.run(self.backend.ensure_schema, cluster)
 
     async def write(self, batch: SinkBatch) -> None:
+        """Write ``batch`` (with the others waiting meanwhile); returns once
+        its rows are stored, raises if they could not be."""
         if not batch:
             return
+        group = self._forming
+        if group is None:
+            group = self._forming = _Group(SinkBatch(),
+                                           asyncio.get_running_loop().create_future())
+            flush = asyncio.ensure_future(self._flush(group))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        group.batch.extend(batch)
+        group.members += 1
+        await asyncio.shield(group.done)
+
+    async def _flush(self, group: _Group) -> None:
+        async with self._writing:
+            if self._forming is group:
+                self._forming = None  # later batches form the next group
+            try:
+                await self._write(group.batch)
+            except Exception as exc:
+                group.done.set_exception(exc)
+            else:
+                self.batches += group.members
+                group.done.set_result(None)
+
+    async def _write(self, batch: SinkBatch) -> None:
         started = time.monotonic()
         for attempt, delay in enumerate((*self.retry_delays, None)):
             try:
@@ -90,7 +134,6 @@ class AsyncSink:
                             attempt + 1, delay, exc)
                 await asyncio.sleep(delay)
             else:
-                self.batches += 1
                 self.write_seconds += time.monotonic() - started
                 return
 

@@ -83,3 +83,59 @@ def test_empty_batches_are_not_written() -> None:
     sink = AsyncSink(backend)
     asyncio.run(sink.write(SinkBatch()))
     assert backend.written == []
+
+
+class GatedBackend(FlakyBackend):
+    """Each write blocks until released: a slow store."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, batch: SinkBatch) -> None:
+        self.entered.set()
+        self.gate.wait(5)
+        super().write(batch)
+
+
+def rows(n: int) -> SinkBatch:
+    return SinkBatch(dead_letters=[DeadLetterRow("s", 0, i, 0, "invalid_json", "bad", b"{", NOW)
+                                   for i in range(n)])
+
+
+def test_batches_that_wait_for_a_write_in_progress_go_together() -> None:
+    backend = GatedBackend()
+    sink = AsyncSink(backend, retry_delays=())
+
+    async def go() -> None:
+        first = asyncio.ensure_future(sink.write(rows(1)))
+        await asyncio.get_running_loop().run_in_executor(None, backend.entered.wait, 5)
+        waiting = [asyncio.ensure_future(sink.write(rows(n))) for n in (2, 3)]
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in [first, *waiting])
+        backend.gate.set()
+        await asyncio.gather(first, *waiting)
+        await sink.close()
+
+    asyncio.run(go())
+    assert [len(b.dead_letters) for b in backend.written] == [1, 5]
+    assert sink.batches == 3
+
+
+def test_a_failed_group_write_fails_every_batch_in_it() -> None:
+    backend = GatedBackend(failures=2)
+    sink = AsyncSink(backend, retry_delays=())
+
+    async def go() -> list[Any]:
+        first = asyncio.ensure_future(sink.write(rows(1)))
+        await asyncio.get_running_loop().run_in_executor(None, backend.entered.wait, 5)
+        waiting = [asyncio.ensure_future(sink.write(rows(n))) for n in (2, 3)]
+        backend.gate.set()
+        outcomes = await asyncio.gather(first, *waiting, return_exceptions=True)
+        await sink.close()
+        return outcomes
+
+    outcomes = asyncio.run(go())
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+    assert backend.written == [] and sink.batches == 0

@@ -161,3 +161,26 @@ def test_room_waits_until_the_full_batch_is_taken() -> None:
         return lane.offer(Message(1, b"y"))
 
     assert asyncio.run(go()) is True
+
+
+def test_a_batch_waits_within_from_its_first_message_not_from_the_ask() -> None:
+    lane, _ = make_lane()
+
+    async def go() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        batches = lane.batches(within=0.3)
+        lane.offer(Message(0, b"x"))
+        started = loop.time()
+        await anext(batches)
+        fresh = loop.time() - started
+        lane.offer(Message(1, b"y"))  # arrives while the agent works on the batch
+        await asyncio.sleep(0.3)
+        started = loop.time()
+        await anext(batches)
+        waited = loop.time() - started
+        await batches.aclose()
+        return fresh, waited
+
+    fresh, waited = asyncio.run(go())
+    assert fresh >= 0.25  # a new message waits for company
+    assert waited < 0.1  # one that already waited its time is taken at once
