@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faust
+import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -38,6 +39,7 @@ class BulkProducer:
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
+        self._key_encoders: dict[tuple[str, Any], Callable[[Any], bytes]] = {}
 
     def _producer(self) -> Any:
         # Faust's aiokafka driver keeps the AIOKafkaProducer behind this method
@@ -84,18 +86,40 @@ class BulkProducer:
         topic = changelog.get_topic_name()
         partition = event.message.partition
         store = table.data
-        key_serializer, value_serializer = table.key_serializer, table.value_serializer
+        encode_key = self._key_encoder(changelog, table.key_serializer)
+        value_serializer = table.value_serializer
+        raw_values = value_serializer == "raw"
         _current_event.set(weakref.ref(event))  # the store reads the partition from it
         records: list[Record] = []
         for key, value in items:
             if value is None:
                 store.pop(key, None)
-                records.append((changelog.prepare_key(key, key_serializer)[0], None))
+                records.append((encode_key(key), None))
                 continue
             store[key] = value
-            records.append((changelog.prepare_key(key, key_serializer)[0],
-                            changelog.prepare_value(value, value_serializer)[0]))
+            records.append((encode_key(key), value if raw_values and type(value) is bytes
+                            else changelog.prepare_value(value, value_serializer)[0]))
         return await self._send_changelog(store, topic, partition, records)
+
+    def _key_encoder(self, changelog: Any, serializer: Any) -> Callable[[Any], bytes]:
+        """How ``changelog`` serializes a table key. Faust's ``json`` codec is
+        ``orjson.dumps``: for str keys the same bytes come straight from orjson,
+        without Faust's per-key codec dispatch (about 3 % of the worker's thread
+        at 10k events/s). Used only once checked to give Faust's own bytes."""
+        name = changelog.get_topic_name()
+        encoder = self._key_encoders.get((name, serializer))
+        if encoder is None:
+            def faust_key(key: Any) -> bytes:
+                return bytes(changelog.prepare_key(key, serializer)[0])
+
+            probe = '["\u00e9\u2603", "x\\y"]'
+            def fast_key(key: Any) -> bytes:
+                return orjson.dumps(key) if type(key) is str else faust_key(key)
+
+            same = serializer == "json" and faust_key(probe) == orjson.dumps(probe)
+            encoder = fast_key if same else faust_key
+            self._key_encoders[(name, serializer)] = encoder
+        return encoder
 
     async def delete_table(self, table: Any, event: Any,
                            keys: Sequence[str]) -> list[asyncio.Future[Any]]:
