@@ -95,7 +95,7 @@ class Settings(BaseSettings):
                      "add up to this (bounds memory with packed messages)."),
     )
     batch_within_s: float = Field(
-        0.2, gt=0,
+        0.1, gt=0,
         description=("RECIPROCITY_BATCH_WITHIN_S: longest a batch waits to fill, counted from "
                      "the arrival of its first message."),
     )
