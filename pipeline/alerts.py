@@ -54,12 +54,13 @@ class Snub:
 
 def snub_alert(snub: Snub, horizon_s: float) -> Alert:
     kind = snub.kind_name
+    ts = format_ts(snub.ts)
     return Alert(
         f"snub:{snub.id}:{snub.src}:{snub.dst}:{kind}", SNUB, snub.src, snub.dst, snub.snub_ts,
-        f"{snub.dst} did not return {snub.src}'s {kind} of {format_ts(snub.ts)} "
+        f"{snub.dst} did not return {snub.src}'s {kind} of {ts} "
         f"within {horizon_s / 3600:g} h",
         {"id": snub.id, "src": snub.src, "dst": snub.dst, "kind": kind,
-         "ts": format_ts(snub.ts), "snub_ts": format_ts(snub.snub_ts)},
+         "ts": ts, "snub_ts": format_ts(snub.snub_ts)},
     )
 
 
