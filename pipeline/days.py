@@ -54,7 +54,8 @@ class DaySeries:
         drops = []
         while self.next is not None and self.next + DAY <= watermark:
             day = self.next
-            baseline = sum(self.counts.get(day - k * DAY, 0) for k in range(1, days + 1)) / days
+            first = day - days * DAY  # the baseline's days: first .. day - 1 day
+            baseline = sum(n for d, n in self.counts.items() if first <= d < day) / days
             count = self.counts.get(day, 0)
             if is_drop(count, baseline, threshold, min_baseline):
                 drops.append((day, count, baseline))
