@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import struct
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faust
 import orjson
+from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -46,8 +48,18 @@ class BulkProducer:
         return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
 
     def partition_for(self, topic: str, key: bytes) -> int:
-        """The partition Kafka's default partitioner (murmur2 of the key) picks."""
-        return int(self.app.producer.key_partition(topic, key).partition)
+        """The partition Kafka's default partitioner (murmur2 of the key) picks:
+        what the producer would pick, computed with :func:`murmur2` when the
+        producer uses aiokafka's default partitioner and knows the topic."""
+        producer = self._producer()
+        partitioner = getattr(producer, "_partitioner", None)
+        partitions = None
+        if partitioner is DefaultPartitioner or type(partitioner) is DefaultPartitioner:
+            partitions = producer._metadata.partitions_for_topic(topic)
+        if not partitions:
+            return int(self.app.producer.key_partition(topic, key).partition)
+        ordered = list(partitions)  # as aiokafka's producer lists them
+        return int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
 
     async def send(self, topic: str, partition: int,
                    records: Iterable[Record]) -> list[asyncio.Future[Any]]:
@@ -141,6 +153,35 @@ class BulkProducer:
         for future, count in sent:
             future.add_done_callback(functools.partial(_persisted, store, tp, count))
         return [future for future, _ in sent]
+
+
+_MASK = 0xFFFFFFFF
+_M = 0x5BD1E995
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), the
+    same value as aiokafka's ``murmur2`` in half its time: the 4-byte words
+    unpacked at once, masks only where a product can pass 32 bits. Alerts are
+    partitioned by it, one call per alert."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        base = words << 2
+        if tail >= 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h = ((h ^ data[base]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 def _tombstones(changelog: Any, keys: Sequence[str], serializer: Any) -> list[Record]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import random
+from types import SimpleNamespace
+from typing import Any
+
 import faust
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
-from pipeline.bulk import BulkProducer
+from pipeline.bulk import BulkProducer, murmur2
 
 KEYS = ['["ctr1","fac2"]', "__tracker__0", '"org"', "\u00e9\u2603 \\ \"q\"", "", "a#3"]
 
@@ -29,3 +34,39 @@ def test_other_serializers_go_through_faust() -> None:
     encode = bulk._key_encoder(table.changelog_topic, "raw")
     assert encode(b"k") == b"k"
     assert encode("k") == b"k"
+
+
+def test_murmur2_is_kafkas() -> None:
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    rng = random.Random(3)
+    for length in range(0, 80):
+        for _ in range(10):
+            data = bytes(rng.randrange(256) for _ in range(length))
+            assert murmur2(data) == aiokafka_murmur2(data)
+    assert murmur2(b"21") == -973932308 & 0xFFFFFFFF  # Kafka's UtilsTest: -973932308
+
+
+class FakeMetadata:
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0, 1, 2, 3, 4, 5} if topic == "alerts" else None
+
+
+def test_alert_partitions_are_the_default_partitioners() -> None:
+    producer = SimpleNamespace(_partitioner=DefaultPartitioner(), _metadata=FakeMetadata())
+    faust_picks: list[tuple[str, bytes]] = []
+
+    def key_partition(topic: str, key: bytes) -> Any:
+        faust_picks.append((topic, key))
+        return SimpleNamespace(partition=9)
+
+    app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer,
+                                                   key_partition=key_partition))
+    bulk = BulkProducer(app)  # type: ignore[arg-type]
+    for i in range(500):
+        key = f"snub:ev{i:08d}:ctr{i % 97}:fac{i % 13}:likes".encode()
+        assert bulk.partition_for("alerts", key) == DefaultPartitioner()(key, list(range(6)),
+                                                                        list(range(6)))
+    assert faust_picks == []
+    assert bulk.partition_for("unknown", b"k") == 9  # no metadata: the producer decides
+    assert faust_picks == [("unknown", b"k")]
