@@ -124,10 +124,10 @@ class BulkProducer:
             def faust_key(key: Any) -> bytes:
                 return bytes(changelog.prepare_key(key, serializer)[0])
 
-            probe = '["\u00e9\u2603", "x\\y"]'
             def fast_key(key: Any) -> bytes:
                 return orjson.dumps(key) if type(key) is str else faust_key(key)
 
+            probe = '["\u00e9\u2603", "x\\y"]'
             same = serializer == "json" and faust_key(probe) == orjson.dumps(probe)
             encoder = fast_key if same else faust_key
             self._key_encoders[(name, serializer)] = encoder
@@ -139,12 +139,13 @@ class BulkProducer:
         (tombstones in the changelog)."""
         changelog = table.changelog_topic
         store = table.data
+        encode_key = self._key_encoder(changelog, table.key_serializer)
         _current_event.set(weakref.ref(event))
         for key in keys:
             store.pop(key, None)
         return await self._send_changelog(store, changelog.get_topic_name(),
                                           event.message.partition,
-                                          _tombstones(changelog, keys, table.key_serializer))
+                                          [(encode_key(key), None) for key in keys])
 
     async def _send_changelog(self, store: Any, topic: str, partition: int,
                               records: Sequence[Record]) -> list[asyncio.Future[Any]]:
@@ -182,10 +183,6 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 13
     h = (h * _M) & _MASK
     return h ^ (h >> 15)
-
-
-def _tombstones(changelog: Any, keys: Sequence[str], serializer: Any) -> list[Record]:
-    return [(changelog.prepare_key(key, serializer)[0], None) for key in keys]
 
 
 def _persisted(store: Any, tp: TP, count: int, future: asyncio.Future[Any]) -> None:

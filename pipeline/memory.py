@@ -77,6 +77,6 @@ def dumps(obj: Any, option: int = 0) -> bytes:
     of 700 bytes 785 MiB, against 0-72 MiB once copied (0.1 us per copy).
     A worker keeps tens of thousands of them (table values: pair and inbound
     states, deltas, dedup records) and builds thousands per batch (alerts,
-    changelog values), so every JSON value the pipeline writes goes through
-    here (docs/benchmarks.md)."""
+    changelog values, internal messages): those go through here
+    (docs/benchmarks.md)."""
     return bytes(memoryview(orjson.dumps(obj, option=option)))
