@@ -481,9 +481,10 @@ class Pipeline:
         # than the alerts themselves when every org is watched.
         topic = self.settings.alerts_topic
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        partition_of = self.bulk.partitioner(topic)
         for a in alerts:
             key = a.id.encode()
-            by_partition.setdefault(self.bulk.partition_for(topic, key), []).append(
+            by_partition.setdefault(partition_of(key), []).append(
                 (key, dumps(a.to_json())))
         pending = []
         for partition, records in by_partition.items():

@@ -48,18 +48,22 @@ class BulkProducer:
         return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
 
     def partition_for(self, topic: str, key: bytes) -> int:
-        """The partition Kafka's default partitioner (murmur2 of the key) picks:
-        what the producer would pick, computed with :func:`murmur2` when the
-        producer uses aiokafka's default partitioner and knows the topic."""
+        """The partition Kafka's default partitioner (murmur2 of the key) picks."""
+        return self.partitioner(topic)(key)
+
+    def partitioner(self, topic: str) -> Callable[[bytes], int]:
+        """What the producer would pick for a key of ``topic``, looked up once
+        for many keys: :func:`murmur2` when the producer uses aiokafka's
+        default partitioner and knows the topic, else the producer itself."""
         producer = self._producer()
         partitioner = getattr(producer, "_partitioner", None)
         partitions = None
         if partitioner is DefaultPartitioner or type(partitioner) is DefaultPartitioner:
             partitions = producer._metadata.partitions_for_topic(topic)
         if not partitions:
-            return int(self.app.producer.key_partition(topic, key).partition)
+            return lambda key: int(self.app.producer.key_partition(topic, key).partition)
         ordered = list(partitions)  # as aiokafka's producer lists them
-        return int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
+        return lambda key: int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
 
     async def send(self, topic: str, partition: int,
                    records: Iterable[Record]) -> list[asyncio.Future[Any]]:
