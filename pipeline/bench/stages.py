@@ -50,7 +50,7 @@ class StagesResult:
     events: int
     seconds: dict[str, float] = field(default_factory=dict)
     engagements: int = 0
-    pair_rows: int = 0
+    pair_row_versions: int = 0
     exact: bool = False
     mismatches: int = 0
 
@@ -63,7 +63,7 @@ class StagesResult:
         return {"events": self.events, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "total_s": round(total, 3),
                 "eps": round(self.events / total, 1) if total else None,
-                "engagements": self.engagements, "pair_rows": self.pair_rows,
+                "engagements": self.engagements, "pair_row_versions": self.pair_row_versions,
                 "exact": self.exact, "mismatches": self.mismatches}
 
 
@@ -140,7 +140,7 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
                         if held is None or held[0] <= row.version:
                             latest[key] = (row.version, row.follows, row.likes, row.shares,
                                            row.replies, row.mentions, row.thanks)
-                    result.pair_rows += len(outcome.pair_windows)
+                    result.pair_row_versions += len(outcome.pair_windows)
                 else:
                     inbound.process(partition, batch)
                     result.seconds[stage] += clock() - began
