@@ -12,9 +12,12 @@ markers that close everything, as a drained run does. It times each stage
 checks the last pair-window figures against the bench's reference.
 
 Not timed, because not the stages' work: the table changelogs, Kafka and the
-store writes. The rate is therefore the most the worker's single thread could
-reach on this machine with these stages, whatever the I/O around them; the
-end-to-end rows of ``reciprocity bench`` show how close the worker gets.
+store writes. Not done at all: persisting and expiring the dedup records (the
+index keeps every id here; the worker forgets ids after
+``RECIPROCITY_DEDUP_RETENTION_S`` of event time). The rate is therefore
+about the most the worker's single thread could reach on this machine with
+these stages, whatever the I/O around them; the end-to-end rows of
+``reciprocity bench`` show how close the worker gets.
 """
 
 from __future__ import annotations
@@ -206,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--pack", type=int, default=500,
                         help="events per input message (1: single events)")
-    parser.add_argument("--data", help="keep the generated data here (reused when present)")
+    parser.add_argument("--data", help=("keep the generated data here; reused when present "
+                                        "(with the options it was generated with)"))
     args = parser.parse_args(argv)
     settings = _environment_settings()
     windows = {window_label(size): size for size in settings.windows}
