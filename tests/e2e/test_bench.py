@@ -64,6 +64,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     counts = doc["variants"]["pipeline_packed"]["pipeline_counts"]
     assert counts["messages"] == -(-2000 // doc["pack"])  # packed: ceil(2000 / pack) messages
     assert counts["engagements"] == doc["engagements"]
+    for name in ("pipeline_packed", "pipeline_single"):
+        variant = doc["variants"][name]  # the store holds exactly the reference's windows
+        assert variant["pair_rows"] == doc["reference_rows"], name
+        assert variant["pair_row_versions"] >= variant["pair_rows"], name
 
     saved = orjson.loads((tmp_path / "bench.json").read_bytes())
     assert saved["exact"] is True and saved["events"] == 2000
