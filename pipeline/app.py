@@ -61,7 +61,7 @@ from pipeline.ingest import (
 )
 from pipeline.memory import dumps, free_heap
 from pipeline.pairs import PairCounts, PairStage, pair_of
-from pipeline.routing import encode, pair_key, partition_for
+from pipeline.routing import by_partition, encode, partition_for, record_dst, record_pair
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
 from pipeline.sinks import (
@@ -663,10 +663,9 @@ class Pipeline:
             if not records and not moved and not woke:
                 continue
             high = self._max_ts.get(source)
-            for topic, key_of in ((self.pairs_topic, _pair_of), (self.inbound_topic, _dst_of)):
-                by_target: dict[int, list[Engagement]] = {}
-                for record in records:
-                    by_target.setdefault(partition_for(key_of(record), n), []).append(record)
+            for topic, key_of in ((self.pairs_topic, record_pair),
+                                  (self.inbound_topic, record_dst)):
+                by_target = by_partition(records, key_of, n)
                 for target in range(n):
                     routed = by_target.get(target, [])
                     if not (routed or moved or woke):
@@ -848,14 +847,6 @@ def _org_of_key(key: str) -> str:
 
 def _key_of_org(org: str) -> str:
     return orjson.dumps(org).decode()
-
-
-def _pair_of(record: Engagement) -> str:
-    return pair_key(record.src, record.dst)
-
-
-def _dst_of(record: Engagement) -> str:
-    return record.dst
 
 
 def _by_partition(events: Sequence[Any]) -> dict[int, list[Any]]:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,7 +48,7 @@ from typing import Any
 import orjson
 
 from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
-from pipeline.days import DAY, DaySeries
+from pipeline.days import DaySeries, day_of
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.memory import dumps
 from pipeline.reciprocity import Params, first_return
@@ -401,7 +400,7 @@ class PairStage:
             figures[kind] += 1
             windows.add(wkey)
         days = self.params.drop_days
-        day = int(ts // DAY) * DAY  # pipeline.days.day_of
+        day = day_of(ts)
         series = state.days[direction]
         if series is None:
             series = state.days[direction] = DaySeries.begin(day, days)
@@ -433,16 +432,12 @@ class PairStage:
         for direction in (0, 1):
             pending = state.pending[direction]
             returns = state.times[1 - direction]
-            n_returns = len(returns)
             src, dst = state.orgs(direction)
             decided = 0
             previous: Pending | None = None
             for entry in pending:
                 ts, event_id, kind = entry
-                # pipeline.reciprocity.first_return, inlined: the earliest
-                # return within (ts, ts + horizon], or None
-                i = bisect_right(returns, ts)
-                first = returns[i] if i < n_returns and returns[i] <= ts + horizon else None
+                first = first_return(returns, ts, horizon)
                 if first is not None:
                     if first > watermark:
                         break  # decided engagements are a prefix of the pending ones

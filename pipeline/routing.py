@@ -19,7 +19,7 @@ choice never depends on a client library's partitioner.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -35,6 +35,26 @@ def pair_key(a: str, b: str) -> str:
 
 def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
+
+
+def record_pair(record: Engagement) -> str:
+    """The key a record goes to the pairs topic by: its unordered org pair."""
+    return pair_key(record.src, record.dst)
+
+
+def record_dst(record: Engagement) -> str:
+    """The key a record goes to the inbound topic by: its receiving org."""
+    return record.dst
+
+
+def by_partition(records: Iterable[Engagement], key_of: Callable[[Engagement], str],
+                 partitions: int) -> dict[int, list[Engagement]]:
+    """Records per target partition of their key (:func:`partition_for`), each
+    partition's in their order."""
+    targets: dict[int, list[Engagement]] = {}
+    for record in records:
+        targets.setdefault(partition_for(key_of(record), partitions), []).append(record)
+    return targets
 
 
 @dataclass(frozen=True, slots=True)

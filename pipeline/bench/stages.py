@@ -40,7 +40,7 @@ from pipeline.inbound import InboundStage
 from pipeline.ingest import Engagement, Ingest, Message, SeenIndex
 from pipeline.memory import tune_gc
 from pipeline.pairs import PairStage
-from pipeline.routing import encode, pair_key, partition_for
+from pipeline.routing import by_partition, encode, record_dst, record_pair
 from pipeline.settings import Settings
 from pipeline.windows import window_label
 from schemas.registry import load_registry
@@ -183,11 +183,8 @@ def _route(records: Sequence[Engagement], source: int, high: float | None, parti
            pair_topic: _Internal, inbound_topic: _Internal) -> None:
     """One message per target partition of each internal topic, as
     :meth:`pipeline.app.Pipeline._route` sends them."""
-    for topic, key_of in ((pair_topic, lambda r: pair_key(r.src, r.dst)),
-                          (inbound_topic, lambda r: r.dst)):
-        by_target: dict[int, list[Engagement]] = {}
-        for record in records:
-            by_target.setdefault(partition_for(key_of(record), partitions), []).append(record)
+    for topic, key_of in ((pair_topic, record_pair), (inbound_topic, record_dst)):
+        by_target = by_partition(records, key_of, partitions)
         for target in range(partitions):
             topic.add(target, encode(source, high, False, by_target.get(target, [])))
 

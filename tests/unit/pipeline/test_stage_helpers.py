@@ -25,7 +25,16 @@ from pipeline.engagements import KIND_INDEX
 from pipeline.inbound import InboundStage, InboundState
 from pipeline.ingest import Engagement, Message
 from pipeline.reciprocity import Omission, Params
-from pipeline.routing import Routed, decode, encode, pair_key, partition_for
+from pipeline.routing import (
+    Routed,
+    by_partition,
+    decode,
+    encode,
+    pair_key,
+    partition_for,
+    record_dst,
+    record_pair,
+)
 from pipeline.watermark import WatermarkTracker
 
 H = 3600
@@ -236,6 +245,22 @@ def test_encode_decode_round_trip() -> None:
 def test_decode_errors_are_value_errors(value: bytes) -> None:
     with pytest.raises(ValueError, match="malformed internal message"):
         decode(value)
+
+
+def test_records_go_to_the_partition_of_their_key_in_order() -> None:
+    records = [Engagement(f"e{i}", 1, src, dst, T0 + i, i)
+               for i, (src, dst) in enumerate([("uni", "med"), ("med", "uni"), ("lab", "uni"),
+                                               ("uni", "lab"), ("med", "lab"), ("uni", "med")])]
+    by_pair = by_partition(records, record_pair, 4)
+    by_dst = by_partition(records, record_dst, 4)
+    for grouped, key_of in ((by_pair, record_pair), (by_dst, record_dst)):
+        assert sorted(r.id for rs in grouped.values() for r in rs) == sorted(r.id for r in records)
+        for target, routed in grouped.items():
+            assert routed == [r for r in records if partition_for(key_of(r), 4) == target]
+    # both directions of a pair meet in one partition
+    assert record_pair(records[0]) == record_pair(records[1]) == pair_key("uni", "med")
+    assert record_dst(records[2]) == "uni"
+    assert by_partition([], record_pair, 4) == {}
 
 
 def test_pair_key_is_symmetric_and_unambiguous() -> None:
