@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,7 +199,6 @@ class PairStage:
         self.weights = params.kind_weights
         self.windows = [(size, window_label(size)) for size in params.windows]
         self._labels = dict(self.windows)
-        self._sizes = tuple(size for size, _label in self.windows)
         #: window start -> its UTC datetime (a batch touches few distinct starts)
         self._starts: dict[int, datetime] = {}
         self._partitions: dict[int, StagePartition[PairState]] = {}
@@ -328,49 +328,40 @@ class PairStage:
                        added: dict[str, list[Added]], out: PairOutcome) -> None:
         source = routed.source
         closed = part.tracker.closed
-        states = part.states
-        counts = out.counts
-        add = self._add
-        applied_ts = out.applied_ts if self.keep_applied_ts else None
         applied_before: dict[str, int] = {}
         touched: dict[str, PairState] = {}
-        counts.records += len(routed.records)
         for record in routed.records:
-            event_id, kind, src, dst, ts, offset = record
-            key = pair_key(src, dst)
-            state = states.get(key)
+            out.counts.records += 1
+            key = pair_key(record.src, record.dst)
+            state = part.states.get(key)
             if state is None:
-                state = states[key] = PairState(src, dst) if src < dst else PairState(dst, src)
+                lo, hi = sorted((record.src, record.dst))
+                state = part.states[key] = PairState(lo, hi)
             before = applied_before.get(key)
             if before is None:
                 before = applied_before[key] = state.applied.get(source, -1)
-            if offset <= before:
-                counts.replayed += 1
+            if record.offset <= before:
+                out.counts.replayed += 1
                 continue
-            applied = state.applied
-            if offset > applied.get(source, -1):
-                applied[source] = offset
+            state.applied[source] = max(state.applied.get(source, -1), record.offset)
             state.tag = message.offset
-            windows = dirty.get(key)
-            if windows is None:
-                windows = dirty[key] = set()
-            log = added.get(key)
-            if log is None:
-                log = added[key] = []
-            if closed is not None and ts <= closed:
+            windows = dirty.setdefault(key, set())
+            log = added.setdefault(key, [])
+            if closed is not None and record.ts <= closed:
                 # only after an idle source partition woke up behind the watermark
-                counts.late += 1
+                out.counts.late += 1
                 out.dead_letters.append(DeadLetter(
-                    source, offset, 0, REASON_LATE,
-                    f"engagement time {ts} is at or before the watermark {closed} "
+                    source, record.offset, 0, REASON_LATE,
+                    f"engagement time {record.ts} is at or before the watermark {closed} "
                     f"(source partition {source} was idle)",
                     message.value, None))
                 continue
-            counts.applied += 1
-            log.append((add(state, src, kind, event_id, ts, windows), kind, event_id, ts))
+            out.counts.applied += 1
+            direction = self._add(state, record.src, record.kind, record.id, record.ts, windows)
+            log.append((direction, record.kind, record.id, record.ts))
             touched[key] = state
-            if applied_ts is not None:
-                applied_ts.append(ts)
+            if self.keep_applied_ts:
+                out.applied_ts.append(record.ts)
         for key, state in touched.items():  # once per pair, not per record
             self._schedule(part, key, state)
 
@@ -388,23 +379,21 @@ class PairStage:
             times.append(ts)
         else:
             bisect.insort(times, ts)
-        held = state.windows
-        for size in self._sizes:
-            start = int(ts // size) * size
-            wkey = (size, start, direction)
-            figures = held.get(wkey)
+        for size, _label in self.windows:
+            wkey = (size, int(ts // size) * size, direction)
+            figures = state.windows.get(wkey)
             if figures is None:
-                figures = held[wkey] = [0] * DELAYS + [[]]
-                if start + size < state.window_end:
-                    state.window_end = start + size
+                figures = state.windows[wkey] = [0] * DELAYS + [[]]
+                if wkey[1] + size < state.window_end:
+                    state.window_end = wkey[1] + size
             figures[kind] += 1
             windows.add(wkey)
-        days = self.params.drop_days
+        params = self.params
         day = day_of(ts)
         series = state.days[direction]
         if series is None:
-            series = state.days[direction] = DaySeries.begin(day, days)
-        series.add(day, days)
+            series = state.days[direction] = DaySeries.begin(day, params.drop_days)
+        series.add(day, params.drop_days)
         return direction
 
     def _advance(self, part: StagePartition[PairState], watermark: float, offset: int,
@@ -426,9 +415,6 @@ class PairStage:
         params = self.params
         horizon = params.horizon_s
         changed = False
-        counts = out.counts
-        held = state.windows
-        sizes = self._sizes
         for direction in (0, 1):
             pending = state.pending[direction]
             returns = state.times[1 - direction]
@@ -438,28 +424,26 @@ class PairStage:
             for entry in pending:
                 ts, event_id, kind = entry
                 first = first_return(returns, ts, horizon)
-                if first is not None:
-                    if first > watermark:
-                        break  # decided engagements are a prefix of the pending ones
+                if first is not None and first <= watermark:
                     slot: int = RECIPROCATED
-                    counts.reciprocated += 1
-                elif ts + horizon <= watermark:
+                    out.counts.reciprocated += 1
+                elif first is None and ts + horizon <= watermark:
                     slot = SNUBBED
                     # engagements of one event with one src, dst and kind (a post
                     # mentioning two accounts of one org) are one snub record
                     if entry != previous:
                         snub = Snub(event_id, src, dst, kind, ts, ts + horizon)
                         out.snubs.append(snub)
-                        counts.snubs += 1
+                        out.counts.snubs += 1
                         if params.watched(src):
                             out.alerts.append(snub_alert(snub, horizon))
                 else:
-                    break
+                    break  # decided engagements are a prefix of the pending ones
                 decided += 1
                 previous = entry
-                for size in sizes:
+                for size, _label in self.windows:
                     wkey = (size, int(ts // size) * size, direction)
-                    figures = held[wkey]
+                    figures = state.windows[wkey]
                     figures[slot] += 1
                     if first is not None:
                         figures[DELAYS].append(first - ts)
@@ -533,13 +517,7 @@ class PairStage:
             value = float(w_follow * follows + w_like * likes + w_share * shares
                           + w_reply * replies + w_mention * mentions + w_thanks * thanks)
             delays = figures[DELAYS]
-            if delays:  # statistics.median, without its overhead per call
-                ordered = sorted(delays)
-                middle = len(ordered) // 2
-                median: float | None = (ordered[middle] if len(ordered) % 2
-                                        else (ordered[middle - 1] + ordered[middle]) / 2)
-            else:
-                median = None
+            median = statistics.median(delays) if delays else None
             label = labels[size]
             when = starts.get(start)
             if when is None:
