@@ -480,14 +480,14 @@ class Pipeline:
         # In record batches (pipeline.bulk): Faust's per-message path cost more
         # than the alerts themselves when every org is watched.
         topic = self.settings.alerts_topic
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         partition_of = self.bulk.partitioner(topic)
         for a in alerts:
             key = a.id.encode()
-            by_partition.setdefault(partition_of(key), []).append(
+            per_partition.setdefault(partition_of(key), []).append(
                 (key, dumps(a.to_json())))
         pending = []
-        for partition, records in by_partition.items():
+        for partition, records in per_partition.items():
             pending += await self.bulk.send(topic, partition, records)
         await self._delivered(pending)
         self.stats.alerts += len(alerts)

@@ -47,10 +47,6 @@ class BulkProducer:
         # Faust's aiokafka driver keeps the AIOKafkaProducer behind this method
         return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
 
-    def partition_for(self, topic: str, key: bytes) -> int:
-        """The partition Kafka's default partitioner (murmur2 of the key) picks."""
-        return self.partitioner(topic)(key)
-
     def partitioner(self, topic: str) -> Callable[[bytes], int]:
         """What the producer would pick for a key of ``topic``, looked up once
         for many keys: :func:`murmur2` when the producer uses aiokafka's
@@ -63,7 +59,7 @@ class BulkProducer:
         if not partitions:
             return lambda key: int(self.app.producer.key_partition(topic, key).partition)
         ordered = list(partitions)  # as aiokafka's producer lists them
-        return lambda key: int(ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)])
+        return lambda key: int(ordered[default_partition(key, len(ordered))])
 
     async def send(self, topic: str, partition: int,
                    records: Iterable[Record]) -> list[asyncio.Future[Any]]:
@@ -187,6 +183,11 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 13
     h = (h * _M) & _MASK
     return h ^ (h >> 15)
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition (an index) Kafka's default partitioner picks for a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _persisted(store: Any, tp: TP, count: int, future: asyncio.Future[Any]) -> None:

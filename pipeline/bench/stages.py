@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from pipeline.bench.data import Dataset, generate, load_reference, messages
-from pipeline.bulk import murmur2
+from pipeline.bulk import default_partition
 from pipeline.inbound import InboundStage
 from pipeline.ingest import Engagement, Ingest, Message, SeenIndex
 from pipeline.memory import tune_gc
@@ -79,7 +79,7 @@ def input_batches(dataset: Dataset, pack: int, partitions: int,
     batch: list[Message] = []
     size = 0
     for value, key, _ms in messages(dataset, pack):
-        partition = (murmur2(key) & 0x7FFFFFFF) % partitions
+        partition = default_partition(key, partitions)
         batch.append(Message(partition, offsets[partition], value, key))
         offsets[partition] += 1
         size += len(value)

@@ -65,8 +65,8 @@ def test_alert_partitions_are_the_default_partitioners() -> None:
     bulk = BulkProducer(app)  # type: ignore[arg-type]
     for i in range(500):
         key = f"snub:ev{i:08d}:ctr{i % 97}:fac{i % 13}:likes".encode()
-        assert bulk.partition_for("alerts", key) == DefaultPartitioner()(key, list(range(6)),
-                                                                        list(range(6)))
+        assert bulk.partitioner("alerts")(key) == DefaultPartitioner()(key, list(range(6)),
+                                                                      list(range(6)))
     assert faust_picks == []
-    assert bulk.partition_for("unknown", b"k") == 9  # no metadata: the producer decides
+    assert bulk.partitioner("unknown")(b"k") == 9  # no metadata: the producer decides
     assert faust_picks == [("unknown", b"k")]
