@@ -73,6 +73,7 @@ from pipeline.sinks import (
     SinkBatch,
     SnubRow,
 )
+from pipeline.watermark import ahead
 from pipeline.windows import to_utc
 from schemas.registry import Registry
 
@@ -219,8 +220,9 @@ class Pipeline:
         #: the fetch loop (``pipeline.fetch``) fills each stream topic's batches
         #: (``pipeline.batches``) and reads a hole's records again
         self.fetch = fetch.install(self.app.consumer, {
-            topic: Lane(self.app, settings.batch_max, settings.batch_max_bytes)
-            for topic in (settings.topic, settings.pairs_topic, settings.inbound_topic)})
+            settings.topic: Lane(self.app, settings.batch_max, settings.ingest_batch_max_bytes),
+            **{topic: Lane(self.app, settings.batch_max, settings.batch_max_bytes)
+               for topic in (settings.pairs_topic, settings.inbound_topic)}})
         n = settings.partitions
 
         def raw_topic(name: str) -> Any:
@@ -293,11 +295,11 @@ class Pipeline:
     async def _log_stats(self) -> None:
         """Periodic progress line: what an operator tails to see the worker is alive."""
         stats = self.stats
-        log.info("batches=%d %s snubs=%d drops=%d alerts=%d sink_failures=%d busy=%d",
-                 stats.batches,
+        log.info("batches=%d %s snubs=%d drops=%d alerts=%d sink_failures=%d busy=%d "
+                 "held=%d holds=%d", stats.batches,
                  " ".join(f"{k}={v}" for k, v in stats.counts.as_dict().items()),
                  stats.pairs.snubs, stats.pairs.drops + stats.inbound.drops, stats.alerts,
-                 self.sink.failures, self._busy)
+                 self.sink.failures, self._busy, len(self.fetch.held), self.fetch.holds)
         read = getattr(getattr(self.app, "_consumer", None), "_read_offset", None) or {}
         log.debug("read offsets %s; next expected %s",
                   {f"{tp.topic}[{tp.partition}]": o for tp, o in read.items()},
@@ -415,6 +417,7 @@ class Pipeline:
         """Revoked partitions: whoever gets them next starts their sequence anew."""
         revoked = args[0] if args else kwargs.get("revoked", ())
         settings = self.settings
+        self.fetch.forget(revoked)
         for tp in revoked:
             guard = self.guards.get(tp.topic)
             if guard is not None:
@@ -554,6 +557,7 @@ class Pipeline:
         await asyncio.gather(self.sink.write(batch), send())
         await self._delivered(seen)
         await self._expire_seen(last_event)
+        self._align()
         self.stats.counts.add(outcome.counts)
         self._done(settings.topic, applied)
 
@@ -680,6 +684,34 @@ class Pipeline:
                         value=encode(source, high, False, chunks[-1]), partition=target))
         self._note_sent(await self._delivered(pending))
 
+    def _align(self) -> None:
+        """Watermark alignment (docs/pipeline.md): hold the input partitions that
+        run more than ``align_drift_s`` of event time ahead of the slowest one
+        still catching up. The watermark follows the slowest partition, so what
+        the others read past it would only wait in the pair stage's memory.
+        A partition counts while it is not idle and not at the end of its log
+        (the fetch's high watermark): at the live tail nothing is held, and a
+        partition whose backlog ran out does not hold the others back."""
+        drift = self.settings.align_drift_s
+        if drift <= 0:
+            return
+        topic = self.settings.topic
+        consumer = self.app.consumer
+        expected = self.guards[topic].expected
+        held = self.fetch.held | self.fetch.wanted
+        catching_up = {}
+        for partition, ts in self._max_ts.items():
+            if partition in self._idle:
+                continue
+            tp = TP(topic, partition)
+            if tp not in held and expected.get(partition, -1) >= _highwater(consumer, tp):
+                continue  # read to the end of its log
+            catching_up[partition] = ts
+        self.fetch.hold({TP(topic, p) for p in ahead(catching_up, drift)})
+        now = time.monotonic()
+        for tp in self.fetch.wanted:  # held, not idle
+            self._last_input[tp.partition] = now
+
     def _note_sent(self, delivered: Iterable[Any]) -> None:
         sent = self.sent
         for meta in delivered:
@@ -690,6 +722,7 @@ class Pipeline:
     async def _check_idle(self) -> None:
         """Timer: input partitions silent for the idle timeout stop holding the
         watermark back (docs/metrics.md)."""
+        self._align()  # a partition may have reached the end of its log meanwhile
         limit = time.monotonic() - self.settings.idle_timeout_s
         if any(last <= limit for last in self._last_input.values()):
             await self.declare_idle(quiet_since=limit)
@@ -715,6 +748,7 @@ class Pipeline:
                             partition=target))
             self._note_sent(await self._delivered(pending))
             self._idle.update(fresh)
+            self._align()  # an idle partition holds no other back
 
     # -- stage 2: pairs ----------------------------------------------------------------
 
@@ -828,6 +862,16 @@ class Pipeline:
                              self._publish_alerts(alerts))
         await self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
         self._done(topic, applied)
+
+
+def _highwater(consumer: Any, tp: TP) -> int | float:
+    """The end of ``tp``'s log as its last fetch saw it (infinite when unknown,
+    or when a rebalance took the partition away meanwhile)."""
+    try:
+        high = consumer.highwater(tp)
+    except AssertionError:  # aiokafka: not assigned (any more)
+        return float("inf")
+    return float("inf") if high is None else int(high)
 
 
 def _last_offset(key: str, ids: Sequence[Sequence[Any]]) -> int:

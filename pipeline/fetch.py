@@ -31,6 +31,17 @@ offset gaps by design) go to Faust's conductor as in Faust, under Faust's
 offset rules. Either way a message whose delivery a rebalance cancelled does
 not count as read.
 
+It also holds partitions for stage 1's watermark alignment (:meth:`GapFreeFetch.hold`,
+``pipeline.watermark.ahead``). A held partition's records are not delivered
+from the moment it is held, even those of a fetch already under way (one fetch
+can hold days of a partition's event time: Tansu ignores the per-partition
+fetch size), and it is paused in Faust's consumer between two fetches, so
+aiokafka buffers at most one fetch of it. When it is released, the loop seeks
+it back to its first record not delivered (if it skipped any) and resumes it.
+Nothing is switched during a rebalance or a table recovery, which pause and
+resume partitions of their own; after them the held partitions are paused
+again.
+
 These patches use Faust internals (``_drain_messages``, ``_read_offset``,
 ``perform_seek``, ``seek_wait``); faust-streaming is pinned below 0.16.
 """
@@ -71,6 +82,63 @@ class GapFreeFetch:
         self.epoch = 0
         self.seeks_back = 0
         self.dropped = 0
+        #: partitions to hold (watermark alignment), those this loop paused, and
+        #: those with records fetched but not delivered (re-read on release)
+        self.wanted: set[Any] = set()
+        self.held: set[Any] = set()
+        self.skipped: set[Any] = set()
+        #: times a partition was held, for the stats line
+        self.holds = 0
+
+    # -- alignment --------------------------------------------------------------------
+
+    def hold(self, tps: Collection[Any]) -> None:
+        """Deliver no more records of ``tps``; partitions held before and not in
+        ``tps`` resume at once, or before the next fetch when records of them
+        must be read again first."""
+        self.wanted.clear()  # in place: the fetch loop holds it
+        self.wanted.update(tps)
+        released = self.held - self.wanted - self.skipped
+        if released and self._may_switch():
+            self._resume(released)
+
+    def forget(self, tps: Collection[Any]) -> None:
+        """Revoked partitions: no longer held (Faust forgets their pause too)."""
+        self.wanted.difference_update(tps)
+        self.held.difference_update(tps)
+        self.skipped.difference_update(tps)
+
+    def _may_switch(self) -> bool:
+        app = self.consumer.app
+        return not (getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False))
+
+    def _resume(self, tps: set[Any]) -> None:
+        paused = self.consumer._paused_partitions
+        resumed = {tp for tp in tps if tp in paused}
+        if resumed:
+            self.consumer.resume_partitions(resumed)
+        self.held -= tps
+
+    async def _switch(self) -> None:
+        """Between two fetches: pause what is to be held; seek back what is
+        released and had records skipped, and resume it."""
+        if not (self.wanted or self.held or self.skipped) or not self._may_switch():
+            return
+        consumer = self.consumer
+        reread = {tp: self.next[tp] for tp in self.skipped - self.wanted if tp in self.next}
+        self.skipped &= self.wanted
+        if reread:
+            await consumer.seek_wait(reread)  # tracked: positions ``next`` again
+        released = self.held - self.wanted
+        if released:
+            self._resume(released)
+        assigned = consumer.assignment()
+        wanted = {tp for tp in self.wanted if tp in assigned}
+        pause = {tp for tp in wanted if tp not in consumer._paused_partitions}
+        if pause:
+            consumer.pause_partitions(pause)
+            self.holds += len(pause - self.held)
+        self.held = wanted
 
     # -- positions ------------------------------------------------------------------
 
@@ -148,9 +216,11 @@ class GapFreeFetch:
         acks_enabled_for = consumer.app.topics.acks_enabled_for
         guarded = self.lanes
         nxt = self.next
+        wanted = self.wanted
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                await self._switch()
                 records = getmany(timeout=1.0)
                 await asyncio.sleep(0)  # Faust: getmany may not release the loop
                 if consumer.should_stop:
@@ -170,6 +240,10 @@ class GapFreeFetch:
                             expected = nxt[tp] = (await self.starts([tp])).get(tp, offset)
                         if offset < expected:
                             self.dropped += 1
+                            continue
+                        if tp in wanted:  # held: read again from here once released
+                            self.skipped.add(tp)
+                            skip.add(tp)
                             continue
                         if offset > expected and await self._seek_back(tp, expected, offset):
                             skip.add(tp)

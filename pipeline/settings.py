@@ -91,8 +91,16 @@ class Settings(BaseSettings):
     )
     batch_max_bytes: int = Field(
         4 * 1024 * 1024, ge=1,
-        description=("RECIPROCITY_BATCH_MAX_BYTES: a batch is full once its message values "
-                     "add up to this (bounds memory with packed messages)."),
+        description=("RECIPROCITY_BATCH_MAX_BYTES: a batch of the pair and inbound stages is "
+                     "full once its message values add up to this (bounds memory with "
+                     "packed messages)."),
+    )
+    ingest_batch_max_bytes: int = Field(
+        1024 * 1024, ge=1,
+        description=("RECIPROCITY_INGEST_BATCH_MAX_BYTES: a batch of stage 1 (the input "
+                     "topic) is full once its message values add up to this; smaller than "
+                     "the other stages' so that alignment holds an input partition before "
+                     "it runs far ahead."),
     )
     batch_within_s: float = Field(
         0.1, gt=0,
@@ -208,6 +216,14 @@ class Settings(BaseSettings):
         description=(
             "RECIPROCITY_IDLE_TIMEOUT_S: seconds without input after which a partition "
             "stops holding the watermark back."
+        ),
+    )
+    align_drift_s: float = Field(
+        3600.0, ge=0,
+        description=(
+            "RECIPROCITY_ALIGN_DRIFT_S: while catching up, stage 1 stops reading an input "
+            "partition whose event time runs more than this many seconds ahead of the "
+            "slowest one (0: never)."
         ),
     )
     weights: Annotated[tuple[tuple[str, float], ...], NoDecode] = Field(

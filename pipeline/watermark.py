@@ -7,12 +7,16 @@ when all are idle, the maximum of them minus the lateness (end of input).
 A source partition that has reported nothing yet and is not idle holds the
 watermark back (``None``: nothing is closed yet). The watermark never moves
 back: a partition that was idle and wakes up does not reopen closed time.
+
+Stage 1 keeps its input partitions aligned in event time (:func:`ahead`): the
+watermark follows the slowest partition, so whatever the others read past it
+waits in the downstream stages' memory until it catches up.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 S = TypeVar("S")
@@ -66,6 +70,18 @@ class WatermarkTracker:
         tracker.closed = None if doc["closed"] is None else float(doc["closed"])
         tracker.tag = int(doc["tag"])
         return tracker
+
+
+def ahead(max_ts: Mapping[int, float], drift_s: float) -> set[int]:
+    """Watermark alignment: the partitions whose largest event time is more than
+    ``drift_s`` past the slowest of ``max_ts`` (the partitions still catching
+    up: not idle, not at the end of their log). Stage 1 stops reading them until
+    the slowest catches up; the slowest itself is never held, so something is
+    always read."""
+    if not max_ts:
+        return set()
+    bound = min(max_ts.values()) + drift_s
+    return {partition for partition, ts in max_ts.items() if ts > bound}
 
 
 class Deadlines:

@@ -243,9 +243,10 @@ def test_dedup_ids_expire_after_the_retention(broker: EmbeddedBroker, tmp_path: 
 
 def test_batches_are_bounded_by_bytes_as_they_are_taken(
         broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With RECIPROCITY_BATCH_MAX_BYTES small, every batch of every agent stops
-    at the first message that reaches the bound (a backlog of packed messages
-    is never taken whole), and every event is still processed once."""
+    """With RECIPROCITY_BATCH_MAX_BYTES and RECIPROCITY_INGEST_BATCH_MAX_BYTES
+    small, every batch of every agent stops at the first message that reaches
+    the bound (a backlog of packed messages is never taken whole), and every
+    event is still processed once."""
     from pipeline.batches import Lane
 
     events, registry_path, _ = write_case(tmp_path, n_events=1200, seed=3)
@@ -265,7 +266,8 @@ def test_batches_are_bounded_by_bytes_as_they_are_taken(
     url = f"chdb://{tmp_path / 'bounded'}"
     settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}",
                             f"bounded-{uuid.uuid4().hex[:6]}")
-    settings = settings.model_copy(update={"stream_id": "s", "batch_max_bytes": max_bytes})
+    settings = settings.model_copy(update={"stream_id": "s", "batch_max_bytes": max_bytes,
+                                           "ingest_batch_max_bytes": max_bytes})
     store = open_backend(url)
     try:
         summary = asyncio.run(run_lines(settings, registry, store, iter(packed)))
@@ -275,3 +277,36 @@ def test_batches_are_bounded_by_bytes_as_they_are_taken(
     assert sum(1 for sizes in taken if len(sizes) > 1) > 0  # batching happened
     for sizes in taken:  # under the bound until the last message
         assert sum(sizes[:-1]) < max_bytes
+
+
+def test_input_partitions_are_held_to_the_slowest_and_results_do_not_change(
+        broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Watermark alignment: with a drift of one second stage 1 holds input
+    partitions that run ahead (it pauses and resumes them many times), the run
+    still drains (a partition whose log is read to the end holds no other back),
+    and the results are exactly those of a run that never holds."""
+    from pipeline.app import Pipeline
+    from tests.support.compare import store_alerts, store_omissions, store_pairs, store_snubs
+
+    events, registry_path, _ = write_case(tmp_path, n_events=1500, seed=5)
+    registry = load_registry(registry_path)
+    lines = list(jsonl_lines(events))
+    results, holds = [], []
+    for name, drift in (("never", 0.0), ("aligned", 1.0)):
+        url = f"chdb://{tmp_path / name}"
+        settings = settings_for(broker, url, f"test-{uuid.uuid4().hex[:8]}",
+                                f"align-{name}-{uuid.uuid4().hex[:6]}")
+        settings = settings.model_copy(update={"stream_id": "s", "align_drift_s": drift,
+                                               "batch_max": 40})
+        pipelines: list[Pipeline] = []
+        store = open_backend(url)
+        try:
+            summary = asyncio.run(run_lines(settings, registry, store, iter(lines),
+                                            on_ready=pipelines.append))
+            results.append((summary.counts.valid, store_pairs(store), store_snubs(store),
+                            store_omissions(store), store_alerts(store)))
+        finally:
+            store.close()
+        holds.append(pipelines[0].fetch.holds)
+    assert holds[0] == 0 and holds[1] > 0
+    assert results[0][1] and results[0] == results[1]

@@ -96,7 +96,11 @@ class FakeConsumer:
         self._stopped = asyncio.Event()
         self.should_stop = False
         self.suspend_flow = asyncio.Event()
-        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda t: False))
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda t: False),
+                                   rebalancing=False, in_recovery=False)
+        self._paused_partitions: set[TP] = set()
+        #: every pause and resume call, in order
+        self.switches: list[tuple[str, set[TP]]] = []
         self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=True))
         self.consumer_stopped_errors = ()
         self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
@@ -108,7 +112,7 @@ class FakeConsumer:
             batch = self.script.pop(0)
         else:
             batch = {tp: [o for o in log if o >= self.position[tp]]
-                     for tp, log in self.logs.items()}
+                     for tp, log in self.logs.items() if tp not in self._paused_partitions}
             if not any(batch.values()):
                 self.fetcher._stopped.set()
         for tp, offsets in batch.items():  # the position moves when a fetch returns
@@ -150,6 +154,14 @@ class FakeConsumer:
 
     def assignment(self) -> set[TP]:
         return set(self.logs)
+
+    def pause_partitions(self, tps: set[TP]) -> None:
+        self.switches.append(("pause", set(tps)))
+        self._paused_partitions |= tps
+
+    def resume_partitions(self, tps: set[TP]) -> None:
+        self.switches.append(("resume", set(tps)))
+        self._paused_partitions -= tps
 
     async def _add_gap(self, tp: TP, start: int, end: int) -> None:
         pass
@@ -291,3 +303,115 @@ def test_guarded_topics_go_to_their_lane_and_wait_for_room_when_it_is_full() -> 
     assert consumer.delivered == [(CHANGELOG, 0), (CHANGELOG, 1)]  # not the lane's
     assert consumer._read_offset[IN0] == 6
     assert lane.room_waits == 2  # once per full batch, not per message
+
+
+# -- holding partitions (watermark alignment) ----------------------------------------
+
+
+def test_a_held_partition_is_paused_before_the_next_fetch_and_not_read() -> None:
+    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(5))})
+    loop = install(consumer)
+    loop.hold({IN1})
+    assert consumer.switches == []  # not while a fetch may be handed out
+    asyncio.run(asyncio.wait_for(loop.run(consumer.fetcher), 5))
+    assert consumer.switches == [("pause", {IN1})]
+    assert offsets_of(consumer, IN0) == list(range(5))
+    assert offsets_of(consumer, IN1) == []
+    assert loop.held == {IN1} and loop.holds == 1
+
+
+def test_a_released_partition_resumes_at_once_when_nothing_of_it_was_skipped() -> None:
+    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(5))},
+                            script=[{IN0: [0, 1], IN1: [0, 1]}])
+    loop = install(consumer)
+
+    async def go() -> None:
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)  # all read
+        loop.hold({IN1})
+        await loop._switch()
+        loop.hold(set())
+        assert consumer.switches == [("pause", {IN1}), ("resume", {IN1})]  # at once
+
+    asyncio.run(go())
+    assert consumer.seeks == [] and loop.held == loop.skipped == set()
+
+
+def test_records_of_a_fetch_under_way_are_held_and_read_again_on_release() -> None:
+    # the first fetch was made before IN1 was held: its records of IN1 are not
+    # delivered, and IN1 is read again from offset 2 once released
+    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(5))},
+                            script=[{IN0: [0, 1], IN1: [0, 1]}, {IN0: [2], IN1: [2, 3]}])
+    loop = install(consumer)
+    lane = loop.lanes["in"]
+
+    def offer(message: Message) -> bool:
+        if (message.tp, message.offset) == (IN0, 2):
+            loop.hold({IN1})  # decided while the second fetch is handed out
+        return FakeLane.offer(lane, message)  # type: ignore[arg-type]
+
+    lane.offer = offer  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)  # IN0 to the end
+        assert offsets_of(consumer, IN1) == [0, 1]
+        assert loop.skipped == {IN1}
+        loop.hold(set())
+        assert consumer.switches == [("pause", {IN1})]  # not at once: 2, 3 first
+        consumer.fetcher._stopped.clear()
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+
+    asyncio.run(go())
+    assert offsets_of(consumer, IN1) == list(range(5))  # each once, in order
+    assert consumer.seeks == [{IN1: 2}] and loop.seeks_back == 0
+    assert consumer.switches[-1] == ("resume", {IN1})
+    assert loop.held == loop.skipped == set()
+
+
+def test_nothing_is_switched_during_a_rebalance_or_a_recovery() -> None:
+    consumer = FakeConsumer({IN0: [0], IN1: [0]})
+    loop = install(consumer)
+    loop.hold({IN1})
+    for flag in ("rebalancing", "in_recovery"):
+        setattr(consumer.app, flag, True)
+        asyncio.run(loop._switch())
+        assert consumer.switches == []
+        setattr(consumer.app, flag, False)
+    asyncio.run(loop._switch())
+    assert consumer.switches == [("pause", {IN1})]
+    consumer.app.in_recovery = True
+    loop.hold(set())  # the recovery's own pauses are left alone
+    assert consumer.switches == [("pause", {IN1})]
+    consumer.app.in_recovery = False
+    asyncio.run(loop._switch())
+    assert consumer.switches[-1] == ("resume", {IN1})
+
+
+def test_a_held_partition_that_faust_resumed_is_paused_again() -> None:
+    consumer = FakeConsumer({IN0: [0], IN1: [0]})
+    loop = install(consumer)
+    loop.hold({IN1})
+    asyncio.run(loop._switch())
+    consumer.resume_partitions({IN1})  # the end of a table recovery resumes all
+    asyncio.run(loop._switch())
+    assert consumer.switches[-1] == ("pause", {IN1})
+    assert loop.holds == 1  # the same hold
+
+
+def test_revoked_partitions_are_forgotten_and_never_resumed() -> None:
+    consumer = FakeConsumer({IN0: [0], IN1: [0]})
+    loop = install(consumer)
+    loop.hold({IN0, IN1})
+    asyncio.run(loop._switch())
+    loop.forget({IN1})
+    consumer._paused_partitions.discard(IN1)  # Faust forgets the pause of a revoked one
+    assert loop.wanted == loop.held == {IN0}
+    loop.hold(set())
+    assert consumer.switches[-1] == ("resume", {IN0})
+
+
+def test_partitions_not_assigned_are_not_paused() -> None:
+    consumer = FakeConsumer({IN0: [0]})
+    loop = install(consumer)
+    loop.hold({IN1})
+    asyncio.run(loop._switch())
+    assert consumer.switches == [] and loop.held == set()
