@@ -296,10 +296,11 @@ class Pipeline:
         """Periodic progress line: what an operator tails to see the worker is alive."""
         stats = self.stats
         log.info("batches=%d %s snubs=%d drops=%d alerts=%d sink_failures=%d busy=%d "
-                 "held=%d holds=%d", stats.batches,
+                 "held=%d holds=%d parked=%d unread=%d", stats.batches,
                  " ".join(f"{k}={v}" for k, v in stats.counts.as_dict().items()),
                  stats.pairs.snubs, stats.pairs.drops + stats.inbound.drops, stats.alerts,
-                 self.sink.failures, self._busy, len(self.fetch.held), self.fetch.holds)
+                 self.sink.failures, self._busy, len(self.fetch.held), self.fetch.holds,
+                 self.fetch.parked_records, self.fetch.unread)
         read = getattr(getattr(self.app, "_consumer", None), "_read_offset", None) or {}
         log.debug("read offsets %s; next expected %s",
                   {f"{tp.topic}[{tp.partition}]": o for tp, o in read.items()},

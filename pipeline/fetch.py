@@ -35,12 +35,15 @@ It also holds partitions for stage 1's watermark alignment (:meth:`GapFreeFetch.
 ``pipeline.watermark.ahead``). A held partition's records are not delivered
 from the moment it is held, even those of a fetch already under way (one fetch
 can hold days of a partition's event time: Tansu ignores the per-partition
-fetch size), and it is paused in Faust's consumer between two fetches, so
-aiokafka buffers at most one fetch of it. When it is released, the loop seeks
-it back to its first record not delivered (if it skipped any) and resumes it.
-Nothing is switched during a rebalance or a table recovery, which pause and
-resume partitions of their own; after them the held partitions are paused
-again.
+fetch size): they are parked, in order, and it is paused in Faust's consumer
+before the next fetch, so no more of it is fetched. When it is released, its
+parked records are delivered first and it resumes. Should a parked sequence
+ever break (a record past the next expected one), the partition's parked
+records are dropped instead and it is sought back to its first record not
+delivered on release. Nothing is switched during a rebalance or a table
+recovery, which pause and resume partitions of their own (and position them
+anew: parked records are then dropped, to be read again); after them the
+held partitions are paused again.
 
 These patches use Faust internals (``_drain_messages``, ``_read_offset``,
 ``perform_seek``, ``seek_wait``); faust-streaming is pinned below 0.16.
@@ -82,20 +85,25 @@ class GapFreeFetch:
         self.epoch = 0
         self.seeks_back = 0
         self.dropped = 0
-        #: partitions to hold (watermark alignment), those this loop paused, and
-        #: those with records fetched but not delivered (re-read on release)
+        #: partitions to hold (watermark alignment) and those this loop paused
         self.wanted: set[Any] = set()
         self.held: set[Any] = set()
+        #: records of held partitions fetched but not delivered yet, in order
+        self.parked: dict[Any, list[Any]] = {}
+        #: held partitions with records dropped: sought back on release
         self.skipped: set[Any] = set()
-        #: times a partition was held, for the stats line
+        #: times a partition was held; records parked; records dropped (re-read)
         self.holds = 0
+        self.parked_records = 0
+        self.unread = 0
 
     # -- alignment --------------------------------------------------------------------
 
     def hold(self, tps: Collection[Any]) -> None:
         """Deliver no more records of ``tps``; partitions held before and not in
-        ``tps`` resume at once, or before the next fetch when records of them
-        must be read again first."""
+        ``tps`` resume at once (their parked records go first, before the next
+        fetch), or before the next fetch when records of them must be read
+        again first."""
         self.wanted.clear()  # in place: the fetch loop holds it
         self.wanted.update(tps)
         released = self.held - self.wanted - self.skipped
@@ -106,7 +114,48 @@ class GapFreeFetch:
         """Revoked partitions: no longer held (Faust forgets their pause too)."""
         self.wanted.difference_update(tps)
         self.held.difference_update(tps)
+        self._unposition(tps)
+
+    def _unposition(self, tps: Collection[Any]) -> None:
+        """Parked records and pending re-reads of ``tps`` no longer apply."""
+        for tp in tps:
+            self.parked.pop(tp, None)
         self.skipped.difference_update(tps)
+
+    def _park(self, tp: Any, message: Any, expected: int) -> bool:
+        """Keep a held partition's record for its release; False when it does not
+        follow on (the partition's parked records are then dropped, to be read
+        again)."""
+        queue = self.parked.setdefault(tp, [])
+        if message.offset == (queue[-1].offset + 1 if queue else expected):
+            queue.append(message)
+            self.parked_records += 1
+            return True
+        self.unread += len(queue) + 1
+        del self.parked[tp]
+        self.skipped.add(tp)
+        return False
+
+    async def _unpark(self, tps: Collection[Any]) -> None:
+        """Deliver the parked records of released partitions, in order, until
+        one is held again."""
+        read_offset = self.consumer._read_offset
+        for tp in tps:
+            queue = self.parked.pop(tp, [])
+            for i, message in enumerate(queue):
+                if tp in self.wanted:  # held again meanwhile: the rest stays parked
+                    self.parked[tp] = queue[i:]
+                    break
+                epoch = self.epoch
+                if not await self.deliver(message):
+                    if self.epoch == epoch:  # not repositioned: read the rest again
+                        self.unread += len(queue) - i
+                        self.skipped.add(tp)
+                    break
+                if self.epoch != epoch:
+                    break  # a seek moved the partition while we waited
+                read_offset[tp] = message.offset
+                self.next[tp] = message.offset + 1
 
     def _may_switch(self) -> bool:
         app = self.consumer.app
@@ -120,11 +169,14 @@ class GapFreeFetch:
         self.held -= tps
 
     async def _switch(self) -> None:
-        """Between two fetches: pause what is to be held; seek back what is
-        released and had records skipped, and resume it."""
-        if not (self.wanted or self.held or self.skipped) or not self._may_switch():
+        """Between two fetches: deliver what released partitions had parked, seek
+        back those that had records dropped, resume them; pause what is to be
+        held."""
+        if not (self.wanted or self.held or self.skipped or self.parked) or \
+                not self._may_switch():
             return
         consumer = self.consumer
+        await self._unpark([tp for tp in self.parked if tp not in self.wanted])
         reread = {tp: self.next[tp] for tp in self.skipped - self.wanted if tp in self.next}
         self.skipped &= self.wanted
         if reread:
@@ -146,6 +198,7 @@ class GapFreeFetch:
         """The consumer now reads these partitions from these offsets (None:
         no committed offset; the next record fetched sets it)."""
         self.epoch += 1
+        self._unposition(offsets)
         for tp, offset in offsets.items():
             if tp.topic not in self.lanes:
                 continue
@@ -217,6 +270,7 @@ class GapFreeFetch:
         guarded = self.lanes
         nxt = self.next
         wanted = self.wanted
+        parked = self.parked
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -234,6 +288,7 @@ class GapFreeFetch:
                     offset = message.offset
                     if tp.topic in guarded:
                         if tp in skip:
+                            self.unread += tp in self.skipped
                             continue
                         expected = nxt.get(tp)
                         if expected is None:  # unknown start: this record, if nothing says
@@ -241,9 +296,9 @@ class GapFreeFetch:
                         if offset < expected:
                             self.dropped += 1
                             continue
-                        if tp in wanted:  # held: read again from here once released
-                            self.skipped.add(tp)
-                            skip.add(tp)
+                        if tp in wanted or tp in parked:  # held, or parked records first
+                            if not self._park(tp, message, expected):
+                                skip.add(tp)
                             continue
                         if offset > expected and await self._seek_back(tp, expected, offset):
                             skip.add(tp)

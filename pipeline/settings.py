@@ -219,7 +219,7 @@ class Settings(BaseSettings):
         ),
     )
     align_drift_s: float = Field(
-        3600.0, ge=0,
+        86400.0, ge=0,
         description=(
             "RECIPROCITY_ALIGN_DRIFT_S: while catching up, stage 1 stops reading an input "
             "partition whose event time runs more than this many seconds ahead of the "

@@ -336,35 +336,108 @@ def test_a_released_partition_resumes_at_once_when_nothing_of_it_was_skipped() -
     assert consumer.seeks == [] and loop.held == loop.skipped == set()
 
 
-def test_records_of_a_fetch_under_way_are_held_and_read_again_on_release() -> None:
-    # the first fetch was made before IN1 was held: its records of IN1 are not
-    # delivered, and IN1 is read again from offset 2 once released
-    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(5))},
-                            script=[{IN0: [0, 1], IN1: [0, 1]}, {IN0: [2], IN1: [2, 3]}])
+def hold_during_fetch(consumer: FakeConsumer, at: tuple[TP, int],
+                      tps: set[TP]) -> GapFreeFetch:
+    """The loop, with ``hold(tps)`` decided as record ``at`` is delivered (a
+    fetch is being handed out)."""
     loop = install(consumer)
     lane = loop.lanes["in"]
 
     def offer(message: Message) -> bool:
-        if (message.tp, message.offset) == (IN0, 2):
-            loop.hold({IN1})  # decided while the second fetch is handed out
+        if (message.tp, message.offset) == at:
+            loop.hold(tps)
         return FakeLane.offer(lane, message)  # type: ignore[arg-type]
 
     lane.offer = offer  # type: ignore[method-assign]
+    return loop
+
+
+def test_records_of_a_fetch_under_way_are_parked_and_delivered_first_on_release() -> None:
+    # the second fetch was made before IN1 was held: its records of IN1 wait,
+    # and go first, in order, once IN1 is released; nothing is fetched twice
+    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(5))},
+                            script=[{IN0: [0, 1], IN1: [0, 1]}, {IN0: [2], IN1: [2, 3]}])
+    loop = hold_during_fetch(consumer, (IN0, 2), {IN1})
 
     async def go() -> None:
         await asyncio.wait_for(loop.run(consumer.fetcher), 5)  # IN0 to the end
         assert offsets_of(consumer, IN1) == [0, 1]
-        assert loop.skipped == {IN1}
+        assert [m.offset for m in loop.parked[IN1]] == [2, 3]
+        assert consumer._read_offset[IN1] == 1  # parked is not read
         loop.hold(set())
-        assert consumer.switches == [("pause", {IN1})]  # not at once: 2, 3 first
+        assert consumer.switches == [("pause", {IN1}), ("resume", {IN1})]
         consumer.fetcher._stopped.clear()
         await asyncio.wait_for(loop.run(consumer.fetcher), 5)
 
     asyncio.run(go())
     assert offsets_of(consumer, IN1) == list(range(5))  # each once, in order
-    assert consumer.seeks == [{IN1: 2}] and loop.seeks_back == 0
+    assert consumer.seeks == [] and loop.unread == 0 and loop.parked_records == 2
+    assert loop.held == loop.skipped == set() and loop.parked == {}
+
+
+def test_a_partition_held_again_while_its_parked_records_go_out_keeps_the_rest() -> None:
+    consumer = FakeConsumer({IN0: list(range(3)), IN1: list(range(8))},
+                            script=[{IN0: [0, 1], IN1: [0]}, {IN0: [2], IN1: list(range(1, 8))}])
+    loop = hold_during_fetch(consumer, (IN0, 2), {IN1})
+
+    async def go() -> None:
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+        assert [m.offset for m in loop.parked[IN1]] == list(range(1, 8))
+        lane = loop.lanes["in"]
+        offer = lane.offer
+
+        def held_at_3(message: Message) -> bool:
+            if (message.tp, message.offset) == (IN1, 3):
+                loop.hold({IN1})  # stage 1 saw offsets 1 and 2 run ahead
+            return offer(message)
+
+        lane.offer = held_at_3  # type: ignore[method-assign]
+        loop.hold(set())
+        await loop._switch()
+        assert offsets_of(consumer, IN1) == [0, 1, 2, 3]
+        assert [m.offset for m in loop.parked[IN1]] == [4, 5, 6, 7]
+        assert loop.next[IN1] == 4
+
+    asyncio.run(go())
+
+
+def test_a_parked_sequence_that_breaks_is_dropped_and_read_again_on_release() -> None:
+    # offset 3 of IN1 never came (faust-streaming#596): what was parked is
+    # dropped, and IN1 is sought back to 2 once released
+    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(6))},
+                            script=[{IN0: [0, 1], IN1: [0, 1]}, {IN0: [2], IN1: [2, 4, 5]}])
+    loop = hold_during_fetch(consumer, (IN0, 2), {IN1})
+
+    async def go() -> None:
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+        assert loop.skipped == {IN1} and IN1 not in loop.parked
+        loop.hold(set())
+        assert consumer.switches == [("pause", {IN1})]  # not at once: re-read first
+        consumer.fetcher._stopped.clear()
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+
+    asyncio.run(go())
+    assert offsets_of(consumer, IN1) == list(range(6))
+    assert consumer.seeks == [{IN1: 2}] and loop.unread == 3  # 2, 4 and 5
     assert consumer.switches[-1] == ("resume", {IN1})
-    assert loop.held == loop.skipped == set()
+
+
+def test_a_seek_drops_what_was_parked_it_is_read_again_from_the_new_position() -> None:
+    consumer = FakeConsumer({IN0: list(range(5)), IN1: list(range(5))},
+                            script=[{IN0: [0, 1], IN1: [0, 1]}, {IN0: [2], IN1: [2, 3]}])
+    loop = hold_during_fetch(consumer, (IN0, 2), {IN1})
+
+    async def go() -> None:
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+        assert IN1 in loop.parked
+        await consumer.seek_wait({IN1: 2})  # tracked by the loop, as a rebalance's
+        assert loop.parked == {} and loop.next[IN1] == 2
+        loop.hold(set())
+        consumer.fetcher._stopped.clear()
+        await asyncio.wait_for(loop.run(consumer.fetcher), 5)
+
+    asyncio.run(go())
+    assert offsets_of(consumer, IN1) == list(range(5))
 
 
 def test_nothing_is_switched_during_a_rebalance_or_a_recovery() -> None:
