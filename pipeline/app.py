@@ -692,7 +692,10 @@ class Pipeline:
         the others read past it would only wait in the pair stage's memory.
         A partition counts while it is not idle and not at the end of its log
         (the fetch's high watermark): at the live tail nothing is held, and a
-        partition whose backlog ran out does not hold the others back."""
+        partition whose backlog ran out does not hold the others back. One that
+        has a backlog but no event time yet holds every other (at the start of
+        a catch-up, one partition's first fetch can come days of event time
+        after another's)."""
         drift = self.settings.align_drift_s
         if drift <= 0:
             return
@@ -701,13 +704,16 @@ class Pipeline:
         expected = self.guards[topic].expected
         held = self.fetch.held | self.fetch.wanted
         catching_up = {}
-        for partition, ts in self._max_ts.items():
+        for partition in self._last_input:  # the assigned input partitions
             if partition in self._idle:
                 continue
             tp = TP(topic, partition)
-            if tp not in held and expected.get(partition, -1) >= _highwater(consumer, tp):
+            ts = self._max_ts.get(partition)
+            position = self.fetch.next.get(tp, -1) if ts is None else \
+                expected.get(partition, -1)
+            if tp not in held and position >= _highwater(consumer, tp):
                 continue  # read to the end of its log
-            catching_up[partition] = ts
+            catching_up[partition] = float("-inf") if ts is None else ts
         self.fetch.hold({TP(topic, p) for p in ahead(catching_up, drift)})
         now = time.monotonic()
         for tp in self.fetch.wanted:  # held, not idle

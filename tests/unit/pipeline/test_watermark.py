@@ -21,3 +21,7 @@ def test_the_slowest_is_never_held_so_something_is_always_read() -> None:
 def test_nothing_is_held_without_partitions_or_within_the_drift() -> None:
     assert ahead({}, H) == set()
     assert ahead({0: 0.0, 1: H / 2, 2: H}, H) == set()
+
+
+def test_a_partition_without_an_event_time_yet_holds_every_other() -> None:
+    assert ahead({0: float("-inf"), 1: 0.0, 2: 1e9}, H) == {1, 2}
