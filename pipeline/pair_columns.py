@@ -1,0 +1,635 @@
+"""Stage 2 in columns: the pair stage's rules on numpy arrays (pure).
+
+The same rules as :class:`pipeline.pairs.PairStage` (docs/metrics.md), the
+same inputs (internal messages of the pairs topic) and the same findings,
+computed per batch on arrays instead of per engagement on objects:
+
+- an internal partition's state is a handful of arrays, not an object per
+  pair: pending engagements, return times, window figures, decided delays and
+  daily counts, keyed by integers (a pair's dense id in the partition, its
+  direction, the window or day);
+- a batch's engagements are decoded into columns, checked for replays and
+  lateness, and added to the windows and day series with a few sorted merges;
+- at the batch's watermark every pending engagement is decided at once: its
+  first return is a ``searchsorted`` over the return times of the other
+  direction; day series are evaluated day by day for every series at once;
+- rows come out as columns (:class:`PairWindowColumns`).
+
+A row's ``version`` is the batch's last internal offset + 1: a window's rows
+come from one partition only, so a later batch's row is always newer, and the
+state after a given internal offset does not depend on how the messages were
+batched (deciding once at a watermark decides what deciding at every step up
+to it would).
+
+Times are compared as floats exactly as the rules state them; integer keys
+only order and group (org ids are interned per stage, pairs numbered per
+partition).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
+from pipeline.ingest import REASON_LATE, DeadLetter, Message
+from pipeline.pairs import N_KINDS, PairCounts
+from pipeline.reciprocity import Params
+from pipeline.sinks.base import PairWindowRow
+from pipeline.watermark import WatermarkTracker
+from pipeline.windows import to_utc, window_label
+from schemas.registry import Registry
+
+I64 = np.int64
+F64 = np.float64
+DAY = 86400
+#: "no next day": the day series is dormant (or does not exist: see ``s_start``)
+NONE = np.iinfo(np.int64).min // 4
+#: window key: ((pd * sizes + size index) << _SLOT_BITS) | (window slot + bias)
+_SLOT_BITS = 36
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+_SLOT_BIAS = 1 << 35
+#: day key: (pd << _DAY_BITS) | (day index + bias)
+_DAY_BITS = 20
+_DAY_MASK = (1 << _DAY_BITS) - 1
+_DAY_BIAS = 1 << 19
+#: pair code of two interned orgs (lo << _ORG_BITS | hi)
+_ORG_BITS = 31
+
+
+def _empty(dtype: Any, *shape: int) -> np.ndarray:
+    return np.zeros(shape or (0,), dtype=dtype)
+
+
+def _grow(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
+    """``array`` extended to at least ``size`` rows, new rows ``fill``."""
+    if len(array) >= size:
+        return array
+    extra = np.full((max(size, 2 * len(array)) - len(array), *array.shape[1:]), fill,
+                    dtype=array.dtype)
+    return np.concatenate([array, extra])
+
+
+def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``wanted`` in sorted ``keys`` and whether each is there."""
+    pos = np.searchsorted(keys, wanted)
+    if not len(keys):
+        return pos, np.zeros(len(wanted), dtype=bool)
+    found = keys[np.minimum(pos, len(keys) - 1)] == wanted
+    return pos, found & (pos < len(keys))
+
+
+@dataclass(slots=True)
+class PairWindowColumns:
+    """The rows of a batch's changed pair windows, as columns
+    (``pipeline.sinks.base.PairWindowRow`` field by field)."""
+
+    window: list[str]
+    window_start: list[datetime]
+    src: list[str]
+    dst: list[str]
+    stream: str
+    partition: int
+    counts: np.ndarray  # (rows, 6): follows, likes, shares, replies, mentions, thanks
+    value: np.ndarray
+    reciprocated: np.ndarray
+    snubbed: np.ndarray
+    median: list[float | None]
+    version: int
+    updated_at: datetime
+
+    def __len__(self) -> int:
+        return len(self.window)
+
+    def rows(self) -> list[PairWindowRow]:
+        n = len(self.window)
+        counts = self.counts.T.tolist()
+        return list(map(PairWindowRow, self.window, self.window_start, self.src, self.dst,
+                        [self.stream] * n, [self.partition] * n, *counts,
+                        self.value.tolist(), self.reciprocated.tolist(),
+                        self.snubbed.tolist(), self.median, [self.version] * n,
+                        [self.updated_at] * n))
+
+
+@dataclass(slots=True)
+class ColumnarOutcome:
+    """What one batch of one internal partition changed."""
+
+    windows: PairWindowColumns | None = None
+    snubs: list[Snub] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: PairCounts = field(default_factory=PairCounts)
+    last_offset: int = -1
+    applied_ts: list[float] = field(default_factory=list)
+
+    @property
+    def pair_windows(self) -> list[PairWindowRow]:
+        return [] if self.windows is None else self.windows.rows()
+
+
+class _Partition:
+    """One internal partition's state, as arrays. ``pd`` (pair-direction) is
+    ``2 * pair id + direction``; direction 0 is lo -> hi (ids in string order)."""
+
+    def __init__(self, tracker: WatermarkTracker, sources: int) -> None:
+        self.tracker = tracker
+        self.pids: dict[int, int] = {}
+        #: per pair id: interned org of lo and hi, highest source offset applied per source
+        self.lo = _empty(I64)
+        self.hi = _empty(I64)
+        self.applied = np.full((0, sources), -1, dtype=I64)
+        #: pending engagements (not decided yet), in no particular order
+        self.p_pd = _empty(I64)
+        self.p_ts = _empty(F64)
+        self.p_kind = _empty(I64)
+        self.p_id = _empty(object)
+        #: engagement times that may still return a pending one
+        self.t_pd = _empty(I64)
+        self.t_ts = _empty(F64)
+        #: windows that can still change, sorted by key
+        self.w_key = _empty(I64)
+        self.w_counts = _empty(I64, 0, N_KINDS)
+        self.w_recip = _empty(I64)
+        self.w_snub = _empty(I64)
+        #: decided delays: (window key, first return - ts)
+        self.d_key = _empty(I64)
+        self.d_val = _empty(F64)
+        #: daily counts, sorted by day key; per pd: the series' first day, next
+        #: day to evaluate (NONE: dormant) and the first day still needed
+        self.day_key = _empty(I64)
+        self.day_count = _empty(I64)
+        self.s_start = _empty(I64)
+        self.s_next = _empty(I64)
+        self.s_floor = _empty(I64)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.pids)
+
+
+class ColumnarPairStage:
+    """Stage 2 logic for the internal partitions this worker owns, on arrays."""
+
+    def __init__(self, registry: Registry, params: Params, sources: int) -> None:
+        self.registry = registry
+        self.params = params
+        self.sources = sources
+        self.sizes = np.array(params.windows, dtype=I64)
+        self._labels = [window_label(size) for size in params.windows]
+        self._weights = params.kind_weights
+        self._starts: dict[int, datetime] = {}
+        self._org_index: dict[str, int] = {}
+        self._org_names: list[str] = []
+        self._names = np.empty(0, dtype=object)
+        self._partitions: dict[int, _Partition] = {}
+        self.keep_applied_ts = False
+
+    # -- assignment -------------------------------------------------------------
+
+    def load(self, partition: int, tracker: dict[str, Any] | None) -> None:
+        lateness = self.params.lateness_s
+        self._partitions[partition] = _Partition(
+            WatermarkTracker(self.sources, lateness) if tracker is None
+            else WatermarkTracker.from_json(tracker, self.sources, lateness), self.sources)
+
+    def forget(self, partition: int) -> None:
+        self._partitions.pop(partition, None)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._partitions
+
+    def watermark(self, partition: int) -> float | None:
+        part = self._partitions.get(partition)
+        return None if part is None else part.tracker.closed
+
+    # -- processing -------------------------------------------------------------
+
+    def process(self, partition: int, messages: Sequence[Message], stream: str,
+                now: datetime) -> ColumnarOutcome:
+        """Apply one batch of one internal partition, in offset order."""
+        part = self._partitions[partition]
+        out = ColumnarOutcome()
+        dirty: list[np.ndarray] = []
+        self._apply(part, messages, dirty, out)
+        closed = part.tracker.closed
+        decided_at = closed if closed is not None and messages else None
+        if decided_at is not None:
+            self._decide(part, decided_at, dirty, out)
+            self._evaluate_days(part, decided_at, out)
+        if dirty:
+            out.windows = self._rows(part, np.unique(np.concatenate(dirty)), partition,
+                                     stream, now, out.last_offset + 1)
+        if decided_at is not None:
+            self._retire(part, decided_at)
+        return out
+
+    def _interned(self, names: Sequence[str]) -> np.ndarray:
+        index = self._org_index
+        for name in set(names).difference(index):
+            index[name] = len(self._org_names)
+            self._org_names.append(name)
+        if len(self._names) != len(self._org_names):
+            self._names = np.array(self._org_names, dtype=object)
+        return np.fromiter(map(index.__getitem__, names), dtype=I64, count=len(names))
+
+    def _apply(self, part: _Partition, messages: Sequence[Message], dirty: list[np.ndarray],
+               out: ColumnarOutcome) -> None:
+        tracker = part.tracker
+        counts = out.counts
+        rows: list[Any] = []
+        # per message that has records: its index, record count, closed time, source
+        m_index: list[int] = []
+        m_records: list[int] = []
+        m_closed: list[float] = []
+        m_source: list[int] = []
+        for i, message in enumerate(messages):
+            counts.messages += 1
+            out.last_offset = message.offset
+            try:
+                doc = orjson.loads(message.value)
+                records, origin, max_ts = doc["r"], int(doc["p"]), doc["max"]
+                idle = bool(doc["idle"])
+                if max_ts is not None:
+                    max_ts = float(max_ts)
+                if not isinstance(records, list):
+                    raise TypeError("records are not a list")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"malformed internal message: {exc}") from exc
+            if records:
+                closed = tracker.closed
+                rows.extend(records)
+                m_index.append(i)
+                m_records.append(len(records))
+                m_closed.append(-np.inf if closed is None else closed)
+                m_source.append(origin)
+            if message.offset > tracker.tag:
+                tracker.observe(origin, max_ts, idle)
+                tracker.tag = message.offset
+            tracker.watermark()
+        if not rows:
+            return
+        n = len(rows)
+        counts.records += n
+        try:
+            if set(map(len, rows)) != {6}:
+                raise ValueError("a record is not [id, kind, src, dst, ts, offset]")
+            ids, kinds, srcs, dsts, tss, offs = zip(*rows, strict=True)
+            kind = np.array(kinds, dtype=I64)
+            ts = np.array(tss, dtype=F64)
+            offset = np.array(offs, dtype=I64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed internal message: {exc}") from exc
+        per = np.array(m_records, dtype=I64)
+        msg = np.repeat(np.array(m_index, dtype=I64), per)
+        source = np.repeat(np.array(m_source, dtype=I64), per)
+        closed_at = np.repeat(np.array(m_closed, dtype=F64), per)
+        # pairs: lo and hi in string order (direction 1: src is hi)
+        s_org, d_org = self._interned(srcs), self._interned(dsts)
+        backward = np.fromiter(map(operator.gt, srcs, dsts), dtype=bool, count=n)
+        lo = np.where(backward, d_org, s_org)
+        hi = np.where(backward, s_org, d_org)
+        codes, inverse = np.unique((lo << _ORG_BITS) | hi, return_inverse=True)
+        pid = self._pair_ids(part, codes)[inverse]
+        # replays: at or below the highest offset applied from that source
+        kept = self._not_replayed(part, pid, source, msg, offset)
+        counts.replayed += int(n - kept.sum())
+        np.maximum.at(part.applied, (pid[kept], source[kept]), offset[kept])
+        late = kept & (ts <= closed_at)
+        if late.any():
+            for i in np.flatnonzero(late).tolist():
+                message = messages[int(msg[i])]
+                closed = float(closed_at[i])
+                counts.late += 1
+                out.dead_letters.append(DeadLetter(
+                    int(source[i]), int(offset[i]), 0, REASON_LATE,
+                    f"engagement time {float(ts[i])} is at or before the watermark {closed} "
+                    f"(source partition {int(source[i])} was idle)", message.value, None))
+        applied = kept & ~late
+        event_ids = np.array(ids, dtype=object)
+        if not applied.all():
+            pid, backward, ts, kind = pid[applied], backward[applied], ts[applied], kind[applied]
+            event_ids = event_ids[applied]
+        counts.applied += len(ts)
+        if not len(ts):
+            return
+        if self.keep_applied_ts:
+            out.applied_ts.extend(ts.tolist())
+        pd = 2 * pid + backward
+        part.p_pd = np.concatenate([part.p_pd, pd])
+        part.p_ts = np.concatenate([part.p_ts, ts])
+        part.p_kind = np.concatenate([part.p_kind, kind])
+        part.p_id = np.concatenate([part.p_id, event_ids])
+        part.t_pd = np.concatenate([part.t_pd, pd])
+        part.t_ts = np.concatenate([part.t_ts, ts])
+        self._count_windows(part, pd, ts, kind, dirty)
+        self._count_days(part, pd, ts)
+
+    def _pair_ids(self, part: _Partition, codes: np.ndarray) -> np.ndarray:
+        pids = part.pids
+        ids = np.empty(len(codes), dtype=I64)
+        new: list[int] = []
+        for j, code in enumerate(codes.tolist()):
+            pid = pids.get(code)
+            if pid is None:
+                pid = pids[code] = len(pids)
+                new.append(code)
+            ids[j] = pid
+        if new:
+            count = len(pids)
+            part.lo = _grow(part.lo, count, 0)
+            part.hi = _grow(part.hi, count, 0)
+            part.applied = _grow(part.applied, count, -1)
+            fresh = np.array(new, dtype=I64)
+            first = count - len(new)
+            part.lo[first:count] = fresh >> _ORG_BITS
+            part.hi[first:count] = fresh & ((1 << _ORG_BITS) - 1)
+            for name in ("s_start", "s_next", "s_floor"):
+                setattr(part, name, _grow(getattr(part, name), 2 * count, NONE))
+        return ids
+
+    def _not_replayed(self, part: _Partition, pid: np.ndarray, source: np.ndarray,
+                      msg: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """Which records are not replays: above the highest offset of their
+        (pair, source) applied before their message."""
+        kept: np.ndarray = offset > part.applied[pid, source]
+        group = pid * self.sources + source
+        order = np.argsort(group, kind="stable")
+        g, m, o = group[order], msg[order], offset[order]
+        same = g[1:] == g[:-1]
+        # within a message offsets do not fall; from one message to the next they rise
+        falls = np.where(m[1:] == m[:-1], o[1:] < o[:-1], o[1:] <= o[:-1])
+        if not (same & falls).any():
+            return kept
+        # a redelivery inside the batch: decide record by record, message by message
+        applied = {int(k): int(v) for k, v in zip(group.tolist(),
+                                                   part.applied[pid, source].tolist(),
+                                                   strict=True)}
+        result = np.zeros(len(offset), dtype=bool)
+        start = 0
+        msgs, groups, offsets = msg.tolist(), group.tolist(), offset.tolist()
+        while start < len(msgs):
+            end = start
+            while end < len(msgs) and msgs[end] == msgs[start]:
+                end += 1
+            before = {k: applied[k] for k in set(groups[start:end])}
+            for i in range(start, end):
+                if offsets[i] > before[groups[i]]:
+                    result[i] = True
+                    applied[groups[i]] = max(applied[groups[i]], offsets[i])
+            start = end
+        return result
+
+    def _window_keys(self, pd: np.ndarray, ts: np.ndarray) -> list[np.ndarray]:
+        """The key of each engagement's window, per window size."""
+        sizes = len(self.sizes)
+        keys = []
+        for index, size in enumerate(self.params.windows):
+            slot = np.floor_divide(ts, size).astype(I64)
+            keys.append(((pd * sizes + index) << _SLOT_BITS) | (slot + _SLOT_BIAS))
+        return keys
+
+    def _count_windows(self, part: _Partition, pd: np.ndarray, ts: np.ndarray,
+                       kind: np.ndarray, dirty: list[np.ndarray]) -> None:
+        keys = np.concatenate(self._window_keys(pd, ts))
+        unique, inverse = np.unique(keys, return_inverse=True)
+        kinds = np.tile(kind, len(self.sizes))
+        added = np.bincount(inverse * N_KINDS + kinds,
+                            minlength=len(unique) * N_KINDS).reshape(-1, N_KINDS)
+        pos, found = _find(part.w_key, unique)
+        if not found.all():
+            at, new = pos[~found], unique[~found]
+            part.w_key = np.insert(part.w_key, at, new)
+            part.w_counts = np.insert(part.w_counts, at, 0, axis=0)
+            part.w_recip = np.insert(part.w_recip, at, 0)
+            part.w_snub = np.insert(part.w_snub, at, 0)
+            pos = np.searchsorted(part.w_key, unique)
+        part.w_counts[pos] += added
+        dirty.append(unique)
+
+    def _count_days(self, part: _Partition, pd: np.ndarray, ts: np.ndarray) -> None:
+        n = self.params.drop_days
+        day = np.floor_divide(ts, DAY).astype(I64)
+        unique, added = np.unique((pd << _DAY_BITS) | (day + _DAY_BIAS), return_counts=True)
+        pos, found = _find(part.day_key, unique)
+        if not found.all():
+            part.day_key = np.insert(part.day_key, pos[~found], unique[~found])
+            part.day_count = np.insert(part.day_count, pos[~found], 0)
+            pos = np.searchsorted(part.day_key, unique)
+        part.day_count[pos] += added
+        # the series' start and next day (pipeline.days.DaySeries.add, per batch)
+        order = np.argsort(pd, kind="stable")
+        sorted_pd = pd[order]
+        starts = np.flatnonzero(np.r_[True, sorted_pd[1:] != sorted_pd[:-1]])
+        series = sorted_pd[starts]
+        first = day[order[starts]]  # the first engagement of each series in the batch
+        low = np.minimum.reduceat(day[order], starts)
+        s0, n0 = part.s_start[series], part.s_next[series]
+        fresh = s0 == NONE
+        dormant = ~fresh & (n0 == NONE)
+        # dormant: the first engagement wakes it, the earliest may move it back
+        start1 = np.where(dormant, np.minimum(s0, first), s0)
+        next1 = np.where(dormant, np.maximum(first, start1 + n), n0)
+        earlier = ~fresh & (low < start1)
+        start = np.where(fresh, low, np.where(earlier, low, start1))
+        nxt = np.where(fresh, low + n, np.where(earlier, np.minimum(next1, low + n), next1))
+        part.s_start[series] = start
+        part.s_next[series] = nxt
+
+    def _decide(self, part: _Partition, watermark: float, dirty: list[np.ndarray],
+                out: ColumnarOutcome) -> None:
+        if not len(part.p_pd):
+            self._prune_times(part, watermark)
+            return
+        horizon = self.params.horizon_s
+        p_pd, p_ts = part.p_pd, part.p_ts
+        # the first return of each pending engagement: the earliest time of the
+        # other direction strictly after it (ranks order the floats exactly)
+        t_pd, t_ts = part.t_pd, part.t_ts
+        order = np.lexsort((t_ts, t_pd))
+        t_pd, t_ts = t_pd[order], t_ts[order]
+        values = np.unique(np.concatenate([t_ts, p_ts]))
+        scale = len(values) + 1
+        t_key = t_pd * scale + np.searchsorted(values, t_ts)
+        other = p_pd ^ 1
+        at = np.searchsorted(t_key, other * scale + np.searchsorted(values, p_ts), side="right")
+        has = at < len(t_key)
+        at = np.minimum(at, max(len(t_key) - 1, 0))
+        first = t_ts[at] if len(t_ts) else np.zeros(len(p_ts))
+        has &= (t_pd[at] == other) & (first <= p_ts + horizon) if len(t_pd) else has
+        reciprocated = has & (first <= watermark)
+        snubbed = ~has & (p_ts + horizon <= watermark)
+        decided = reciprocated | snubbed
+        if decided.any():
+            d_pd, d_ts = p_pd[decided], p_ts[decided]
+            d_recip = reciprocated[decided]
+            delays = (first[decided] - d_ts)[d_recip]
+            for keys in self._window_keys(d_pd, d_ts):
+                pos = np.searchsorted(part.w_key, keys)
+                np.add.at(part.w_recip, pos[d_recip], 1)
+                np.add.at(part.w_snub, pos[~d_recip], 1)
+                part.d_key = np.concatenate([part.d_key, keys[d_recip]])
+                part.d_val = np.concatenate([part.d_val, delays])
+                dirty.append(keys)
+            out.counts.reciprocated += int(d_recip.sum())
+            if snubbed.any():
+                self._snubs(part, snubbed, out)
+            keep = ~decided
+            part.p_pd, part.p_ts = p_pd[keep], p_ts[keep]
+            part.p_kind, part.p_id = part.p_kind[keep], part.p_id[keep]
+        self._prune_times(part, watermark)
+
+    def _prune_times(self, part: _Partition, watermark: float) -> None:
+        keep = part.t_ts > watermark - self.params.horizon_s
+        if not keep.all():
+            part.t_pd, part.t_ts = part.t_pd[keep], part.t_ts[keep]
+
+    def _snubs(self, part: _Partition, snubbed: np.ndarray, out: ColumnarOutcome) -> None:
+        params = self.params
+        horizon = params.horizon_s
+        # engagements of one event with one src, dst and kind (a post mentioning
+        # two accounts of one org) are one snub record
+        entries = sorted(set(zip(part.p_pd[snubbed].tolist(), part.p_ts[snubbed].tolist(),
+                                 part.p_id[snubbed].tolist(), part.p_kind[snubbed].tolist(),
+                                 strict=True)))
+        names = self._org_names
+        lo, hi = part.lo, part.hi
+        for pd, ts, event_id, kind in entries:
+            pid = pd >> 1
+            a, b = names[lo[pid]], names[hi[pid]]
+            src, dst = (a, b) if pd & 1 == 0 else (b, a)
+            snub = Snub(event_id, src, dst, kind, ts, ts + horizon)
+            out.snubs.append(snub)
+            out.counts.snubs += 1
+            if params.watched(src):
+                out.alerts.append(snub_alert(snub, horizon))
+
+    def _evaluate_days(self, part: _Partition, watermark: float, out: ColumnarOutcome) -> None:
+        """Every day the watermark closes, for every day series at once
+        (``pipeline.days.DaySeries.evaluate``)."""
+        params = self.params
+        n = params.drop_days
+        keys, day_counts = part.day_key, part.day_count
+        totals = np.concatenate([[0], np.cumsum(day_counts)])
+        evaluated = False
+        while True:
+            nxt = part.s_next
+            series = np.flatnonzero((nxt != NONE) & ((nxt + 1) * float(DAY) <= watermark))
+            if not len(series):
+                break
+            evaluated = True
+            day = nxt[series]
+            base = series << _DAY_BITS
+            lo = np.searchsorted(keys, base | (day - n + _DAY_BIAS))
+            hi = np.searchsorted(keys, base | (day + _DAY_BIAS))
+            baseline = (totals[hi] - totals[lo]) / n
+            at = np.minimum(hi, max(len(keys) - 1, 0))
+            count = np.where((hi < len(keys)) & (keys[at] == (base | (day + _DAY_BIAS))),
+                             day_counts[at], 0)
+            drop = (baseline >= params.drop_min_baseline) & (
+                count < (1 - params.drop_threshold) * baseline)
+            if drop.any():
+                self._drops(part, series[drop], day[drop], count[drop], baseline[drop], out)
+            oldest = day + 1 - n
+            last = np.searchsorted(keys, (series + 1) << _DAY_BITS) - 1
+            last_key = keys[np.maximum(last, 0)]
+            remaining = (last >= 0) & ((last_key >> _DAY_BITS) == series) & (
+                (last_key & _DAY_MASK) - _DAY_BIAS >= oldest)
+            part.s_next[series] = np.where(remaining, day + 1, NONE)
+            part.s_floor[series] = oldest
+        if evaluated:
+            owner = keys >> _DAY_BITS
+            keep = (keys & _DAY_MASK) - _DAY_BIAS >= part.s_floor[owner]
+            part.day_key, part.day_count = keys[keep], day_counts[keep]
+
+    def _drops(self, part: _Partition, series: np.ndarray, day: np.ndarray, count: np.ndarray,
+               baseline: np.ndarray, out: ColumnarOutcome) -> None:
+        params = self.params
+        names = self._org_names
+        for pd, d, c, b in zip(series.tolist(), day.tolist(), count.tolist(), baseline.tolist(),
+                               strict=True):
+            pid = pd >> 1
+            a, z = names[part.lo[pid]], names[part.hi[pid]]
+            src, dst = (a, z) if pd & 1 == 0 else (z, a)
+            out.counts.drops += 1
+            if params.watched(dst):
+                out.alerts.append(drop_alert(DROP_PAIR, dst, src, d * DAY, c, b,
+                                             params.drop_threshold, params.drop_days))
+
+    def _retire(self, part: _Partition, watermark: float) -> None:
+        """Drop windows that can no longer change (their last row is written)."""
+        if not len(part.w_key):
+            return
+        index = (part.w_key >> _SLOT_BITS) % len(self.sizes)
+        size = self.sizes[index]
+        end = ((part.w_key & _SLOT_MASK) - _SLOT_BIAS + 1) * size
+        keep = end + self.params.horizon_s > watermark
+        if keep.all():
+            return
+        gone = part.w_key[~keep]
+        part.w_key, part.w_counts = part.w_key[keep], part.w_counts[keep]
+        part.w_recip, part.w_snub = part.w_recip[keep], part.w_snub[keep]
+        if len(part.d_key):
+            live = ~np.isin(part.d_key, gone)
+            part.d_key, part.d_val = part.d_key[live], part.d_val[live]
+
+    # -- rows -------------------------------------------------------------------
+
+    def _rows(self, part: _Partition, keys: np.ndarray, partition: int, stream: str,
+              now: datetime, version: int) -> PairWindowColumns:
+        pos = np.searchsorted(part.w_key, keys)
+        counts = part.w_counts[pos]
+        weights = self._weights
+        value = counts[:, 0] * weights[0]
+        for kind in range(1, N_KINDS):
+            value = value + counts[:, kind] * weights[kind]
+        high = keys >> _SLOT_BITS
+        index = high % len(self.sizes)
+        pd = high // len(self.sizes)
+        start = ((keys & _SLOT_MASK) - _SLOT_BIAS) * self.sizes[index]
+        pid = pd >> 1
+        backward = (pd & 1).astype(bool)
+        lo, hi = part.lo[pid], part.hi[pid]
+        names = self._names
+        src = names[np.where(backward, hi, lo)].tolist()
+        dst = names[np.where(backward, lo, hi)].tolist()
+        labels = self._labels
+        cache = self._starts
+        starts = []
+        for s in start.tolist():
+            when = cache.get(s)
+            if when is None:
+                when = cache[s] = to_utc(s)
+            starts.append(when)
+        return PairWindowColumns(
+            [labels[i] for i in index.tolist()], starts, src, dst, stream, partition, counts,
+            value.astype(F64), part.w_recip[pos], part.w_snub[pos],
+            self._medians(part, keys), version, now)
+
+    @staticmethod
+    def _medians(part: _Partition, keys: np.ndarray) -> list[float | None]:
+        """The median decided delay of each window (None without any)."""
+        medians: list[float | None] = [None] * len(keys)
+        if not len(part.d_key):
+            return medians
+        mask = np.isin(part.d_key, keys)
+        if not mask.any():
+            return medians
+        d_key, d_val = part.d_key[mask], part.d_val[mask]
+        order = np.lexsort((d_val, d_key))
+        d_key, d_val = d_key[order], d_val[order]
+        starts = np.flatnonzero(np.r_[True, d_key[1:] != d_key[:-1]])
+        sizes = np.diff(np.r_[starts, len(d_key)])
+        mid = starts + sizes // 2
+        odd = sizes % 2 == 1
+        median = np.where(odd, d_val[mid], (d_val[mid - 1 + odd] + d_val[mid]) / 2)
+        where = np.searchsorted(keys, d_key[starts])
+        for i, m in zip(where.tolist(), median.tolist(), strict=True):
+            medians[i] = m
+        return medians
