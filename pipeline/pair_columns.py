@@ -29,7 +29,7 @@ partition).
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +61,53 @@ _DAY_MASK = (1 << _DAY_BITS) - 1
 _DAY_BIAS = 1 << 19
 #: pair code of two interned orgs (lo << _ORG_BITS | hi)
 _ORG_BITS = 31
+
+
+#: deltas a partition may have on top of its snapshot (besides their bytes)
+MAX_DELTAS = 256
+#: deltas may reach the snapshot's bytes, and at least this many, before the next snapshot
+MIN_SNAPSHOT_BYTES = 1 << 20
+#: the largest value of one table record: a snapshot or delta is split in parts
+PART_BYTES = 256 << 10
+#: the arrays of a partition's state other than the per-pair ones
+_ARRAYS = ("p_pd", "p_ts", "p_kind", "t_pd", "t_ts", "w_key", "w_counts", "w_recip", "w_snub",
+           "d_key", "d_val", "day_key", "day_count")
+
+
+def partition_prefix(partition: int) -> str:
+    """What the pair table's keys of an internal partition start with:
+    ``cols:{partition}:`` then ``head``, ``s{slot}:{part}`` (snapshot) or
+    ``d{slot}:{n}:{part}`` (delta ``n``)."""
+    return f"cols:{partition}:"
+
+
+def _blob_parts(base: str, gen: int, payload: bytes) -> list[tuple[str, bytes]]:
+    """A payload as table records of at most :data:`PART_BYTES`: ``{base}:{i}``,
+    the first starting with a JSON line of its generation and part count."""
+    count = max(1, -(-len(payload) // PART_BYTES))
+    first = orjson.dumps({"gen": gen, "parts": count}) + b"\n"
+    return [(f"{base}:{i}", (first if i == 0 else b"") + payload[i * PART_BYTES:
+                                                                  (i + 1) * PART_BYTES])
+            for i in range(count)]
+
+
+def _read_blob(values: dict[str, bytes], base: str, gen: int) -> bytes | None:
+    """The payload of :func:`_blob_parts` at ``base`` if it is there, whole and
+    of generation ``gen``."""
+    first = values.get(f"{base}:0")
+    if first is None:
+        return None
+    line, _, rest = first.partition(b"\n")
+    header = orjson.loads(line)
+    if header["gen"] != gen:
+        return None
+    parts = [rest]
+    for i in range(1, int(header["parts"])):
+        more = values.get(f"{base}:{i}")
+        if more is None:
+            return None
+        parts.append(more)
+    return b"".join(parts)
 
 
 def _empty(dtype: Any, *shape: int) -> np.ndarray:
@@ -122,6 +169,9 @@ class ColumnarOutcome:
     """What one batch of one internal partition changed."""
 
     windows: PairWindowColumns | None = None
+    #: table key -> value (None: delete), to write in this order, then the tracker
+    states: dict[str, bytes | None] = field(default_factory=dict)
+    tracker: dict[str, Any] | None = None
     snubs: list[Snub] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -168,6 +218,15 @@ class _Partition:
         self.s_start = _empty(I64)
         self.s_next = _empty(I64)
         self.s_floor = _empty(I64)
+        #: how the state is in the table: the snapshot's generation and slot
+        #: (0 or 1), the deltas on top of it and their bytes, the snapshot's
+        #: bytes, and the keys the table holds in each slot
+        self.gen = 0
+        self.slot = 0
+        self.deltas = 0
+        self.delta_bytes = 0
+        self.snapshot_bytes = 0
+        self.keys: tuple[set[str], set[str]] = (set(), set())
 
     @property
     def pairs(self) -> int:
@@ -193,11 +252,35 @@ class ColumnarPairStage:
 
     # -- assignment -------------------------------------------------------------
 
-    def load(self, partition: int, tracker: dict[str, Any] | None) -> None:
+    def load(self, partition: int, tracker: dict[str, Any] | None,
+             items: Iterable[tuple[str, bytes]] = ()) -> None:
+        """(Re)build a partition's state from what the table holds under
+        :func:`partition_prefix`: its snapshot, then its deltas replayed."""
         lateness = self.params.lateness_s
-        self._partitions[partition] = _Partition(
+        part = _Partition(
             WatermarkTracker(self.sources, lateness) if tracker is None
             else WatermarkTracker.from_json(tracker, self.sources, lateness), self.sources)
+        prefix = partition_prefix(partition)
+        values = dict(items)
+        head = values.pop(prefix + "head", None)
+        if head is not None:
+            doc = orjson.loads(head)
+            part.gen, part.slot = int(doc["gen"]), int(doc["slot"])
+        for key in values:
+            part.keys[int(key[len(prefix) + 1])].add(key)
+        if part.gen:
+            blob = _read_blob(values, f"{prefix}s{part.slot}", part.gen)
+            if blob is None:
+                raise RuntimeError(f"pair state of partition {partition}: snapshot "
+                                   f"{part.gen} is missing or incomplete in the table")
+            self._restore(part, blob)
+            part.snapshot_bytes = len(blob)
+        while (delta := _read_blob(values, f"{prefix}d{part.slot}:{part.deltas + 1}",
+                                   part.gen)) is not None:
+            self._replay(part, orjson.loads(delta))
+            part.deltas += 1
+            part.delta_bytes += len(delta)
+        self._partitions[partition] = part
 
     def forget(self, partition: int) -> None:
         self._partitions.pop(partition, None)
@@ -217,7 +300,7 @@ class ColumnarPairStage:
         part = self._partitions[partition]
         out = ColumnarOutcome()
         dirty: list[np.ndarray] = []
-        self._apply(part, messages, dirty, out)
+        kept = self._apply(part, messages, dirty, out)
         closed = part.tracker.closed
         decided_at = closed if closed is not None and messages else None
         if decided_at is not None:
@@ -228,6 +311,9 @@ class ColumnarPairStage:
                                      stream, now, out.last_offset + 1)
         if decided_at is not None:
             self._retire(part, decided_at)
+        if kept is not None or decided_at is not None:
+            self._persist(part, partition, {"r": kept, "at": decided_at}, out)
+        out.tracker = part.tracker.to_json()
         return out
 
     def _interned(self, names: Sequence[str]) -> np.ndarray:
@@ -240,7 +326,10 @@ class ColumnarPairStage:
         return np.fromiter(map(index.__getitem__, names), dtype=I64, count=len(names))
 
     def _apply(self, part: _Partition, messages: Sequence[Message], dirty: list[np.ndarray],
-               out: ColumnarOutcome) -> None:
+               out: ColumnarOutcome) -> dict[str, Any] | None:
+        """Decode a batch, drop replays and dead-letter late records, apply the
+        rest. Returns what :meth:`_take` needs to do it again (the delta), or
+        None when no record was kept."""
         tracker = part.tracker
         counts = out.counts
         rows: list[Any] = []
@@ -274,7 +363,7 @@ class ColumnarPairStage:
                 tracker.tag = message.offset
             tracker.watermark()
         if not rows:
-            return
+            return None
         n = len(rows)
         counts.records += n
         try:
@@ -290,17 +379,12 @@ class ColumnarPairStage:
         msg = np.repeat(np.array(m_index, dtype=I64), per)
         source = np.repeat(np.array(m_source, dtype=I64), per)
         closed_at = np.repeat(np.array(m_closed, dtype=F64), per)
-        # pairs: lo and hi in string order (direction 1: src is hi)
-        s_org, d_org = self._interned(srcs), self._interned(dsts)
-        backward = np.fromiter(map(operator.gt, srcs, dsts), dtype=bool, count=n)
-        lo = np.where(backward, d_org, s_org)
-        hi = np.where(backward, s_org, d_org)
-        codes, inverse = np.unique((lo << _ORG_BITS) | hi, return_inverse=True)
-        pid = self._pair_ids(part, codes)[inverse]
+        pid, backward = self._pairs_of(part, srcs, dsts)
         # replays: at or below the highest offset applied from that source
         kept = self._not_replayed(part, pid, source, msg, offset)
         counts.replayed += int(n - kept.sum())
-        np.maximum.at(part.applied, (pid[kept], source[kept]), offset[kept])
+        if not kept.any():
+            return None
         late = kept & (ts <= closed_at)
         if late.any():
             for i in np.flatnonzero(late).tolist():
@@ -311,16 +395,45 @@ class ColumnarPairStage:
                     int(source[i]), int(offset[i]), 0, REASON_LATE,
                     f"engagement time {float(ts[i])} is at or before the watermark {closed} "
                     f"(source partition {int(source[i])} was idle)", message.value, None))
-        applied = kept & ~late
         event_ids = np.array(ids, dtype=object)
-        if not applied.all():
+        if not kept.all():
+            pid, backward, ts, kind = pid[kept], backward[kept], ts[kept], kind[kept]
+            source, offset, late = source[kept], offset[kept], late[kept]
+            event_ids = event_ids[kept]
+            srcs = np.array(srcs, dtype=object)[kept].tolist()
+            dsts = np.array(dsts, dtype=object)[kept].tolist()
+        applied_ts = self._take(part, pid, backward, ts, kind, event_ids, source, offset, late,
+                                dirty)
+        counts.applied += len(applied_ts)
+        if self.keep_applied_ts:
+            out.applied_ts.extend(applied_ts.tolist())
+        return {"src": srcs, "dst": dsts, "ts": ts, "kind": kind, "id": event_ids.tolist(),
+                "source": source, "offset": offset, "late": late}
+
+    def _pairs_of(self, part: _Partition, srcs: Sequence[str],
+                  dsts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each engagement's pair id in the partition and its direction (True:
+        hi -> lo, the orgs in string order)."""
+        s_org, d_org = self._interned(srcs), self._interned(dsts)
+        backward = np.fromiter(map(operator.gt, srcs, dsts), dtype=bool, count=len(srcs))
+        lo = np.where(backward, d_org, s_org)
+        hi = np.where(backward, s_org, d_org)
+        codes, inverse = np.unique((lo << _ORG_BITS) | hi, return_inverse=True)
+        return self._pair_ids(part, codes)[inverse], backward
+
+    def _take(self, part: _Partition, pid: np.ndarray, backward: np.ndarray, ts: np.ndarray,
+              kind: np.ndarray, event_ids: np.ndarray, source: np.ndarray, offset: np.ndarray,
+              late: np.ndarray, dirty: list[np.ndarray]) -> np.ndarray:
+        """Apply kept records (not replays): their offsets count as applied, and
+        those not late go into the pending engagements, return times, windows
+        and day series. Returns the applied ones' times."""
+        np.maximum.at(part.applied, (pid, source), offset)
+        if late.any():
+            applied = ~late
             pid, backward, ts, kind = pid[applied], backward[applied], ts[applied], kind[applied]
             event_ids = event_ids[applied]
-        counts.applied += len(ts)
         if not len(ts):
-            return
-        if self.keep_applied_ts:
-            out.applied_ts.extend(ts.tolist())
+            return ts
         pd = 2 * pid + backward
         part.p_pd = np.concatenate([part.p_pd, pd])
         part.p_ts = np.concatenate([part.p_ts, ts])
@@ -330,29 +443,32 @@ class ColumnarPairStage:
         part.t_ts = np.concatenate([part.t_ts, ts])
         self._count_windows(part, pd, ts, kind, dirty)
         self._count_days(part, pd, ts)
+        return ts
 
     def _pair_ids(self, part: _Partition, codes: np.ndarray) -> np.ndarray:
+        """The partition's dense id of each pair code; new pairs are numbered in
+        the order of their orgs' names (the same state, the same numbers,
+        whatever order this worker interned the orgs in)."""
         pids = part.pids
-        ids = np.empty(len(codes), dtype=I64)
-        new: list[int] = []
-        for j, code in enumerate(codes.tolist()):
-            pid = pids.get(code)
-            if pid is None:
-                pid = pids[code] = len(pids)
-                new.append(code)
-            ids[j] = pid
+        listed = codes.tolist()
+        new = [code for code in listed if code not in pids]
         if new:
+            names = self._org_names
+            mask = (1 << _ORG_BITS) - 1
+            new.sort(key=lambda code: (names[code >> _ORG_BITS], names[code & mask]))
+            first = len(pids)
+            for code in new:
+                pids[code] = len(pids)
             count = len(pids)
             part.lo = _grow(part.lo, count, 0)
             part.hi = _grow(part.hi, count, 0)
             part.applied = _grow(part.applied, count, -1)
             fresh = np.array(new, dtype=I64)
-            first = count - len(new)
             part.lo[first:count] = fresh >> _ORG_BITS
-            part.hi[first:count] = fresh & ((1 << _ORG_BITS) - 1)
+            part.hi[first:count] = fresh & mask
             for name in ("s_start", "s_next", "s_floor"):
                 setattr(part, name, _grow(getattr(part, name), 2 * count, NONE))
-        return ids
+        return np.fromiter(map(pids.__getitem__, listed), dtype=I64, count=len(listed))
 
     def _not_replayed(self, part: _Partition, pid: np.ndarray, source: np.ndarray,
                       msg: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -578,6 +694,103 @@ class ColumnarPairStage:
         if len(part.d_key):
             live = ~np.isin(part.d_key, gone)
             part.d_key, part.d_val = part.d_key[live], part.d_val[live]
+
+    # -- the state in the table -------------------------------------------------
+
+    def _persist(self, part: _Partition, partition: int, delta: dict[str, Any],
+                 out: ColumnarOutcome) -> None:
+        """What goes to the table for a batch that changed the partition: a
+        delta (its kept records and the watermark it decided at, redone by
+        :meth:`_replay`), or, once the deltas would pass the snapshot's bytes
+        (at least :data:`MIN_SNAPSHOT_BYTES`) or :data:`MAX_DELTAS`, a
+        snapshot of the whole state in the other slot, then the head naming
+        it, then the old slot deleted. A crash at any point leaves the last
+        head's snapshot and deltas whole."""
+        prefix = partition_prefix(partition)
+        payload = orjson.dumps(delta, option=orjson.OPT_SERIALIZE_NUMPY)
+        if part.deltas < MAX_DELTAS and (
+                part.delta_bytes + len(payload) <= max(part.snapshot_bytes, MIN_SNAPSHOT_BYTES)):
+            part.deltas += 1
+            part.delta_bytes += len(payload)
+            for key, value in _blob_parts(f"{prefix}d{part.slot}:{part.deltas}", part.gen,
+                                          payload):
+                out.states[key] = value
+                part.keys[part.slot].add(key)
+            return
+        gen, slot = part.gen + 1, 1 - part.slot
+        blob = self._snapshot(part)
+        parts = _blob_parts(f"{prefix}s{slot}", gen, blob)
+        fresh = {key for key, _ in parts}
+        for key in sorted(part.keys[slot] - fresh):  # leftovers of an older generation
+            out.states[key] = None
+        out.states.update(parts)
+        out.states[prefix + "head"] = orjson.dumps({"gen": gen, "slot": slot})
+        for key in sorted(part.keys[part.slot]):
+            out.states[key] = None
+        part.keys[part.slot].clear()
+        part.keys[slot].clear()
+        part.keys[slot].update(fresh)
+        part.gen, part.slot, part.deltas, part.delta_bytes = gen, slot, 0, 0
+        part.snapshot_bytes = len(blob)
+
+    def _replay(self, part: _Partition, delta: dict[str, Any]) -> None:
+        """Redo one batch's changes from its delta (see :meth:`_persist`)."""
+        records = delta["r"]
+        if records is not None:
+            pid, backward = self._pairs_of(part, records["src"], records["dst"])
+            self._take(part, pid, backward, np.array(records["ts"], dtype=F64),
+                       np.array(records["kind"], dtype=I64),
+                       np.array(records["id"], dtype=object),
+                       np.array(records["source"], dtype=I64),
+                       np.array(records["offset"], dtype=I64),
+                       np.array(records["late"], dtype=bool), [])
+        at = delta["at"]
+        if at is not None:
+            self._decide(part, float(at), [], ColumnarOutcome())
+            self._evaluate_days(part, float(at), ColumnarOutcome())
+            self._retire(part, float(at))
+
+    def _snapshot(self, part: _Partition) -> bytes:
+        """The partition's state as bytes: a JSON line (orgs, event ids, the
+        arrays' names, types and shapes), then the arrays' bytes."""
+        pairs = part.pairs
+        # orgs in name order: the same state gives the same bytes whatever the interning
+        names = np.array(self._org_names, dtype=object)
+        orgs, local = np.unique(names[np.concatenate([part.lo[:pairs], part.hi[:pairs]])]
+                                .astype(str), return_inverse=True)
+        arrays = {"lo": local[:pairs], "hi": local[pairs:], "applied": part.applied[:pairs],
+                  "s_start": part.s_start[:2 * pairs], "s_next": part.s_next[:2 * pairs],
+                  "s_floor": part.s_floor[:2 * pairs],
+                  **{name: getattr(part, name) for name in _ARRAYS}}
+        header = {"orgs": orgs.tolist(), "pairs": pairs,
+                  "ids": part.p_id.tolist(),
+                  "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
+        return b"".join([orjson.dumps(header), b"\n",
+                         *(np.ascontiguousarray(a).tobytes() for a in arrays.values())])
+
+    def _restore(self, part: _Partition, blob: bytes) -> None:
+        line, _, data = blob.partition(b"\n")
+        header = orjson.loads(line)
+        view = memoryview(data)
+        arrays: dict[str, np.ndarray] = {}
+        at = 0
+        for name, dtype, shape in header["arrays"]:
+            kind = np.dtype(dtype)
+            size = kind.itemsize * int(np.prod(shape, dtype=I64))
+            arrays[name] = np.frombuffer(view[at:at + size], dtype=kind).reshape(shape).copy()
+            at += size
+        orgs = self._interned(header["orgs"]) if header["orgs"] else _empty(I64)
+        pairs = int(header["pairs"])
+        part.lo, part.hi = orgs[arrays.pop("lo")], orgs[arrays.pop("hi")]
+        part.pids = {code: pid for pid, code in
+                     enumerate(((part.lo << _ORG_BITS) | part.hi).tolist())}
+        if len(part.pids) != pairs:
+            raise RuntimeError(f"pair state snapshot {part.gen}: {pairs} pairs expected, "
+                               f"{len(part.pids)} found")
+        part.applied = arrays.pop("applied")
+        part.p_id = np.array(header["ids"], dtype=object)
+        for name, array in arrays.items():
+            setattr(part, name, array)
 
     # -- rows -------------------------------------------------------------------
 

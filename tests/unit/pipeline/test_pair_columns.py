@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
+from pipeline import pair_columns
 from pipeline.ingest import Engagement, Message
-from pipeline.pair_columns import ColumnarOutcome, ColumnarPairStage
+from pipeline.pair_columns import ColumnarOutcome, ColumnarPairStage, partition_prefix
 from pipeline.pairs import PairOutcome, PairStage
 from pipeline.reciprocity import Params
 from pipeline.routing import encode
@@ -116,6 +118,63 @@ def test_columns_find_what_objects_find(seed: int) -> None:
         findings += len(expected.pair_windows) + len(expected.snubs) + len(expected.alerts)
         assert new.watermark(2) == old.watermark(2)
     assert findings
+
+
+class Table:
+    """The pair table as the worker keeps it: each batch's states in order, then
+    the tracker."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.tracker: dict[str, Any] | None = None
+
+    def write(self, out: ColumnarOutcome) -> None:
+        for key, value in out.states.items():
+            if value is None:
+                self.values.pop(key, None)
+            else:
+                self.values[key] = value
+        self.tracker = out.tracker
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snapshots and deltas (small, to have many of both, in several parts):
+    a stage loaded from the table after any batch finds what the stage that
+    never stopped finds."""
+    monkeypatch.setattr(pair_columns, "PART_BYTES", 200)
+    monkeypatch.setattr(pair_columns, "MIN_SNAPSHOT_BYTES", 1500 if seed % 2 else 0)
+    monkeypatch.setattr(pair_columns, "MAX_DELTAS", 1 + seed % 4)
+    sources = 1 + seed % 3
+    params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
+                    drop_min_baseline=1.0)
+    steady = ColumnarPairStage(REGISTRY, params, sources)
+    steady.load(2, None)
+    table = Table()
+    rng = random.Random(seed)
+    restarted = ColumnarPairStage(REGISTRY, params, sources)
+    restarted.load(2, None)
+    loads = 0
+    for batch in _scenario(seed, sources, 3 * H):
+        if rng.random() < 0.4:
+            restarted = ColumnarPairStage(REGISTRY, params, sources)
+            restarted.load(2, table.tracker, [(k, v) for k, v in table.values.items()
+                                              if k.startswith(partition_prefix(2))])
+            loads += 1
+        expected = steady.process(2, batch, "s", NOW)
+        got = restarted.process(2, batch, "s", NOW)
+        assert sorted(map(tuple, got.pair_windows)) == sorted(map(tuple, expected.pair_windows))
+        assert sorted(got.alerts, key=repr) == sorted(expected.alerts, key=repr)
+        assert got.counts == expected.counts
+        assert got.states == expected.states
+        table.write(got)
+    heads = [k for k in table.values if k.endswith(":head")]
+    assert loads and heads
+    # the table holds one generation: the head's snapshot and its deltas
+    gen = orjson.loads(table.values[heads[0]])["gen"]
+    assert all(orjson.loads(v.partition(b"\n")[0])["gen"] == gen
+               for k, v in table.values.items() if k.endswith(":0") and ":s" in k)
 
 
 def test_the_scenarios_hold_what_the_comparison_needs() -> None:
