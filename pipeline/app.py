@@ -60,7 +60,8 @@ from pipeline.ingest import (
     expired_seen,
 )
 from pipeline.memory import dumps, free_heap
-from pipeline.pairs import PairCounts, PairStage, pair_of
+from pipeline.pair_columns import ColumnarPairStage, partition_prefix
+from pipeline.pairs import PairCounts
 from pipeline.routing import by_partition, encode, partition_for, record_dst, record_pair
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
@@ -209,7 +210,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.params = params = settings.params()
         self.ingest = Ingest(registry, params.lateness_s)
-        self.pair_stage = PairStage(registry, params, settings.partitions)
+        self.pair_stage = ColumnarPairStage(registry, params, settings.partitions)
         #: called after each pair-stage sink write with the event times of the
         #: engagements it made queryable (``reciprocity bench`` measures latency)
         self._on_written: Callable[[list[float]], None] | None = None
@@ -243,7 +244,9 @@ class Pipeline:
         # partition this worker is assigned.
         self.seen_table = self.app.Table("event-id-batches", partitions=n, key_type=str,
                                          value_type=bytes)
-        self.pair_table = self.app.Table("pair-states", partitions=n, key_type=str,
+        # the pair stage's state per internal partition: a snapshot of its
+        # arrays plus deltas (pipeline.pair_columns)
+        self.pair_table = self.app.Table("pair-columns", partitions=n, key_type=str,
                                          value_type=bytes)
         self.inbound_table = self.app.Table("inbound-states", partitions=n, key_type=str,
                                          value_type=bytes)
@@ -762,7 +765,7 @@ class Pipeline:
     async def _pairs_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._run_batches(stream, self.settings.pairs_topic, self.process_pairs)
 
-    def _load_stage(self, stage: PairStage | InboundStage, table: Any, partition: int,
+    def _load_stage(self, stage: InboundStage, table: Any, partition: int,
                     decode: Callable[[str], str], owner: Callable[[str], str]) -> None:
         """Give a stage a partition new to it, from what its table holds (the table
         was recovered from its changelog by the time the partition's events come;
@@ -780,7 +783,23 @@ class Pipeline:
                 states.append((decode(key), orjson.loads(value)))
         stage.load(partition, tracker, states)
 
-    async def _persist_stage(self, stage: PairStage | InboundStage, table: Any,
+    def _load_pairs(self, partition: int) -> None:
+        """Give the pair stage a partition new to it: its tracker, snapshot and
+        deltas (keys under ``partition_prefix``) from the recovered table."""
+        stage = self.pair_stage
+        if stage.owns(partition):
+            return
+        tracker_key, prefix = f"{_TRACKER}{partition}", partition_prefix(partition)
+        tracker = None
+        items = []
+        for key, value in self.pair_table.items():
+            if key == tracker_key:
+                tracker = orjson.loads(value)
+            elif key.startswith(prefix):
+                items.append((key, value))
+        stage.load(partition, tracker, items)
+
+    async def _persist_stage(self, stage: ColumnarPairStage | InboundStage, table: Any,
                              outcomes: Sequence[tuple[Any, Any]],
                              encode: Callable[[str], str]) -> None:
         """Write each touched key's state, then each partition's tracker, and wait
@@ -810,7 +829,7 @@ class Pipeline:
         dead: list[DeadLetter] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
-            self._load_stage(stage, self.pair_table, partition, _same, pair_of)
+            self._load_pairs(partition)
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages, stream, now)
             outcomes.append((group[-1], outcome))

@@ -24,20 +24,23 @@ an exception.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 import orjson
 
-from pipeline.engagements import Resolution, raw_engagements, resolve
+from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
 from pipeline.reciprocity import Omission, omissions
 from schemas.event import (
+    MENTIONING_KINDS,
     REASON_INVALID_EVENT,
     REASON_INVALID_JSON,
     Event,
     Invalid,
     event_from_obj,
+    events_from_objs,
 )
 from schemas.registry import Registry
 
@@ -267,7 +270,143 @@ class Ingest:
         first_seen: Mapping[str, Sequence[int]],
         max_ts: Mapping[int, float],
     ) -> IngestOutcome:
-        """One batch. Messages of a partition must come in offset order."""
+        """One batch. Messages of a partition must come in offset order.
+
+        A batch whose every message decodes to valid events with UTC ``Z``
+        times (what producers send) is validated in columns
+        (:func:`schemas.event.events_from_objs`) and worked through in one
+        tight loop (:meth:`_columns`); any other batch event by event
+        (:meth:`_events`). Both give the same outcome for the same batch."""
+        messages = messages if isinstance(messages, Sequence) else list(messages)
+        out = self._columns(messages, first_seen, max_ts)
+        return out if out is not None else self._events(messages, first_seen, max_ts)
+
+    def _columns(
+        self,
+        messages: Sequence[Message],
+        first_seen: Mapping[str, Sequence[int]],
+        max_ts: Mapping[int, float],
+    ) -> IngestOutcome | None:
+        objs: list[Any] = []
+        #: per event: its message's index and its item index in the message
+        where: list[tuple[int, int]] = []
+        for index, message in enumerate(messages):
+            try:
+                doc = orjson.loads(message.value)
+            except orjson.JSONDecodeError:
+                return None
+            if type(doc) is dict:
+                objs.append(doc)
+                where.append((index, -1))  # a single event: its raw bytes are the value
+            elif type(doc) is list and doc:
+                objs.extend(doc)
+                where.extend((index, item) for item in range(len(doc)))
+            else:
+                return None
+        columns = events_from_objs(objs)
+        if columns is None:
+            return None
+        out = IngestOutcome()
+        lateness = self.lateness_s
+        registry = self.registry
+        org_of = registry.org_of_account.get
+        kind_index = KIND_INDEX.get
+        new_seen, stored = out.first_seen, first_seen
+        out_max, batch_max = out.max_ts, out.batch_max_ts
+        partition_counts = out.partition_counts
+        last_index = -1
+        counts = Counts()
+        partition = offset = -1
+        routed: list[Engagement] = []
+        ids, times, kinds, actors = columns.id, columns.ts, columns.kind, columns.actor
+        targets, mentions, features = columns.target, columns.mentions, columns.features
+        for i, (index, item) in enumerate(where):
+            if index != last_index:
+                last_index = index
+                message = messages[index]
+                partition, offset = message.partition, message.offset
+                found = partition_counts.get(partition)
+                if found is None:
+                    found = partition_counts[partition] = Counts()
+                    out.first_offsets[partition] = offset
+                counts = found
+                counts.messages += 1
+                out.last_offsets[partition] = offset
+                routed = out.engagements.setdefault(partition, [])
+            position = max(item, 0)
+            counts.events += 1
+            counts.valid += 1
+            event_id, ts = ids[i], times[i]
+            if ts > batch_max.get(partition, -math.inf):
+                batch_max[partition] = ts
+            # the verdict: a duplicate, a replay (its first verdict), late or in time
+            seen: Sequence[int] | None = new_seen.get(event_id)
+            if seen is None:
+                seen = stored.get(event_id)
+            if seen is not None:
+                if seen[0] != partition or seen[1] != offset or seen[2] != position:
+                    counts.duplicates += 1
+                    continue
+                counts.replayed += 1
+                late = bool(seen[3])
+            else:
+                high = out_max.get(partition, max_ts.get(partition))
+                late = high is not None and ts <= high - lateness
+                new_seen[event_id] = (partition, offset, position, int(late))
+            if late:
+                counts.late += 1
+                counts.dead_lettered += 1
+                message = messages[index]
+                out.dead_letters.append(DeadLetter(
+                    partition, offset, position, REASON_LATE,
+                    f"event time {ts} is at or before the watermark of partition "
+                    f"{partition} (largest event time seen minus {lateness:g} s)",
+                    message.value if item < 0 else orjson.dumps(objs[i]), message.key))
+                continue
+            high = out_max.get(partition, max_ts.get(partition))
+            if high is None or ts > high:
+                out_max[partition] = ts
+            kind = kinds[i]
+            if kind == "post" and features[i]:
+                found_omissions = omissions(columns.event(i), registry)
+                if found_omissions:
+                    counts.omissions += len(found_omissions)
+                    out.omissions.extend(found_omissions)
+            src = org_of(actors[i])
+            index_of_kind = kind_index(kind)
+            target = targets[i]
+            if index_of_kind is not None and target is not None:
+                dst = org_of(target)
+                if src is None or dst is None:
+                    counts.unmapped += 1
+                elif src == dst:
+                    counts.same_org += 1
+                else:
+                    counts.engagements += 1
+                    routed.append(Engagement(event_id, index_of_kind, src, dst, ts, offset))
+            named = mentions[i]
+            if named and kind in MENTIONING_KINDS:
+                for account in dict.fromkeys(named):
+                    dst = org_of(account)
+                    if src is None or dst is None:
+                        counts.unmapped += 1
+                    elif src == dst:
+                        counts.same_org += 1
+                    else:
+                        counts.engagements += 1
+                        routed.append(Engagement(event_id, MENTION, src, dst, ts, offset))
+        for partition_counts_ in partition_counts.values():
+            out.counts.add(partition_counts_)
+        out.engagements = {p: e for p, e in out.engagements.items() if e}
+        return out
+
+    def _events(
+        self,
+        messages: Iterable[Message],
+        first_seen: Mapping[str, Sequence[int]],
+        max_ts: Mapping[int, float],
+    ) -> IngestOutcome:
+        """One batch, event by event (any input: invalid events become dead letters)."""
         out = IngestOutcome()
         for message in messages:
             partition, offset = message.partition, message.offset

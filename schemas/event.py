@@ -13,12 +13,15 @@ returns either an :class:`Event` or an :class:`Invalid` carrying the reason.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
 CONTRACT_VERSION: Final = 1
@@ -195,6 +198,125 @@ def event_from_obj(obj: object) -> Event | Invalid:
         )
     except ValueError as exc:
         return Invalid(REASON_INVALID_EVENT, str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """Valid events as columns, in input order (:func:`events_from_objs`)."""
+
+    id: list[str]
+    ts: list[float]
+    kind: list[str]
+    actor: list[str]
+    target: list[str | None]
+    mentions: list[list[str] | None]
+    features: list[list[str] | None]
+
+    def event(self, i: int) -> Event:
+        """The ``i``-th event as an :class:`Event` (subject and platform are not
+        kept in the columns)."""
+        return Event(self.id[i], self.ts[i], self.kind[i], self.actor[i], self.target[i],
+                     tuple(self.mentions[i] or ()), tuple(self.features[i] or ()))
+
+
+#: positions of digits and separators in ``YYYY-MM-DDTHH:MM:SS``
+_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_SEPARATORS = {4: "-", 7: "-", 10: "T", 13: ":", 16: ":"}
+_TS_WIDTH = 27  # YYYY-MM-DDTHH:MM:SS.ffffffZ
+
+
+def events_from_objs(objs: Sequence[Any]) -> EventColumns | None:
+    """Validate many decoded JSON values at once, for a batch of input.
+
+    Returns their events as columns when every value is a valid contract-v1
+    event whose ``ts`` is RFC 3339 in UTC written with ``Z`` and at most six
+    fraction digits (what producers send); otherwise None, and
+    :func:`event_from_obj` takes each value on its own (with its reason when
+    invalid). For the values it accepts it gives exactly the events and
+    times :func:`event_from_obj` gives, about ten times faster: the checks
+    are C loops over each field, and the times are parsed by numpy in one
+    call."""
+    if not objs or set(map(type, objs)) != {dict}:
+        return None
+    ids = [o.get("id") for o in objs]
+    actors = [o.get("actor") for o in objs]
+    kinds = [o.get("kind") for o in objs]
+    targets = [o.get("target") for o in objs]
+    mentions = [o.get("mentions") for o in objs]
+    features = [o.get("features") for o in objs]
+    stamps = [o.get("ts") for o in objs]
+    try:
+        if not set(kinds) <= _KIND_SET:
+            return None
+    except TypeError:  # an unhashable kind
+        return None
+    if not (_strings(ids, _MAX_ID_LEN) and _strings(actors, _MAX_ID_LEN)
+            and _strings([o.get("subject") for o in objs if o.get("subject") is not None])
+            and _strings([o.get("platform") for o in objs if o.get("platform") is not None])
+            and _strings([t for t in targets if t is not None])
+            and _id_lists(mentions) and _id_lists(features)):
+        return None
+    if not {k for k, t in zip(kinds, targets, strict=True) if t is None} <= {"post"}:
+        return None
+    times = _utc_times(stamps)
+    if times is None:
+        return None
+    return EventColumns(ids, times, kinds, actors, targets, mentions, features)
+
+
+def _strings(values: Sequence[Any], max_len: int | None = None) -> bool:
+    """All non-empty strings (of at most ``max_len`` characters)."""
+    if not values:
+        return True
+    if set(map(type, values)) != {str}:
+        return False
+    lengths = list(map(len, values))
+    return min(lengths) > 0 and (max_len is None or max(lengths) <= max_len)
+
+
+def _id_lists(values: Sequence[Any]) -> bool:
+    """Each absent (None) or an array of non-empty strings."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return True
+    if set(map(type, present)) != {list}:
+        return False
+    return _strings(list(itertools.chain.from_iterable(present)))
+
+
+def _utc_times(stamps: Sequence[Any]) -> list[float] | None:
+    """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` texts (None if any is
+    not of that form, or not a real time of 1970..2200)."""
+    if set(map(type, stamps)) != {str}:
+        return None
+    lengths = np.fromiter(map(len, stamps), dtype=np.int64, count=len(stamps))
+    if not (((lengths == 20) | ((lengths >= 22) & (lengths <= _TS_WIDTH))).all()):
+        return None
+    text = np.array(stamps, dtype=f"U{_TS_WIDTH}")
+    codes = text.view(np.uint32).reshape(len(stamps), _TS_WIDTH)
+    rows = np.arange(len(stamps))
+    digits = codes[:, _DIGITS]
+    ok = ((digits >= 48) & (digits <= 57)).all()
+    ok &= all((codes[:, at] == ord(char)).all() for at, char in _SEPARATORS.items())
+    ok &= (codes[rows, lengths - 1] == ord("Z")).all()
+    fractions = lengths > 20
+    if ok and fractions.any():
+        ok &= (codes[fractions, 19] == ord(".")).all()
+        where = np.arange(_TS_WIDTH)
+        inside = (where >= 20) & (where[None, :] < (lengths[fractions] - 1)[:, None])
+        part = codes[fractions]
+        ok &= (((part >= 48) & (part <= 57)) | ~inside).all()
+    if not ok:
+        return None
+    try:
+        micros = np.array([s[:-1] for s in stamps], dtype="datetime64[us]").astype(np.int64)
+    except ValueError:  # a day, hour, ... out of range: the per-event decoder says which
+        return None
+    seconds = micros / 1e6
+    if not ((seconds >= _MIN_TS) & (seconds < _MAX_TS)).all():
+        return None
+    times: list[float] = seconds.tolist()
+    return times
 
 
 def decode_event(raw: bytes) -> Event | Invalid:

@@ -39,7 +39,7 @@ from pipeline.bulk import default_partition
 from pipeline.inbound import InboundStage
 from pipeline.ingest import Engagement, Ingest, Message, SeenIndex
 from pipeline.memory import tune_gc
-from pipeline.pairs import PairStage
+from pipeline.pair_columns import ColumnarPairStage
 from pipeline.routing import by_partition, encode, record_dst, record_pair
 from pipeline.settings import Settings
 from pipeline.windows import window_label
@@ -113,9 +113,10 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
     params = settings.params()
     registry = load_registry(dataset.registry_path)
     ingest = Ingest(registry, params.lateness_s)
-    pairs, inbound = PairStage(registry, params, partitions), InboundStage(params, partitions)
+    pairs = ColumnarPairStage(registry, params, partitions)
+    inbound = InboundStage(params, partitions)
     for partition in range(partitions):
-        pairs.load(partition, None, [])
+        pairs.load(partition, None)
         inbound.load(partition, None, [])
     seen, max_ts = SeenIndex(), dict[int, float]()
     pair_topic, inbound_topic = _Internal(partitions), _Internal(partitions)

@@ -3,6 +3,7 @@ engagements (pure; dicts stand in for the Faust tables)."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,7 +28,14 @@ from pipeline.ingest import (
 )
 from pipeline.pairs import N_KINDS
 from pipeline.reciprocity import Omission
-from schemas.event import ENGAGEMENT_KINDS, REASON_INVALID_EVENT, REASON_INVALID_JSON, Event
+from schemas.event import (
+    ENGAGEMENT_KINDS,
+    KINDS,
+    REASON_INVALID_EVENT,
+    REASON_INVALID_JSON,
+    Event,
+    format_ts,
+)
 from schemas.registry import Org, Registry
 
 H = 3600
@@ -833,3 +841,86 @@ def test_the_seen_index_packs_positions_losslessly() -> None:
     assert dict(index) == {"c": (17, 123456, 499, 0)}
     with pytest.raises(ValueError):
         index["d"] = (0, 2**48, 0, 0)
+
+
+# --------------------------------------------------------------------------- in columns
+
+
+def _random_batches(seed: int) -> list[list[Message]]:
+    """Batches of single and packed messages of valid events over two
+    partitions: every kind, mentions (repeated, unmapped, same org), posts with
+    features, duplicates within and across batches and partitions, replays of
+    earlier messages, events late by the lateness."""
+    rng = random.Random(seed)
+    accounts = [*REGISTRY.org_of_account, "stranger"]
+    offsets = [0, 0]
+    clock = [T0, T0]
+    sent: list[list[Message]] = []
+    ids: list[str] = []
+    batches: list[list[Message]] = []
+    for _ in range(rng.randrange(3, 8)):
+        batch: list[Message] = []
+        for _ in range(rng.randrange(1, 8)):
+            partition = rng.randrange(2)
+            if rng.random() < 0.1 and sent:  # a replay: an earlier batch's message again
+                batch.extend(m for m in rng.choice(sent) if m.partition == partition)
+                continue
+            objs = []
+            for _ in range(rng.choice((1, 1, rng.randrange(1, 9)))):
+                clock[partition] += rng.choice((0, 1, 60, 3600))
+                ts = clock[partition] - rng.choice((0, 0, 0, LATENESS, 2 * LATENESS))
+                kind = rng.choice(KINDS)
+                extra: dict[str, Any] = {}
+                if kind in ("post", "reply") or rng.random() < 0.2:
+                    extra["mentions"] = rng.sample(accounts, rng.randrange(0, 3)) * rng.choice(
+                        (1, 2))
+                if kind == "post" and rng.random() < 0.7:
+                    extra["features"] = rng.sample(sorted(REGISTRY.org_of_entity), 2)
+                event_id = rng.choice(ids) if ids and rng.random() < 0.1 else None
+                obj = event(kind, rng.choice(accounts),
+                            None if kind == "post" and rng.random() < 0.5
+                            else rng.choice(accounts),
+                            ts=format_ts(ts), event_id=event_id, **extra)
+                ids.append(obj["id"])
+                objs.append(obj)
+            value = raw(objs[0] if len(objs) == 1 and rng.random() < 0.7 else objs)
+            batch.append(Message(partition, offsets[partition], value, b"k"))
+            offsets[partition] += 1
+        batch.sort(key=lambda m: (m.partition, m.offset))  # each partition in offset order
+        sent.append(batch)
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_columns_and_events_give_the_same_outcome(seed: int) -> None:
+    store = Store()
+    ingest = Ingest(REGISTRY, LATENESS)
+    used = 0
+    for batch in _random_batches(seed):
+        by_columns = ingest._columns(batch, store.first_seen, store.max_ts)
+        by_events = ingest._events(batch, store.first_seen, store.max_ts)
+        assert by_columns is not None
+        assert by_columns == by_events
+        store.apply(by_events)
+        used += by_events.counts.engagements
+    assert used
+
+
+def test_the_random_batches_reach_every_verdict() -> None:
+    totals = Counts()
+    for seed in range(40):
+        for outcome in run(_random_batches(seed))[1]:
+            totals.add(outcome.counts)
+    assert all(getattr(totals, name) > 0 for name in (
+        "duplicates", "replayed", "late", "engagements", "same_org", "unmapped",
+        "omissions")), totals
+
+
+def test_a_batch_with_any_event_not_in_the_fast_form_goes_event_by_event() -> None:
+    ingest = Ingest(REGISTRY, LATENESS)
+    for odd in (event(ts="2026-03-02T12:00:00+02:00"), event(ts=T0), {"id": "x"}):
+        batch = messages([event(), odd])
+        assert ingest._columns(batch, {}, {}) is None
+        assert ingest.process(batch, {}, {}) == ingest._events(batch, {}, {})
+    assert ingest._columns(messages([b"not json"]), {}, {}) is None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from schemas.event import (
     decode_event,
     encode_event,
     event_from_obj,
+    events_from_objs,
     format_ts,
     parse_ts,
 )
@@ -412,3 +415,64 @@ DISAGREEMENTS: list[tuple[str, Any]] = [
 def test_near_rfc3339_rejected_by_both(name: str, obj: Any) -> None:
     assert isinstance(event_from_obj(obj), Invalid), name
     assert not VALIDATOR.is_valid(obj), name
+
+
+# --------------------------------------------------------------------------- in columns
+
+#: times the columns' parser must refuse (its fast form only) or judge as the decoder does
+TS_CASES = [
+    "2026-03-02T10:00:00Z", "2026-03-02T10:00:00.5Z", "2026-03-02T10:00:00.123456Z",
+    "2026-03-02T10:00:00.1234567Z", "2026-03-02T10:00:00.Z", "2026-02-30T10:00:00Z",
+    "2026-02-29T10:00:00Z", "2028-02-29T10:00:00Z", "2026-03-02T23:59:60Z",
+    "2026-03-02T24:00:00Z", "2026-13-02T10:00:00Z", "2026-03-02T10:60:00Z",
+    "2026-03-02t10:00:00Z", "2026-03-02T10:00:00z", "1970-01-01T00:00:00Z",
+    "2199-12-31T23:59:59.999999Z", "2200-01-01T00:00:00Z", "2026-03-02T10:00:00+00:00",
+    "2026-03-02T1a:00:00Z", "2026-03-02T10:00:0\u0665Z", "\u0662026-03-02T10:00:00Z",
+    "2026-03-02T10:00:00.5+01:00", "2026-03-02T10:00:00.-5Z", "2026-03-02T10:00:00. Z",
+]
+
+
+def _same_events(objs: list[Any]) -> None:
+    columns = events_from_objs(objs)
+    decoded = [event_from_obj(obj) for obj in objs]
+    if columns is None:
+        return
+    assert all(isinstance(d, Event) for d in decoded)
+    for i, event in enumerate(decoded):
+        assert isinstance(event, Event)
+        assert columns.event(i) == dataclasses.replace(event, subject=None, platform=None)
+
+
+@pytest.mark.parametrize(("name", "obj"), CORPUS + DISAGREEMENTS,
+                         ids=[name for name, _ in CORPUS + DISAGREEMENTS])
+def test_columns_accept_only_what_the_decoder_accepts(name: str, obj: Any) -> None:
+    _same_events([obj])
+    _same_events([ev(), obj, ev(kind="reply", mentions=["m"])])
+
+
+@pytest.mark.parametrize("ts", TS_CASES)
+def test_columns_parse_times_as_the_decoder_does(ts: str) -> None:
+    _same_events([ev(ts=ts)])
+    _same_events([ev(), ev(ts=ts)])
+
+
+def test_columns_take_what_producers_send() -> None:
+    objs = [ev(), post(features=["dr_smith"], mentions=["m1", "m1"], subject="s"),
+            ev(kind="reply", ts="2026-03-02T10:00:00.25Z", mentions=[]),
+            ev(kind="follow", ts="2026-03-02T10:00:00.000001Z", platform="bluesky")]
+    columns = events_from_objs(objs)
+    assert columns is not None
+    assert columns.ts == [T0, T0, T0 + 0.25, T0 + 0.000001]
+    _same_events(objs)
+
+
+def test_columns_times_equal_the_decoders_on_many_random_times() -> None:
+    rng = random.Random(5)
+    stamps = []
+    for _ in range(5000):
+        moment = datetime.fromtimestamp(rng.randrange(0, 7258118400), tz=UTC)
+        fraction = rng.choice(["", f".{rng.randrange(10**6):06d}", f".{rng.randrange(1000)}"])
+        stamps.append(moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z")
+    columns = events_from_objs([ev(ts=ts) for ts in stamps])
+    assert columns is not None
+    assert columns.ts == [parse_ts(ts) for ts in stamps]
