@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
+import numpy as np
 import orjson
 
 from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
@@ -38,6 +40,7 @@ from schemas.event import (
     REASON_INVALID_EVENT,
     REASON_INVALID_JSON,
     Event,
+    EventColumns,
     Invalid,
     event_from_obj,
     events_from_objs,
@@ -287,9 +290,15 @@ class Ingest:
         first_seen: Mapping[str, Sequence[int]],
         max_ts: Mapping[int, float],
     ) -> IngestOutcome | None:
+        """A plain batch in columns: every event valid in the producers' form
+        (:func:`schemas.event.events_from_objs`), new (its id neither seen
+        before nor twice in the batch) and in time. None for any other batch
+        (a duplicate, a replay, a late or an invalid event), which
+        :meth:`_events` then takes event by event."""
         objs: list[Any] = []
-        #: per event: its message's index and its item index in the message
-        where: list[tuple[int, int]] = []
+        #: per event: its message's index, and its item index (-1: a single event)
+        of_message: list[int] = []
+        items: list[int] = []
         for index, message in enumerate(messages):
             try:
                 doc = orjson.loads(message.value)
@@ -297,108 +306,107 @@ class Ingest:
                 return None
             if type(doc) is dict:
                 objs.append(doc)
-                where.append((index, -1))  # a single event: its raw bytes are the value
+                of_message.append(index)
+                items.append(-1)
             elif type(doc) is list and doc:
                 objs.extend(doc)
-                where.extend((index, item) for item in range(len(doc)))
+                of_message.extend(itertools.repeat(index, len(doc)))
+                items.extend(range(len(doc)))
             else:
                 return None
         columns = events_from_objs(objs)
         if columns is None:
             return None
+        ids, n = columns.id, len(objs)
+        unique = set(ids)
+        known = first_seen._packed if isinstance(first_seen, SeenIndex) else first_seen
+        if len(unique) != n or any(map(known.__contains__, unique)):
+            return None
+        message_index = np.array(of_message, dtype=np.int64)
+        partition_of = np.array([m.partition for m in messages], dtype=np.int64)
+        partition = partition_of[message_index]
+        ts = np.array(columns.ts, dtype=np.float64)
         out = IngestOutcome()
         lateness = self.lateness_s
-        registry = self.registry
-        org_of = registry.org_of_account.get
-        kind_index = KIND_INDEX.get
-        new_seen, stored = out.first_seen, first_seen
-        out_max, batch_max = out.max_ts, out.batch_max_ts
-        partition_counts = out.partition_counts
-        last_index = -1
-        counts = Counts()
-        partition = offset = -1
-        routed: list[Engagement] = []
-        ids, times, kinds, actors = columns.id, columns.ts, columns.kind, columns.actor
-        targets, mentions, features = columns.target, columns.mentions, columns.features
-        for i, (index, item) in enumerate(where):
-            if index != last_index:
-                last_index = index
-                message = messages[index]
-                partition, offset = message.partition, message.offset
-                found = partition_counts.get(partition)
-                if found is None:
-                    found = partition_counts[partition] = Counts()
-                    out.first_offsets[partition] = offset
-                counts = found
-                counts.messages += 1
-                out.last_offsets[partition] = offset
-                routed = out.engagements.setdefault(partition, [])
-            position = max(item, 0)
-            counts.events += 1
-            counts.valid += 1
-            event_id, ts = ids[i], times[i]
-            if ts > batch_max.get(partition, -math.inf):
-                batch_max[partition] = ts
-            # the verdict: a duplicate, a replay (its first verdict), late or in time
-            seen: Sequence[int] | None = new_seen.get(event_id)
-            if seen is None:
-                seen = stored.get(event_id)
-            if seen is not None:
-                if seen[0] != partition or seen[1] != offset or seen[2] != position:
-                    counts.duplicates += 1
-                    continue
-                counts.replayed += 1
-                late = bool(seen[3])
-            else:
-                high = out_max.get(partition, max_ts.get(partition))
-                late = high is not None and ts <= high - lateness
-                new_seen[event_id] = (partition, offset, position, int(late))
-            if late:
-                counts.late += 1
-                counts.dead_lettered += 1
-                message = messages[index]
-                out.dead_letters.append(DeadLetter(
-                    partition, offset, position, REASON_LATE,
-                    f"event time {ts} is at or before the watermark of partition "
-                    f"{partition} (largest event time seen minus {lateness:g} s)",
-                    message.value if item < 0 else orjson.dumps(objs[i]), message.key))
-                continue
-            high = out_max.get(partition, max_ts.get(partition))
-            if high is None or ts > high:
-                out_max[partition] = ts
-            kind = kinds[i]
-            if kind == "post" and features[i]:
-                found_omissions = omissions(columns.event(i), registry)
-                if found_omissions:
-                    counts.omissions += len(found_omissions)
-                    out.omissions.extend(found_omissions)
-            src = org_of(actors[i])
-            index_of_kind = kind_index(kind)
-            target = targets[i]
-            if index_of_kind is not None and target is not None:
-                dst = org_of(target)
-                if src is None or dst is None:
-                    counts.unmapped += 1
-                elif src == dst:
-                    counts.same_org += 1
-                else:
-                    counts.engagements += 1
-                    routed.append(Engagement(event_id, index_of_kind, src, dst, ts, offset))
-            named = mentions[i]
-            if named and kind in MENTIONING_KINDS:
-                for account in dict.fromkeys(named):
-                    dst = org_of(account)
-                    if src is None or dst is None:
-                        counts.unmapped += 1
-                    elif src == dst:
-                        counts.same_org += 1
-                    else:
-                        counts.engagements += 1
-                        routed.append(Engagement(event_id, MENTION, src, dst, ts, offset))
-        for partition_counts_ in partition_counts.values():
-            out.counts.add(partition_counts_)
-        out.engagements = {p: e for p, e in out.engagements.items() if e}
+        groups = {p: np.flatnonzero(partition == p) for p in dict.fromkeys(partition.tolist())}
+        for p, where in groups.items():
+            times = ts[where]
+            high = max_ts.get(p)
+            before = np.maximum.accumulate(np.r_[-math.inf if high is None else high, times])
+            if (times <= before[:-1] - lateness).any():
+                return None  # a late event
+            top = float(times.max())
+            out.batch_max_ts[p] = top
+            if high is None or top > high:
+                out.max_ts[p] = top
+        for message in messages:
+            counts = out.partition_counts.get(message.partition)
+            if counts is None:
+                counts = out.partition_counts[message.partition] = Counts()
+                out.first_offsets[message.partition] = message.offset
+            counts.messages += 1
+            out.last_offsets[message.partition] = message.offset
+        offsets = [m.offset for m in messages]
+        offset = [offsets[i] for i in of_message]
+        parts = partition.tolist()
+        position = [max(item, 0) for item in items]
+        out.first_seen = dict(zip(ids, zip(parts, offset, position, itertools.repeat(0)),
+                                  strict=False))
+        self._omissions(columns, parts, out)
+        self._engagements(columns, parts, offset, out)
+        for p, where in groups.items():
+            counts = out.partition_counts[p]
+            counts.events += len(where)
+            counts.valid += len(where)
+        for counts in out.partition_counts.values():
+            out.counts.add(counts)
         return out
+
+    def _omissions(self, columns: EventColumns, parts: list[int], out: IngestOutcome) -> None:
+        registry = self.registry
+        for i, (kind, features) in enumerate(zip(columns.kind, columns.features,
+                                                 strict=True)):
+            if features and kind == "post":
+                found = omissions(columns.event(i), registry)
+                if found:
+                    out.partition_counts[parts[i]].omissions += len(found)
+                    out.omissions.extend(found)
+
+    def _engagements(self, columns: EventColumns, parts: list[int], offset: list[int],
+                     out: IngestOutcome) -> None:
+        """Every event's engagements resolved to org pairs, per source
+        partition in event order (a target's before its mentions')."""
+        org_of = self.registry.org_of_account.get
+        kinds, targets, ids, times = columns.kind, columns.target, columns.id, columns.ts
+        src = list(map(org_of, columns.actor))
+        #: (event, target account, kind index) of every engagement, in order
+        found: list[tuple[int, str, int]] = [
+            (i, target, kind_index)
+            for i, (kind_index, target) in enumerate(zip(map(KIND_INDEX.get, kinds), targets,
+                                                          strict=True))
+            if kind_index is not None and target is not None]
+        mentioned = [i for i, (kind, named) in enumerate(zip(kinds, columns.mentions,
+                                                             strict=True))
+                     if named and kind in MENTIONING_KINDS]
+        if mentioned:
+            mentions = columns.mentions
+            found.extend((i, account, MENTION) for i in mentioned
+                         for account in dict.fromkeys(mentions[i] or ()))
+            found.sort(key=operator.itemgetter(0))  # stable: a target before the mentions
+        counts = out.partition_counts
+        routed = out.engagements
+        for i, target, kind_index in found:
+            source, dst = src[i], org_of(target)
+            if source is None or dst is None:
+                counts[parts[i]].unmapped += 1
+            elif source == dst:
+                counts[parts[i]].same_org += 1
+            else:
+                counts[parts[i]].engagements += 1
+                records = routed.get(parts[i])
+                if records is None:
+                    records = routed[parts[i]] = []
+                records.append(Engagement(ids[i], kind_index, source, dst, times[i], offset[i]))
 
     def _events(
         self,

@@ -685,7 +685,7 @@ def test_kafka_user_may_do_what_the_application_does() -> None:
     for topic in (settings.dlq_topic, settings.source_dlq_topic, settings.alerts_topic):
         assert {"Describe", "Write"} <= acl_operations(user, "topic", topic), topic
     # Faust creates and uses its own topics: table changelogs and the assignor topic
-    for table in ("event-id-batches", "pair-states", "inbound-states"):
+    for table in ("event-id-batches", "pair-columns", "inbound-states"):
         changelog = f"{app}-{table}-changelog"
         assert {"Create", "Describe", "Read", "Write"} <= acl_operations(
             user, "topic", changelog), changelog
