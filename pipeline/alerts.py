@@ -7,11 +7,12 @@ topic can drop repeats.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pipeline.reciprocity import Omission
-from schemas.event import ENGAGEMENT_KINDS, format_ts
+from schemas.event import ENGAGEMENT_KINDS, format_many, format_ts
 
 SNUB: Final = "snub"
 OMISSION: Final = "omission"
@@ -62,6 +63,21 @@ def snub_alert(snub: Snub, horizon_s: float) -> Alert:
         {"id": snub.id, "src": snub.src, "dst": snub.dst, "kind": kind,
          "ts": ts, "snub_ts": format_ts(snub.snub_ts)},
     )
+
+
+def snub_alerts(snubs: Sequence[Snub], horizon_s: float) -> list[Alert]:
+    """:func:`snub_alert` of many snubs (their times formatted at once)."""
+    times = format_many([s.ts for s in snubs])
+    due = format_many([s.snub_ts for s in snubs])
+    hours = f"{horizon_s / 3600:g}"
+    kinds = ENGAGEMENT_KINDS
+    return [
+        Alert(f"snub:{s.id}:{s.src}:{s.dst}:{kinds[s.kind]}", SNUB, s.src, s.dst, s.snub_ts,
+              f"{s.dst} did not return {s.src}'s {kinds[s.kind]} of {ts} within {hours} h",
+              {"id": s.id, "src": s.src, "dst": s.dst, "kind": kinds[s.kind], "ts": ts,
+               "snub_ts": snub_ts})
+        for s, ts, snub_ts in zip(snubs, times, due, strict=True)
+    ]
 
 
 def omission_alert(omission: Omission) -> Alert:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alert
+from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alerts
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.pairs import N_KINDS, PairCounts
 from pipeline.reciprocity import Params
@@ -615,16 +615,18 @@ class ColumnarPairStage:
                                  part.p_id[snubbed].tolist(), part.p_kind[snubbed].tolist(),
                                  strict=True)))
         names = self._org_names
-        lo, hi = part.lo, part.hi
+        lo, hi = part.lo.tolist(), part.hi.tolist()
+        snubs = []
         for pd, ts, event_id, kind in entries:
             pid = pd >> 1
             a, b = names[lo[pid]], names[hi[pid]]
             src, dst = (a, b) if pd & 1 == 0 else (b, a)
-            snub = Snub(event_id, src, dst, kind, ts, ts + horizon)
-            out.snubs.append(snub)
-            out.counts.snubs += 1
-            if params.watched(src):
-                out.alerts.append(snub_alert(snub, horizon))
+            snubs.append(Snub(event_id, src, dst, kind, ts, ts + horizon))
+        out.snubs.extend(snubs)
+        out.counts.snubs += len(snubs)
+        watched = snubs if not params.watched_orgs else [
+            s for s in snubs if s.src in params.watched_orgs]
+        out.alerts.extend(snub_alerts(watched, horizon))
 
     def _evaluate_days(self, part: _Partition, watermark: float, out: ColumnarOutcome) -> None:
         """Every day the watermark closes, for every day series at once

@@ -862,7 +862,7 @@ def _random_batches(seed: int, plain: bool = False) -> list[list[Message]]:
         batch: list[Message] = []
         for _ in range(rng.randrange(1, 8)):
             partition = rng.randrange(2)
-            if rng.random() < 0.1 and sent and not plain:  # a replay: an earlier batch's message again
+            if rng.random() < 0.1 and sent and not plain:  # a replay of an earlier message
                 batch.extend(m for m in rng.choice(sent) if m.partition == partition)
                 continue
             objs = []

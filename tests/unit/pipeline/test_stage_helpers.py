@@ -19,6 +19,7 @@ from pipeline.alerts import (
     drop_alert,
     omission_alert,
     snub_alert,
+    snub_alerts,
 )
 from pipeline.days import DAY, DaySeries, day_of
 from pipeline.engagements import KIND_INDEX
@@ -426,6 +427,13 @@ def test_snub_alert() -> None:
     assert snub_alert(snub, 1.5 * H).message.endswith("within 1.5 h")
     # the same finding always has the same id
     assert snub_alert(Snub("ev1", "uni", "ext", 2, T0, T0 + H), H).id == alert.id
+
+
+def test_snub_alerts_are_snub_alert_of_each() -> None:
+    snubs = [Snub(f"ev{i}", "uni", "ext", i % 6, T0 + i * 0.25, T0 + i * 0.25 + 1.5 * H)
+             for i in range(50)]
+    assert snub_alerts(snubs, 1.5 * H) == [snub_alert(s, 1.5 * H) for s in snubs]
+    assert snub_alerts([], H) == []
 
 
 def test_omission_alert() -> None:

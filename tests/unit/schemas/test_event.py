@@ -26,6 +26,7 @@ from schemas.event import (
     encode_event,
     event_from_obj,
     events_from_objs,
+    format_many,
     format_ts,
     parse_ts,
 )
@@ -476,3 +477,15 @@ def test_columns_times_equal_the_decoders_on_many_random_times() -> None:
     columns = events_from_objs([ev(ts=ts) for ts in stamps])
     assert columns is not None
     assert columns.ts == [parse_ts(ts) for ts in stamps]
+
+
+def test_format_many_writes_what_format_ts_writes() -> None:
+    rng = random.Random(9)
+    values = [T0, T0 + 0.5, T0 + 0.000001, T0 + 0.9999995, T0 + 0.0000005, T0 + 0.0000015,
+              0.0, 1e-7, 7258118399.999999, 1772445600.123456789]
+    values += [rng.uniform(0, 7258118400) for _ in range(20000)]
+    values += [float(rng.randrange(0, 7258118400)) + rng.randrange(10**6) / 1e6
+               for _ in range(20000)]
+    assert format_many(values) == [format_ts(v) for v in values]
+    assert format_many([]) == []
+    assert format_many([-1.5, 2.0]) == [format_ts(-1.5), format_ts(2.0)]
