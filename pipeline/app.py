@@ -833,7 +833,8 @@ class Pipeline:
             messages = [Message(partition, e.message.offset, e.value) for e in group]
             outcome = stage.process(partition, messages, stream, now)
             outcomes.append((group[-1], outcome))
-            batch.pair_windows.extend(outcome.pair_windows)
+            if outcome.windows is not None:
+                batch.add_block("pair_windows", outcome.windows.block())
             batch.snubs.extend(SnubRow(s.id, s.src, s.dst, s.kind_name, s.ts, s.snub_ts,
                                        to_utc(s.snub_ts), stream, now) for s in outcome.snubs)
             alerts.extend(outcome.alerts)

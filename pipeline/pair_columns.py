@@ -41,7 +41,7 @@ from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alerts
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.pairs import N_KINDS, PairCounts
 from pipeline.reciprocity import Params
-from pipeline.sinks.base import PairWindowRow
+from pipeline.sinks.base import ColumnBlock, PairWindowRow
 from pipeline.watermark import WatermarkTracker
 from pipeline.windows import to_utc, window_label
 from schemas.registry import Registry
@@ -135,10 +135,11 @@ def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 @dataclass(slots=True)
 class PairWindowColumns:
     """The rows of a batch's changed pair windows, as columns
-    (``pipeline.sinks.base.PairWindowRow`` field by field)."""
+    (``pipeline.sinks.base.PairWindowRow`` field by field; window starts in
+    epoch seconds)."""
 
     window: list[str]
-    window_start: list[datetime]
+    window_start: np.ndarray
     src: list[str]
     dst: list[str]
     stream: str
@@ -154,11 +155,20 @@ class PairWindowColumns:
     def __len__(self) -> int:
         return len(self.window)
 
+    def block(self) -> ColumnBlock:
+        """The rows for the ``pair_windows`` table, as columns."""
+        n = len(self.window)
+        return ColumnBlock([
+            self.window, self.window_start, self.src, self.dst, [self.stream] * n,
+            np.full(n, self.partition, dtype=I64), *self.counts.T, self.value,
+            self.reciprocated, self.snubbed, self.median, np.full(n, self.version, dtype=I64),
+            np.full(n, int(self.updated_at.timestamp()), dtype=I64)])
+
     def rows(self) -> list[PairWindowRow]:
         n = len(self.window)
         counts = self.counts.T.tolist()
-        return list(map(PairWindowRow, self.window, self.window_start, self.src, self.dst,
-                        [self.stream] * n, [self.partition] * n, *counts,
+        return list(map(PairWindowRow, self.window, map(to_utc, self.window_start.tolist()),
+                        self.src, self.dst, [self.stream] * n, [self.partition] * n, *counts,
                         self.value.tolist(), self.reciprocated.tolist(),
                         self.snubbed.tolist(), self.median, [self.version] * n,
                         [self.updated_at] * n))
@@ -243,7 +253,6 @@ class ColumnarPairStage:
         self.sizes = np.array(params.windows, dtype=I64)
         self._labels = [window_label(size) for size in params.windows]
         self._weights = params.kind_weights
-        self._starts: dict[int, datetime] = {}
         self._org_index: dict[str, int] = {}
         self._org_names: list[str] = []
         self._names = np.empty(0, dtype=object)
@@ -815,15 +824,8 @@ class ColumnarPairStage:
         src = names[np.where(backward, hi, lo)].tolist()
         dst = names[np.where(backward, lo, hi)].tolist()
         labels = self._labels
-        cache = self._starts
-        starts = []
-        for s in start.tolist():
-            when = cache.get(s)
-            if when is None:
-                when = cache[s] = to_utc(s)
-            starts.append(when)
         return PairWindowColumns(
-            [labels[i] for i in index.tolist()], starts, src, dst, stream, partition, counts,
+            [labels[i] for i in index.tolist()], start, src, dst, stream, partition, counts,
             value.astype(F64), part.w_recip[pos], part.w_snub[pos],
             self._medians(part, keys), version, now)
 

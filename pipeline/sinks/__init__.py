@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pipeline.sinks.base import (
     AlertRow,
     Backend,
+    ColumnBlock,
     DeadLetterRow,
     OmissionRow,
     OrgLineageRow,
@@ -27,9 +28,9 @@ from pipeline.sinks.base import (
 )
 
 __all__ = [
-    "AlertRow", "AsyncSink", "Backend", "DeadLetterRow", "OmissionRow", "OrgLineageRow",
-    "PairWindowRow", "PipelineBatchRow", "RegistryRow", "SinkBatch", "SnubRow", "StoreError",
-    "open_backend",
+    "AlertRow", "AsyncSink", "Backend", "ColumnBlock", "DeadLetterRow", "OmissionRow",
+    "OrgLineageRow", "PairWindowRow", "PipelineBatchRow", "RegistryRow", "SinkBatch", "SnubRow",
+    "StoreError", "open_backend",
 ]
 
 log = logging.getLogger(__name__)

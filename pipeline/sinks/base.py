@@ -12,8 +12,10 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from pipeline.sinks.schema import TABLES, Table
 
@@ -139,8 +141,48 @@ class PipelineBatchRow(NamedTuple):
 
 
 @dataclass(slots=True)
+class ColumnBlock:
+    """Rows of one table as columns, in the table's column order: each a list
+    or a 1-D numpy array, all of one length. A ``DateTime`` column holds epoch
+    seconds (ints). What a stage that computes in columns hands the store,
+    without a tuple per row (:meth:`Backend.insert_columns`)."""
+
+    columns: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def rows(self, table: Table) -> list[tuple[Any, ...]]:
+        """The block as row tuples (``DateTime`` columns as UTC datetimes)."""
+        columns = []
+        for (_name, kind), column in zip(table.columns, self.columns, strict=True):
+            values = column.tolist() if hasattr(column, "tolist") else list(column)
+            if kind.startswith("DateTime"):
+                cache: dict[int, datetime] = {}
+                values = [cache.get(v) or cache.setdefault(v, datetime.fromtimestamp(v, UTC))
+                          for v in values]
+            columns.append(values)
+        return list(zip(*columns, strict=True))
+
+    @staticmethod
+    def concat(blocks: Sequence[ColumnBlock]) -> ColumnBlock:
+        """One block of several, in order."""
+        if len(blocks) == 1:
+            return blocks[0]
+        joined: list[Any] = []
+        for parts in zip(*(b.columns for b in blocks), strict=True):
+            if all(hasattr(p, "dtype") for p in parts):
+                joined.append(np.concatenate(parts))
+            else:
+                joined.append([v for p in parts for v in (p.tolist() if hasattr(p, "tolist")
+                                                         else p)])
+        return ColumnBlock(joined)
+
+
+@dataclass(slots=True)
 class SinkBatch:
-    """Rows of one pipeline batch, per table. Field names are table names."""
+    """Rows of one pipeline batch, per table. Field names are table names;
+    ``blocks`` holds more rows of some tables as columns (:class:`ColumnBlock`)."""
 
     pair_windows: list[PairWindowRow] = field(default_factory=list)
     org_lineage: list[OrgLineageRow] = field(default_factory=list)
@@ -150,17 +192,43 @@ class SinkBatch:
     alerts: list[AlertRow] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     pipeline_batches: list[PipelineBatchRow] = field(default_factory=list)
+    blocks: dict[str, list[ColumnBlock]] = field(default_factory=dict)
+
+    def add_block(self, table: str, block: ColumnBlock) -> None:
+        if len(block):
+            self.blocks.setdefault(table, []).append(block)
 
     def tables(self) -> list[tuple[Table, Sequence[tuple[Any, ...]]]]:
-        """(table, rows) for every table with rows, in schema order."""
-        return [(t, getattr(self, t.name)) for t in TABLES if getattr(self, t.name)]
+        """(table, rows) for every table with rows, in schema order (the rows
+        of its blocks as tuples after the others)."""
+        out = []
+        for t in TABLES:
+            rows: Sequence[tuple[Any, ...]] = getattr(self, t.name)
+            blocks = self.blocks.get(t.name)
+            if blocks:
+                rows = [*rows, *ColumnBlock.concat(blocks).rows(t)]
+            if rows:
+                out.append((t, rows))
+        return out
 
     def extend(self, other: SinkBatch) -> None:
         for t in TABLES:
             getattr(self, t.name).extend(getattr(other, t.name))
+        for name, blocks in other.blocks.items():
+            self.blocks.setdefault(name, []).extend(blocks)
 
     def __bool__(self) -> bool:
-        return any(getattr(self, t.name) for t in TABLES)
+        return any(getattr(self, t.name) for t in TABLES) or any(
+            len(b) for blocks in self.blocks.values() for b in blocks)
+
+
+def _rows_block(table: Table, rows: Sequence[tuple[Any, ...]]) -> ColumnBlock:
+    """Row tuples as a block (``DateTime`` values to epoch seconds)."""
+    columns: list[Any] = [list(c) for c in zip(*rows, strict=True)]
+    for i, (_name, kind) in enumerate(table.columns):
+        if kind.startswith("DateTime"):
+            columns[i] = [int(v.timestamp()) for v in columns[i]]
+    return ColumnBlock(columns)
 
 
 class StoreError(RuntimeError):
@@ -192,8 +260,20 @@ class Backend(ABC):
         """Write one batch, one INSERT per table. Idempotent: writing the same
         rows again leaves the same query results. Raises on failure; the caller
         retries and never acks the source offsets of a failed batch."""
-        for table, rows in batch.tables():
-            self.insert(table, rows)
+        for table in TABLES:
+            rows = getattr(batch, table.name)
+            blocks = batch.blocks.get(table.name)
+            if blocks:
+                if rows:
+                    blocks = [_rows_block(table, rows), *blocks]
+                self.insert_columns(table, ColumnBlock.concat(blocks))
+            elif rows:
+                self.insert(table, rows)
+
+    def insert_columns(self, table: Table, block: ColumnBlock) -> None:
+        """Insert a block of rows in one batch (as tuples unless a backend
+        takes columns)."""
+        self.insert(table, block.rows(table))
 
     @abstractmethod
     def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:

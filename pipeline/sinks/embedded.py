@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 import pyarrow as pa
 
-from pipeline.sinks.base import Backend, StoreError, check_identifier
+from pipeline.sinks.base import Backend, ColumnBlock, StoreError, check_identifier
 from pipeline.sinks.schema import Table
 
 DEFAULT_DATABASE = "reciprocity"
@@ -49,6 +49,19 @@ def arrow_table(table: Table, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     return pa.Table.from_batches([pa.RecordBatch.from_struct_array(struct)])
 
 
+def arrow_columns(table: Table, block: ColumnBlock) -> pa.Table:
+    """A block of columns as an Arrow table typed like the columns (a String
+    column of bytes as binary, a DateTime column from epoch seconds)."""
+    arrays, fields = [], []
+    for (name, kind), column in zip(table.columns, block.columns, strict=True):
+        arrow_type = _ARROW_TYPES[kind]
+        if kind == "String" and len(column) and isinstance(column[0], bytes):
+            arrow_type = pa.binary()
+        arrays.append(pa.array(column, type=arrow_type))
+        fields.append(pa.field(name, arrow_type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
 def store_path(url: str) -> Path:
     """The directory of a ``chdb://`` URL (``chdb:///abs`` or ``chdb://./rel``)."""
     parts = urlsplit(url)
@@ -79,7 +92,12 @@ class ChdbBackend(Backend):
         self._session.query(statement)
 
     def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
-        data = arrow_table(table, rows)  # noqa: F841 - read by name by Python()
+        self._insert(table, arrow_table(table, rows))
+
+    def insert_columns(self, table: Table, block: ColumnBlock) -> None:
+        self._insert(table, arrow_columns(table, block))
+
+    def _insert(self, table: Table, data: pa.Table) -> None:  # data: read by name by Python()
         cols = ", ".join(table.column_names)
         target = f"{self.database}.{table.name}"  # validated identifier
         self._session.query(

@@ -81,3 +81,18 @@ def test_dead_letters_keep_original_bytes_and_are_idempotent(backend: Backend) -
     assert [(bytes.fromhex(r[0]), r[1], int(r[2]), int(r[3])) for r in rows] == [
         (raw, "invalid_json", 2, 41)
     ]
+
+
+def test_rows_given_as_columns_are_stored_as_rows_are(backend: Backend) -> None:
+    """A column block (what the pair stage hands the store) beside row tuples:
+    one INSERT, the same stored rows, the newest version winning."""
+    from pipeline.sinks.base import _rows_block
+    from pipeline.sinks.schema import TABLES
+
+    [table] = [t for t in TABLES if t.name == "pair_windows"]
+    batch = SinkBatch([row(0, (1, 0, 0, 0, 0, 0), 10)])
+    batch.add_block("pair_windows", _rows_block(table, [row(0, (1, 2, 0, 0, 0, 0), 11),
+                                                        row(1, (0, 0, 3, 0, 0, 0), 5)]))
+    backend.write(batch)
+    [only] = pair_rows(backend, "1h")
+    assert (only["follow"], only["like"], only["share"], only["engagements"]) == (1, 2, 3, 6)

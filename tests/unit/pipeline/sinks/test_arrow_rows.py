@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from pipeline.sinks.base import (
     AlertRow,
+    ColumnBlock,
     DeadLetterRow,
     OmissionRow,
     OrgLineageRow,
@@ -21,8 +23,9 @@ from pipeline.sinks.base import (
     RegistryRow,
     SinkBatch,
     SnubRow,
+    _rows_block,
 )
-from pipeline.sinks.embedded import _ARROW_TYPES, arrow_table
+from pipeline.sinks.embedded import _ARROW_TYPES, arrow_columns, arrow_table
 from pipeline.sinks.schema import TABLES, Table
 
 NOW = datetime(2026, 3, 2, 10, 0, 5, tzinfo=UTC)
@@ -82,3 +85,35 @@ def test_a_row_of_the_wrong_width_is_refused() -> None:
         arrow_table(registries, [("r1", 3)])
     with pytest.raises((ValueError, pa.ArrowInvalid)):
         arrow_table(registries, [("r1", 3, NOW), ("r2", 4)])
+
+
+@pytest.mark.parametrize("table", TABLES, ids=lambda t: t.name)
+def test_a_block_of_columns_makes_the_same_table_as_its_rows(table: Table) -> None:
+    """Rows as a column block (DateTime columns in epoch seconds, numbers as
+    numpy arrays where they can be) give the same Arrow table, and its rows
+    back are the rows."""
+    rows = getattr(every_table(), table.name)
+    block = _rows_block(table, rows)
+    numeric = ColumnBlock([np.array(c) if kind in ("UInt32", "UInt64", "Float64")
+                           else c for (_n, kind), c in zip(table.columns, block.columns,
+                                                           strict=True)])
+    for candidate in (block, numeric):
+        assert arrow_columns(table, candidate).equals(arrow_table(table, rows))
+        assert candidate.rows(table) == [tuple(r) for r in rows]
+
+
+def test_blocks_join_and_go_out_with_the_rows() -> None:
+    [pairs] = [t for t in TABLES if t.name == "pair_windows"]
+    rows = every_table().pair_windows
+    batch = SinkBatch(pair_windows=[rows[0]])
+    assert batch
+    other = SinkBatch()
+    assert not other
+    other.add_block("pair_windows", ColumnBlock([[] for _ in pairs.columns]))
+    assert not other  # an empty block is no rows
+    other.add_block("pair_windows", _rows_block(pairs, [rows[1]]))
+    assert other
+    batch.extend(other)
+    assert batch.tables() == [(pairs, [tuple(rows[0]), tuple(rows[1])])]
+    joined = ColumnBlock.concat([_rows_block(pairs, [r]) for r in rows])
+    assert joined.rows(pairs) == [tuple(r) for r in rows]
