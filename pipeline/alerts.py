@@ -8,7 +8,7 @@ topic can drop repeats.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pipeline.reciprocity import Omission
@@ -30,11 +30,14 @@ class Alert:
     ts: float
     message: str
     details: dict[str, Any]
+    #: ``format_ts(ts)`` when the maker had it at hand (not part of the alert)
+    ts_text: str = field(default="", compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The alert as published on the alerts topic and to the webhook."""
         return {"id": self.id, "kind": self.kind, "org": self.org, "other": self.other,
-                "ts": format_ts(self.ts), "message": self.message, "details": self.details}
+                "ts": self.ts_text or format_ts(self.ts), "message": self.message,
+                "details": self.details}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ def snub_alerts(snubs: Sequence[Snub], horizon_s: float) -> list[Alert]:
         Alert(f"snub:{s.id}:{s.src}:{s.dst}:{kinds[s.kind]}", SNUB, s.src, s.dst, s.snub_ts,
               f"{s.dst} did not return {s.src}'s {kinds[s.kind]} of {ts} within {hours} h",
               {"id": s.id, "src": s.src, "dst": s.dst, "kind": kinds[s.kind], "ts": ts,
-               "snub_ts": snub_ts})
+               "snub_ts": snub_ts}, snub_ts)
         for s, ts, snub_ts in zip(snubs, times, due, strict=True)
     ]
 

@@ -62,7 +62,7 @@ from pipeline.ingest import (
 from pipeline.memory import dumps, free_heap
 from pipeline.pair_columns import ColumnarPairStage, partition_prefix
 from pipeline.pairs import PairCounts
-from pipeline.routing import by_partition, encode, partition_for, record_dst, record_pair
+from pipeline.routing import Router, encode, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
 from pipeline.sinks import (
@@ -215,6 +215,7 @@ class Pipeline:
         #: engagements it made queryable (``reciprocity bench`` measures latency)
         self._on_written: Callable[[list[float]], None] | None = None
         self.inbound_stage = InboundStage(params, settings.partitions)
+        self.router = Router(settings.partitions)
         self.app = faust_app(settings, **app_overrides)
         self.bulk = BulkProducer(self.app)
         fetch.set_fetch_max_wait(self.app.consumer, settings.fetch_max_wait_ms)
@@ -671,9 +672,8 @@ class Pipeline:
             if not records and not moved and not woke:
                 continue
             high = self._max_ts.get(source)
-            for topic, key_of in ((self.pairs_topic, record_pair),
-                                  (self.inbound_topic, record_dst)):
-                by_target = by_partition(records, key_of, n)
+            by_pair, by_dst = self.router.split(records)
+            for topic, by_target in ((self.pairs_topic, by_pair), (self.inbound_topic, by_dst)):
                 for target in range(n):
                     routed = by_target.get(target, [])
                     if not (routed or moved or woke):

@@ -57,6 +57,49 @@ def by_partition(records: Iterable[Engagement], key_of: Callable[[Engagement], s
     return targets
 
 
+class Router:
+    """Records per target partition of both internal topics, each partition's
+    in their order (:func:`by_partition` with :func:`record_pair` and
+    :func:`record_dst`), the partition of each (src, dst) and of each
+    receiving org remembered: a key is encoded and hashed once, not once per
+    record. Remembers at most ``limit`` keys of each kind (then starts over)."""
+
+    def __init__(self, partitions: int, limit: int = 1 << 20) -> None:
+        self.partitions = partitions
+        self.limit = limit
+        self._pairs: dict[tuple[str, str], int] = {}
+        self._dsts: dict[str, int] = {}
+
+    def split(self, records: Iterable[Engagement]
+              ) -> tuple[dict[int, list[Engagement]], dict[int, list[Engagement]]]:
+        """(records per pairs-topic partition, records per inbound-topic partition)."""
+        n = self.partitions
+        pairs, dsts = self._pairs, self._dsts
+        if len(pairs) > self.limit:
+            pairs.clear()
+        if len(dsts) > self.limit:
+            dsts.clear()
+        by_pair: dict[int, list[Engagement]] = {}
+        by_dst: dict[int, list[Engagement]] = {}
+        for record in records:
+            src, dst = record[2], record[3]
+            target = pairs.get((src, dst))
+            if target is None:
+                target = pairs[(src, dst)] = partition_for(pair_key(src, dst), n)
+            group = by_pair.get(target)
+            if group is None:
+                group = by_pair[target] = []
+            group.append(record)
+            target = dsts.get(dst)
+            if target is None:
+                target = dsts[dst] = partition_for(dst, n)
+            group = by_dst.get(target)
+            if group is None:
+                group = by_dst[target] = []
+            group.append(record)
+        return by_pair, by_dst
+
+
 @dataclass(frozen=True, slots=True)
 class Routed:
     """One decoded internal message."""

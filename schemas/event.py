@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,35 +252,43 @@ def events_from_objs(objs: Sequence[Any]) -> EventColumns | None:
     fraction digits (what producers send); otherwise None, and
     :func:`event_from_obj` takes each value on its own (with its reason when
     invalid). For the values it accepts it gives exactly the events and
-    times :func:`event_from_obj` gives, about ten times faster: the checks
-    are C loops over each field, and the times are parsed by numpy in one
-    call."""
+    times :func:`event_from_obj` gives, several times faster: the fields are
+    taken and checked by C loops (``map`` over ``itemgetter`` and
+    ``dict.get``), and the times are parsed by numpy in one call."""
     if not objs or set(map(type, objs)) != {dict}:
         return None
-    ids = [o.get("id") for o in objs]
-    actors = [o.get("actor") for o in objs]
-    kinds = [o.get("kind") for o in objs]
-    targets = [o.get("target") for o in objs]
-    mentions = [o.get("mentions") for o in objs]
-    features = [o.get("features") for o in objs]
-    stamps = [o.get("ts") for o in objs]
+    try:
+        ids, stamps, kinds, actors = map(list, zip(*map(_REQUIRED, objs), strict=True))
+    except KeyError:  # a required field is missing
+        return None
+    targets, mentions, features, subjects, platforms = (
+        list(map(dict.get, objs, itertools.repeat(name)))
+        for name in ("target", "mentions", "features", "subject", "platform"))
     try:
         if not set(kinds) <= _KIND_SET:
             return None
     except TypeError:  # an unhashable kind
         return None
     if not (_strings(ids, _MAX_ID_LEN) and _strings(actors, _MAX_ID_LEN)
-            and _strings([o.get("subject") for o in objs if o.get("subject") is not None])
-            and _strings([o.get("platform") for o in objs if o.get("platform") is not None])
-            and _strings([t for t in targets if t is not None])
-            and _id_lists(mentions) and _id_lists(features)):
+            and _strings(_present(targets)) and _strings(_present(subjects))
+            and _strings(_present(platforms)) and _id_lists(mentions) and _id_lists(features)):
         return None
-    if not {k for k, t in zip(kinds, targets, strict=True) if t is None} <= {"post"}:
-        return None
+    if not set(itertools.compress(kinds, map(operator.is_, targets,
+                                             itertools.repeat(None)))) <= {"post"}:
+        return None  # only a post may have no target
     times = _utc_times(stamps)
     if times is None:
         return None
     return EventColumns(ids, times, kinds, actors, targets, mentions, features)
+
+
+_REQUIRED = operator.itemgetter("id", "ts", "kind", "actor")
+
+
+def _present(values: list[Any]) -> list[Any]:
+    """The values that are not None."""
+    return list(itertools.compress(values, map(operator.is_not, values,
+                                               itertools.repeat(None))))
 
 
 def _strings(values: Sequence[Any], max_len: int | None = None) -> bool:
@@ -292,9 +301,9 @@ def _strings(values: Sequence[Any], max_len: int | None = None) -> bool:
     return min(lengths) > 0 and (max_len is None or max(lengths) <= max_len)
 
 
-def _id_lists(values: Sequence[Any]) -> bool:
+def _id_lists(values: list[Any]) -> bool:
     """Each absent (None) or an array of non-empty strings."""
-    present = [v for v in values if v is not None]
+    present = _present(values)
     if not present:
         return True
     if set(map(type, present)) != {list}:
@@ -326,8 +335,9 @@ def _utc_times(stamps: Sequence[Any]) -> list[float] | None:
         ok &= (((part >= 48) & (part <= 57)) | ~inside).all()
     if not ok:
         return None
+    codes[rows, lengths - 1] = 0  # the Z: numpy reads the rest as UTC
     try:
-        micros = np.array([s[:-1] for s in stamps], dtype="datetime64[us]").astype(np.int64)
+        micros = text.astype("datetime64[us]").astype(np.int64)
     except ValueError:  # a day, hour, ... out of range: the per-event decoder says which
         return None
     seconds = micros / 1e6

@@ -40,7 +40,7 @@ from pipeline.inbound import InboundStage
 from pipeline.ingest import Engagement, Ingest, Message, SeenIndex
 from pipeline.memory import tune_gc
 from pipeline.pair_columns import ColumnarPairStage
-from pipeline.routing import by_partition, encode, record_dst, record_pair
+from pipeline.routing import Router, encode
 from pipeline.settings import Settings
 from pipeline.windows import window_label
 from schemas.registry import load_registry
@@ -119,6 +119,7 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
         pairs.load(partition, None)
         inbound.load(partition, None, [])
     seen, max_ts = SeenIndex(), dict[int, float]()
+    router = Router(partitions)
     pair_topic, inbound_topic = _Internal(partitions), _Internal(partitions)
     result = StagesResult(dataset.events, dict.fromkeys(STAGES, 0.0))
     #: newest figures per pair window: (version, six kind counts), keyed by
@@ -159,7 +160,7 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
         for source in sorted({m.partition for m in batch}):
             records = outcome.engagements.get(source, [])
             result.engagements += len(records)
-            _route(records, source, max_ts.get(source), partitions, pair_topic, inbound_topic)
+            _route(records, source, max_ts.get(source), router, pair_topic, inbound_topic)
         result.seconds["route"] += time.perf_counter() - routed
         downstream()
     for source in range(partitions):  # the input ended: every source goes idle
@@ -180,13 +181,13 @@ def _row_key(window: str, start: int, src: str, dst: str) -> str:
     return f"{window}|{start}|{src}|{dst}"
 
 
-def _route(records: Sequence[Engagement], source: int, high: float | None, partitions: int,
+def _route(records: Sequence[Engagement], source: int, high: float | None, router: Router,
            pair_topic: _Internal, inbound_topic: _Internal) -> None:
     """One message per target partition of each internal topic, as
     :meth:`pipeline.app.Pipeline._route` sends them."""
-    for topic, key_of in ((pair_topic, record_pair), (inbound_topic, record_dst)):
-        by_target = by_partition(records, key_of, partitions)
-        for target in range(partitions):
+    by_pair, by_dst = router.split(records)
+    for topic, by_target in ((pair_topic, by_pair), (inbound_topic, by_dst)):
+        for target in range(router.partitions):
             topic.add(target, encode(source, high, False, by_target.get(target, [])))
 
 

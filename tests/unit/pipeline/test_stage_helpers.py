@@ -28,6 +28,7 @@ from pipeline.ingest import Engagement, Message
 from pipeline.reciprocity import Omission, Params
 from pipeline.routing import (
     Routed,
+    Router,
     by_partition,
     decode,
     encode,
@@ -264,6 +265,17 @@ def test_records_go_to_the_partition_of_their_key_in_order() -> None:
     assert by_partition([], record_pair, 4) == {}
 
 
+def test_the_router_splits_as_by_partition_does_while_it_remembers_keys() -> None:
+    orgs = ["uni", "med", "lab", "ext", "zoo"]
+    records = [Engagement(f"e{i}", 1, orgs[i % 5], orgs[(i * 3 + 1) % 5], T0 + i, i)
+               for i in range(200) if i % 5 != (i * 3 + 1) % 5]
+    router = Router(4, limit=3)  # forgets keys along the way
+    for _ in range(2):
+        assert router.split(records) == (by_partition(records, record_pair, 4),
+                                         by_partition(records, record_dst, 4))
+    assert router.split([]) == ({}, {})
+
+
 def test_pair_key_is_symmetric_and_unambiguous() -> None:
     assert pair_key("uni", "med") == pair_key("med", "uni") == '["med","uni"]'
     assert orjson.loads(pair_key("b", "a")) == ["a", "b"]
@@ -433,6 +445,8 @@ def test_snub_alerts_are_snub_alert_of_each() -> None:
     snubs = [Snub(f"ev{i}", "uni", "ext", i % 6, T0 + i * 0.25, T0 + i * 0.25 + 1.5 * H)
              for i in range(50)]
     assert snub_alerts(snubs, 1.5 * H) == [snub_alert(s, 1.5 * H) for s in snubs]
+    assert [a.to_json() for a in snub_alerts(snubs, 1.5 * H)] == [
+        snub_alert(s, 1.5 * H).to_json() for s in snubs]
     assert snub_alerts([], H) == []
 
 
