@@ -7,7 +7,7 @@ Three agents, each reading batches that the worker's fetch loop fills
    (:mod:`pipeline.ingest`): dedup, late check, omissions; routes engagements
    to the internal ``-pairs`` and ``-inbound`` topics with the partition's
    largest event time (:mod:`pipeline.routing`).
-2. ``reciprocity.pairs`` per unordered org pair (:mod:`pipeline.pairs`):
+2. ``reciprocity.pairs`` per unordered org pair (:mod:`pipeline.pair_columns`):
    pair windows, reciprocation, snubs, pair drops, org rollups.
 3. ``reciprocity.inbound`` per receiving org (:mod:`pipeline.inbound`):
    inbound drops.
@@ -61,7 +61,7 @@ from pipeline.ingest import (
 )
 from pipeline.memory import dumps, free_heap
 from pipeline.pair_columns import ColumnarPairStage, partition_prefix
-from pipeline.pairs import PairCounts
+from pipeline.pairs import PairCounts, PairStage, pair_of
 from pipeline.routing import Router, encode, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
@@ -249,6 +249,11 @@ class Pipeline:
         # arrays plus deltas (pipeline.pair_columns)
         self.pair_table = self.app.Table("pair-columns", partitions=n, key_type=str,
                                          value_type=bytes)
+        #: the pair states of releases before the columns (one key per pair):
+        #: read once to take a partition over, then deleted (_load_pairs)
+        self.legacy_pair_table = self.app.Table("pair-states", partitions=n, key_type=str,
+                                                value_type=bytes)
+        self._legacy_keys: dict[int, list[str]] = {}
         self.inbound_table = self.app.Table("inbound-states", partitions=n, key_type=str,
                                          value_type=bytes)
         self._seen_index = SeenIndex()
@@ -436,6 +441,7 @@ class Pipeline:
                 self._idle.discard(tp.partition)
             elif tp.topic == settings.pairs_topic:
                 self.pair_stage.forget(tp.partition)
+                self._legacy_keys.pop(tp.partition, None)  # the next owner takes it over
             elif tp.topic == settings.inbound_topic:
                 self.inbound_stage.forget(tp.partition)
 
@@ -797,7 +803,34 @@ class Pipeline:
                 tracker = orjson.loads(value)
             elif key.startswith(prefix):
                 items.append((key, value))
+        if tracker is None and not items and self._adopt_legacy(partition):
+            return
         stage.load(partition, tracker, items)
+
+    def _adopt_legacy(self, partition: int) -> bool:
+        """Take a partition over from the ``pair-states`` table of an older
+        release (a pair state per key, pipeline.pairs), if it holds any; its
+        keys are deleted once the partition's first snapshot is written."""
+        n = self.settings.partitions
+        tracker_key = f"{_TRACKER}{partition}"
+        tracker = None
+        docs, keys = [], []
+        for key, value in self.legacy_pair_table.items():
+            if key == tracker_key:
+                tracker = orjson.loads(value)
+                keys.append(key)
+            elif not key.startswith(_TRACKER) and partition_for(pair_of(key), n) == partition:
+                docs.append((key, orjson.loads(value)))
+                keys.append(key)
+        if not keys:
+            return False
+        legacy = PairStage(self.ingest.registry, self.params, n)
+        legacy.load(partition, tracker, docs)
+        self.pair_stage.adopt(partition, tracker, legacy.states_of(partition))
+        self._legacy_keys[partition] = keys
+        log.info("pairs partition %d: took over %d keys of the pair-states table", partition,
+                 len(keys))
+        return True
 
     async def _persist_stage(self, stage: ColumnarPairStage | InboundStage, table: Any,
                              outcomes: Sequence[tuple[Any, Any]],
@@ -854,6 +887,15 @@ class Pipeline:
 
         await asyncio.gather(write(), send())  # the results, together
         await self._persist_stage(stage, self.pair_table, outcomes, _same)  # then the state
+        if self._legacy_keys:
+            pending = []
+            for last, _outcome in outcomes:
+                partition = last.message.partition
+                if partition in self._legacy_keys and stage.owns(partition) and (
+                        stage.snapshotted(partition)):
+                    pending += await self.bulk.delete_table(
+                        self.legacy_pair_table, last, self._legacy_keys.pop(partition))
+            await self._delivered(pending)
         self._done(topic, applied)
 
     @property

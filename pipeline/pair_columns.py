@@ -39,7 +39,7 @@ import orjson
 
 from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alerts
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
-from pipeline.pairs import N_KINDS, PairCounts
+from pipeline.pairs import DELAYS, N_KINDS, RECIPROCATED, SNUBBED, PairCounts, PairState
 from pipeline.reciprocity import Params
 from pipeline.sinks.base import ColumnBlock, PairWindowRow
 from pipeline.watermark import WatermarkTracker
@@ -290,6 +290,76 @@ class ColumnarPairStage:
             part.deltas += 1
             part.delta_bytes += len(delta)
         self._partitions[partition] = part
+
+    def adopt(self, partition: int, tracker: dict[str, Any] | None,
+              states: Iterable[PairState]) -> None:
+        """Take over a partition from pair states on objects (the
+        ``pair-states`` table of releases before the columns,
+        :class:`pipeline.pairs.PairStage`); its next batch writes a snapshot."""
+        self.load(partition, tracker)
+        part = self._partitions[partition]
+        part.deltas = MAX_DELTAS  # the next batch writes a snapshot
+        states = sorted(states, key=lambda state: (state.lo, state.hi))
+        if not states:
+            return
+        lo, hi = self._interned([s.lo for s in states]), self._interned([s.hi for s in states])
+        part.pids = {code: pid for pid, code in enumerate(((lo << _ORG_BITS) | hi).tolist())}
+        part.lo, part.hi = lo, hi
+        part.applied = np.full((len(states), self.sources), -1, dtype=I64)
+        sizes = {size: i for i, size in enumerate(self.params.windows)}
+        pending: list[tuple[int, float, int, str]] = []
+        times: list[tuple[int, float]] = []
+        windows: list[tuple[int, list[Any]]] = []
+        delays: list[tuple[int, float]] = []
+        days: list[tuple[int, int]] = []
+        starts = np.full(2 * len(states), NONE, dtype=I64)
+        nexts = np.full(2 * len(states), NONE, dtype=I64)
+        for pid, state in enumerate(states):
+            for source, offset in state.applied.items():
+                part.applied[pid, source] = offset
+            for direction in (0, 1):
+                pd = 2 * pid + direction
+                pending.extend((pd, ts, kind, event_id)
+                               for ts, event_id, kind in state.pending[direction])
+                times.extend((pd, ts) for ts in state.times[direction])
+                series = state.days[direction]
+                if series is not None:
+                    starts[pd] = series.start // DAY
+                    nexts[pd] = NONE if series.next is None else series.next // DAY
+                    days.extend(((pd << _DAY_BITS) | (day // DAY + _DAY_BIAS), count)
+                                for day, count in series.counts.items())
+            for (size, start, direction), figures in state.windows.items():
+                key = (((2 * pid + direction) * len(sizes) + sizes[size]) << _SLOT_BITS) | (
+                    start // size + _SLOT_BIAS)
+                windows.append((key, figures))
+                delays.extend((key, delay) for delay in figures[DELAYS])
+        if pending:
+            p_pd, p_ts, p_kind, p_id = zip(*pending, strict=True)
+            part.p_pd, part.p_ts = np.array(p_pd, dtype=I64), np.array(p_ts, dtype=F64)
+            part.p_kind, part.p_id = np.array(p_kind, dtype=I64), np.array(p_id, dtype=object)
+        if times:
+            t_pd, t_ts = zip(*times, strict=True)
+            part.t_pd, part.t_ts = np.array(t_pd, dtype=I64), np.array(t_ts, dtype=F64)
+        windows.sort(key=operator.itemgetter(0))
+        if windows:
+            part.w_key = np.array([key for key, _ in windows], dtype=I64)
+            part.w_counts = np.array([f[:N_KINDS] for _, f in windows], dtype=I64)
+            part.w_recip = np.array([f[RECIPROCATED] for _, f in windows], dtype=I64)
+            part.w_snub = np.array([f[SNUBBED] for _, f in windows], dtype=I64)
+        if delays:
+            d_key, d_val = zip(*delays, strict=True)
+            part.d_key, part.d_val = np.array(d_key, dtype=I64), np.array(d_val, dtype=F64)
+        days.sort()
+        if days:
+            day_key, day_count = zip(*days, strict=True)
+            part.day_key = np.array(day_key, dtype=I64)
+            part.day_count = np.array(day_count, dtype=I64)
+        part.s_start, part.s_next = starts, nexts
+        part.s_floor = np.full(2 * len(states), NONE, dtype=I64)
+
+    def snapshotted(self, partition: int) -> bool:
+        """Whether the partition's state has a snapshot in the table."""
+        return self._partitions[partition].gen > 0
 
     def forget(self, partition: int) -> None:
         self._partitions.pop(partition, None)

@@ -1,4 +1,10 @@
-"""Stage 2, per unordered org pair: windows, reciprocation, snubs, pair drops (pure).
+"""Stage 2 on objects, per unordered org pair: windows, reciprocation, snubs, pair drops (pure).
+
+The worker runs the same rules in columns (:mod:`pipeline.pair_columns`);
+this module states them one pair and one engagement at a time, and is the
+reference the columns are tested against batch by batch. Releases before
+the columns ran it, and a worker takes their state (the ``pair-states``
+table) over with :meth:`pipeline.pair_columns.ColumnarPairStage.adopt`.
 
 Both directions of a pair arrive in one partition of the internal pairs topic
 (see ``pipeline.routing``), so everything about a pair is decided in one place
@@ -251,6 +257,10 @@ class PairStage:
 
     def forget(self, partition: int) -> None:
         self._partitions.pop(partition, None)
+
+    def states_of(self, partition: int) -> list[PairState]:
+        """The pair states a partition holds."""
+        return list(self._partitions[partition].states.values())
 
     def owns(self, partition: int) -> bool:
         return partition in self._partitions

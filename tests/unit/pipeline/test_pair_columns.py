@@ -212,3 +212,29 @@ def test_a_malformed_internal_message_is_refused() -> None:
     for value in (b"nope", b'{"p": 0}', b'{"p": 0, "max": null, "idle": false, "r": [[1, 2]]}'):
         with pytest.raises(ValueError, match="malformed internal message"):
             stage.process(0, [Message(0, 0, value)], "s", NOW)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_partition_taken_over_from_pair_states_goes_on_as_they_would(seed: int) -> None:
+    """An upgrade: the columns adopt what the pair stage on objects holds after
+    any batch, then find what it finds, and the next batch writes a snapshot."""
+    sources = 1 + seed % 3
+    params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
+                    drop_min_baseline=1.0)
+    batches = _scenario(seed, sources, 3 * H)
+    cut = random.Random(seed).randrange(len(batches))
+    old = PairStage(REGISTRY, params, sources)
+    old.load(2, None, [])
+    for batch in batches[:cut]:
+        old.process(2, batch, "s", NOW)
+    part = old._partitions[2]
+    new = ColumnarPairStage(REGISTRY, params, sources)
+    new.adopt(2, part.tracker.to_json(), part.states.values())
+    assert not new.snapshotted(2)
+    for i, batch in enumerate(batches[cut:]):
+        expected = old.process(2, batch, "s", NOW)
+        got = new.process(2, batch, "s", NOW)
+        _same(expected, got)
+        if i == 0 and got.states:
+            assert new.snapshotted(2)
+            assert any(key.endswith(":head") for key in got.states)
