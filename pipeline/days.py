@@ -42,6 +42,22 @@ class DaySeries:
         if self.next is None:  # waking up: earlier days had a zero baseline
             self.next = max(day, self.start + days * DAY)
 
+    def add_many(self, engaged: Sequence[int], days: int) -> None:
+        """:meth:`add` of each of ``engaged`` (non-empty), in order: after the
+        first the series is awake, so the rest only count and may move the
+        start back."""
+        self.add(engaged[0], days)
+        if len(engaged) == 1:
+            return
+        counts = self.counts
+        for day in engaged[1:]:
+            counts[day] = counts.get(day, 0) + 1
+        low = min(engaged[1:])
+        if low < self.start:
+            self.start = low
+            if self.next is not None:
+                self.next = min(self.next, low + days * DAY)
+
     def deadline(self) -> float | None:
         """The watermark at which the next evaluation is due."""
         return None if self.next is None else float(self.next + DAY)

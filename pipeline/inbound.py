@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from pipeline.alerts import DROP_INBOUND, Alert, drop_alert
-from pipeline.days import DaySeries, day_of
+from pipeline.days import DAY, DaySeries
 from pipeline.ingest import Message
 from pipeline.memory import dumps
 from pipeline.reciprocity import Params
@@ -91,35 +91,40 @@ class InboundStage:
         params = self.params
         out = InboundOutcome()
         touched: set[str] = set()
+        counts = out.counts
         for message in messages:
-            out.counts.messages += 1
+            counts.messages += 1
             out.last_offset = message.offset
             routed = decode(message.value)
             closed = part.tracker.closed
-            applied_before: dict[str, int] = {}
+            source = routed.source
+            # per receiving org, its records' (source offset, time), in order
+            by_org: dict[str, list[tuple[int, float]]] = {}
             for record in routed.records:
-                out.counts.records += 1
-                org = record.dst
+                found = by_org.get(record.dst)
+                if found is None:
+                    found = by_org[record.dst] = []
+                found.append((record.offset, record.ts))
+            counts.records += len(routed.records)
+            for org, records in by_org.items():
                 state = part.states.get(org)
                 if state is None:
                     state = part.states[org] = InboundState()
-                before = applied_before.get(org)
-                if before is None:
-                    before = applied_before[org] = state.applied.get(routed.source, -1)
-                if record.offset <= before:
-                    out.counts.replayed += 1
+                before = state.applied.get(source, -1)
+                kept = [r for r in records if r[0] > before]
+                counts.replayed += len(records) - len(kept)
+                if not kept:
                     continue
-                state.applied[routed.source] = max(state.applied.get(routed.source, -1),
-                                                   record.offset)
+                state.applied[source] = max(before, max(offset for offset, _ in kept))
                 touched.add(org)
-                if closed is not None and record.ts <= closed:
-                    out.counts.late += 1  # dead-lettered by the pair stage
+                days = [int(ts // DAY) * DAY for _, ts in kept if closed is None or ts > closed]
+                counts.late += len(kept) - len(days)  # dead-lettered by the pair stage
+                if not days:
                     continue
-                out.counts.applied += 1
-                day = day_of(record.ts)
+                counts.applied += len(days)
                 if state.series is None:
-                    state.series = DaySeries.begin(day, params.drop_days)
-                state.series.add(day, params.drop_days)
+                    state.series = DaySeries.begin(days[0], params.drop_days)
+                state.series.add_many(days, params.drop_days)
                 self._schedule(part, org, state)
             tracker = part.tracker
             if message.offset > tracker.tag:

@@ -40,3 +40,20 @@ def test_each_evaluated_day_has_the_mean_of_the_days_before_as_its_baseline() ->
             assert series.counts == expected_series.counts and series.next == expected_series.next
             checked += len(want)
     assert checked > 100  # days with a drop were compared, not only empty lists
+
+
+def test_add_many_is_add_of_each_in_order() -> None:
+    D = DAY
+    rng = random.Random(3)
+    for _ in range(500):
+        start = rng.randrange(20) * D
+        one, many = DaySeries.begin(start, 3), DaySeries.begin(start, 3)
+        for _ in range(rng.randrange(1, 6)):
+            days = [rng.randrange(30) * D for _ in range(rng.randrange(1, 6))]
+            for day in days:
+                one.add(day, 3)
+            many.add_many(days, 3)
+            assert many == one
+            if rng.random() < 0.5:  # a watermark step: may put the series to sleep
+                at = float(rng.randrange(40) * D)
+                assert many.evaluate(at, 3, 0.5, 1.0) == one.evaluate(at, 3, 0.5, 1.0)
