@@ -495,11 +495,10 @@ class Pipeline:
         # than the alerts themselves when every org is watched.
         topic = self.settings.alerts_topic
         per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        partition_of = self.bulk.partitioner(topic)
-        for a in alerts:
-            key = a.id.encode()
-            per_partition.setdefault(partition_of(key), []).append(
-                (key, dumps(a.to_json())))
+        keys = [a.id.encode() for a in alerts]
+        for key, a, partition in zip(keys, alerts, self.bulk.partitions_of(topic, keys),
+                                     strict=True):
+            per_partition.setdefault(partition, []).append((key, dumps(a.to_json())))
         pending = []
         for partition, records in per_partition.items():
             pending += await self.bulk.send(topic, partition, records)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faust
+import numpy as np
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 from faust.streams import _current_event
@@ -60,6 +61,21 @@ class BulkProducer:
             return lambda key: int(self.app.producer.key_partition(topic, key).partition)
         ordered = list(partitions)  # as aiokafka's producer lists them
         return lambda key: int(ordered[default_partition(key, len(ordered))])
+
+    def partitions_of(self, topic: str, keys: Sequence[bytes]) -> list[int]:
+        """:meth:`partitioner` of many keys at once (:func:`murmur2_many`)."""
+        producer = self._producer()
+        partitioner = getattr(producer, "_partitioner", None)
+        partitions = None
+        if partitioner is DefaultPartitioner or type(partitioner) is DefaultPartitioner:
+            partitions = producer._metadata.partitions_for_topic(topic)
+        if not partitions or not keys:
+            one = self.partitioner(topic)
+            return [one(key) for key in keys]
+        ordered = np.array(list(partitions), dtype=np.int64)
+        hashes = murmur2_many(keys)
+        picked: list[int] = ordered[(hashes & 0x7FFFFFFF) % len(ordered)].tolist()
+        return picked
 
     async def send(self, topic: str, partition: int,
                    records: Iterable[Record]) -> list[asyncio.Future[Any]]:
@@ -183,6 +199,38 @@ def murmur2(data: bytes) -> int:
     h ^= h >> 13
     h = (h * _M) & _MASK
     return h ^ (h >> 15)
+
+
+def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
+    """:func:`murmur2` of many keys at once (numpy, one step per 4-byte word
+    of the longest key); uint32 values."""
+    n = len(keys)
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+    width = max(4, int((lengths.max(initial=0) + 3) // 4 * 4))
+    data = np.frombuffer(b"".join(key.ljust(width, b"\0") for key in keys),
+                         dtype=np.uint8).reshape(n, width)
+    words = data.view("<u4")
+    m = np.uint32(_M)
+    h = np.uint32(0x9747B28C) ^ lengths.astype(np.uint32)
+    count = lengths >> 2
+    for w in range(width // 4):
+        k = words[:, w] * m
+        k ^= k >> np.uint32(24)
+        k *= m
+        h = np.where(count > w, (h * m) ^ k, h)
+    tail = lengths & 3
+    base = count * 4
+    rows = np.arange(n)
+    last = width - 1
+    h = np.where(tail >= 3, h ^ (data[rows, np.minimum(base + 2, last)].astype(np.uint32)
+                                 << np.uint32(16)), h)
+    h = np.where(tail >= 2, h ^ (data[rows, np.minimum(base + 1, last)].astype(np.uint32)
+                                 << np.uint32(8)), h)
+    h = np.where(tail >= 1, (h ^ data[rows, np.minimum(base, last)].astype(np.uint32)) * m, h)
+    h ^= h >> np.uint32(13)
+    h *= m
+    h ^= h >> np.uint32(15)
+    return h.astype(np.int64)
 
 
 def default_partition(key: bytes, partitions: int) -> int:

@@ -10,7 +10,7 @@ import faust
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from pipeline.bulk import BulkProducer, murmur2
+from pipeline.bulk import BulkProducer, murmur2, murmur2_many
 
 KEYS = ['["ctr1","fac2"]', "__tracker__0", '"org"', "\u00e9\u2603 \\ \"q\"", "", "a#3"]
 
@@ -70,3 +70,25 @@ def test_alert_partitions_are_the_default_partitioners() -> None:
     assert faust_picks == []
     assert bulk.partitioner("unknown")(b"k") == 9  # no metadata: the producer decides
     assert faust_picks == [("unknown", b"k")]
+
+
+def test_murmur2_many_is_murmur2_of_each() -> None:
+    rng = random.Random(4)
+    keys = [bytes(rng.randrange(256) for _ in range(length))
+            for length in range(0, 70) for _ in range(5)]
+    assert murmur2_many(keys).tolist() == [murmur2(k) for k in keys]
+    assert murmur2_many([b"21"]).tolist() == [-973932308 & 0xFFFFFFFF]
+    assert murmur2_many([]).tolist() == []
+
+
+def test_partitions_of_many_keys_are_the_partitioners() -> None:
+    producer = SimpleNamespace(_partitioner=DefaultPartitioner(), _metadata=FakeMetadata())
+    app = SimpleNamespace(producer=SimpleNamespace(
+        _ensure_producer=lambda: producer,
+        key_partition=lambda topic, key: SimpleNamespace(partition=9)))
+    bulk = BulkProducer(app)  # type: ignore[arg-type]
+    keys = [f"snub:ev{i:08d}:ctr{i % 97}:fac{i % 13}:like".encode() for i in range(500)]
+    one = bulk.partitioner("alerts")
+    assert bulk.partitions_of("alerts", keys) == [one(key) for key in keys]
+    assert bulk.partitions_of("unknown", keys[:3]) == [9, 9, 9]
+    assert bulk.partitions_of("alerts", []) == []
