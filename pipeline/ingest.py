@@ -176,6 +176,20 @@ class SeenIndex(MutableMapping[str, Seen]):
     def __delitem__(self, event_id: str) -> None:
         del self._packed[event_id]
 
+    def update(self, other: Any = (), /, **kwargs: Seen) -> None:
+        """Many positions at once (a batch's new ids), packed inline."""
+        if kwargs or not isinstance(other, Mapping):
+            super().update(other, **kwargs)
+            return
+        positions = other.values()
+        if not all(p >= 0 and 0 <= o < _OFFSETS and 0 <= i < _ITEMS
+                   for p, o, i, _ in positions):
+            super().update(other)  # raises on the first out of range
+            return
+        self._packed.update(
+            (event_id, p << _PARTITION_SHIFT | o << _OFFSET_SHIFT | i << 1 | (1 if late else 0))
+            for event_id, (p, o, i, late) in other.items())
+
     def __contains__(self, event_id: object) -> bool:
         return event_id in self._packed
 

@@ -841,6 +841,15 @@ def test_the_seen_index_packs_positions_losslessly() -> None:
     assert dict(index) == {"c": (17, 123456, 499, 0)}
     with pytest.raises(ValueError):
         index["d"] = (0, 2**48, 0, 0)
+    many = SeenIndex()
+    many.update(positions)
+    assert dict(many) == positions
+    many.update(d=(1, 2, 3, 1))
+    many.update([("e", (4, 5, 6, 0))])
+    assert many["d"] == (1, 2, 3, 1) and many["e"] == (4, 5, 6, 0)
+    with pytest.raises(ValueError):
+        many.update({"f": (0, 0, 2**24, 0)})
+    assert "f" not in many
 
 
 # --------------------------------------------------------------------------- in columns
