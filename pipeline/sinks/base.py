@@ -152,8 +152,8 @@ class ColumnBlock:
     def __len__(self) -> int:
         return len(self.columns[0]) if self.columns else 0
 
-    def rows(self, table: Table) -> list[tuple[Any, ...]]:
-        """The block as row tuples (``DateTime`` columns as UTC datetimes)."""
+    def lists(self, table: Table) -> list[list[Any]]:
+        """The columns as Python lists (``DateTime`` columns as UTC datetimes)."""
         columns = []
         for (_name, kind), column in zip(table.columns, self.columns, strict=True):
             values = column.tolist() if hasattr(column, "tolist") else list(column)
@@ -162,7 +162,11 @@ class ColumnBlock:
                 values = [cache.get(v) or cache.setdefault(v, datetime.fromtimestamp(v, UTC))
                           for v in values]
             columns.append(values)
-        return list(zip(*columns, strict=True))
+        return columns
+
+    def rows(self, table: Table) -> list[tuple[Any, ...]]:
+        """The block as row tuples (``DateTime`` columns as UTC datetimes)."""
+        return list(zip(*self.lists(table), strict=True))
 
     @staticmethod
     def concat(blocks: Sequence[ColumnBlock]) -> ColumnBlock:

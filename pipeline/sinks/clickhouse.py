@@ -8,7 +8,6 @@ parameters ``secure=1`` (TLS; ``clickhouses://`` implies it), ``verify=0``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -66,17 +65,10 @@ class ClickHouseServerBackend(Backend):
         )
 
     def insert_columns(self, table: Table, block: ColumnBlock) -> None:
-        columns = []
-        for (_name, kind), column in zip(table.columns, block.columns, strict=True):
-            values = column.tolist() if hasattr(column, "tolist") else list(column)
-            if kind.startswith("DateTime"):
-                cache: dict[int, datetime] = {}
-                values = [cache.get(v) or cache.setdefault(v, datetime.fromtimestamp(v, UTC))
-                          for v in values]
-            columns.append(values)
         cols = ", ".join(table.column_names)
         self._client.execute(
-            f"INSERT INTO {self.database}.{table.name} ({cols}) VALUES", columns, columnar=True
+            f"INSERT INTO {self.database}.{table.name} ({cols}) VALUES", block.lists(table),
+            columnar=True,
         )
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
