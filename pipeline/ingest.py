@@ -289,11 +289,10 @@ class Ingest:
     ) -> IngestOutcome:
         """One batch. Messages of a partition must come in offset order.
 
-        A batch whose every message decodes to valid events with UTC ``Z``
-        times (what producers send) is validated in columns
-        (:func:`schemas.event.events_from_objs`) and worked through in one
-        tight loop (:meth:`_columns`); any other batch event by event
-        (:meth:`_events`). Both give the same outcome for the same batch."""
+        A plain batch (every event valid with UTC ``Z`` times, as producers
+        send them, new and in time) is worked in columns (:meth:`_columns`);
+        any other batch event by event (:meth:`_events`), its messages decoded
+        a second time. Both give the same outcome for the same batch."""
         messages = messages if isinstance(messages, Sequence) else list(messages)
         out = self._columns(messages, first_seen, max_ts)
         return out if out is not None else self._events(messages, first_seen, max_ts)
