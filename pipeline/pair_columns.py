@@ -24,6 +24,11 @@ to it would).
 Times are compared as floats exactly as the rules state them; integer keys
 only order and group (org ids are interned per stage, pairs numbered per
 partition).
+
+The state goes to the pair table per partition (keys under
+:func:`partition_prefix`): a snapshot of the arrays plus deltas, a delta
+being the records a batch kept and the watermark it decided at, replayed
+through the same code on load (:meth:`ColumnarPairStage._persist`).
 """
 
 from __future__ import annotations
