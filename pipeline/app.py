@@ -628,11 +628,8 @@ class Pipeline:
             store, index = self.seen_table.data, self._seen_index
             for key in keys:
                 value = store.get(key)
-                for event_id, offset, _item, _late in ([] if value is None
-                                                       else orjson.loads(value)["ids"]):
-                    seen = index.get(event_id)
-                    if seen is not None and seen[:2] == (partition, offset):
-                        del index[event_id]
+                if value is not None:
+                    index.forget(partition, orjson.loads(value)["ids"])
             pending += await self.bulk.delete_table(self.seen_table, event, keys)
         await self._delivered(pending)
 

@@ -199,6 +199,17 @@ class SeenIndex(MutableMapping[str, Seen]):
     def __len__(self) -> int:
         return len(self._packed)
 
+    def forget(self, partition: int, entries: Iterable[Sequence[Any]]) -> None:
+        """Forget the ids of a dedup record's entries (``[id, offset, item,
+        late]``) that are still first seen where the record saw them: in
+        ``partition`` at that offset (a replay may have stored an id twice)."""
+        packed = self._packed
+        for event_id, offset, _item, _late in entries:
+            position = packed.get(event_id)
+            if (position is not None and position >> _PARTITION_SHIFT == partition
+                    and (position >> _OFFSET_SHIFT) & (_OFFSETS - 1) == offset):
+                del packed[event_id]
+
     def drop_partition(self, partition: int) -> None:
         """Forget the ids first seen in ``partition`` (it was revoked)."""
         self._packed = {k: v for k, v in self._packed.items()

@@ -850,6 +850,12 @@ def test_the_seen_index_packs_positions_losslessly() -> None:
     with pytest.raises(ValueError):
         many.update({"f": (0, 0, 2**24, 0)})
     assert "f" not in many
+    # a dedup record's entries: only ids still first seen there go
+    many.forget(3, [["b", 2**48 - 1, 2**24 - 1, 1], ["c", 123456, 499, 0], ["x", 1, 0, 0],
+                    ["d", 2, 3, 1]])
+    assert "b" not in many and "c" in many and "d" in many
+    many.forget(17, [["c", 123456, 0, 0]])
+    assert "c" not in many
 
 
 # --------------------------------------------------------------------------- in columns
