@@ -48,33 +48,36 @@ class BulkProducer:
         # Faust's aiokafka driver keeps the AIOKafkaProducer behind this method
         return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
 
+    def _default_partitions(self, topic: str) -> list[int] | None:
+        """``topic``'s partitions as aiokafka's producer lists them, when it
+        uses the default partitioner (murmur2) and knows the topic; else None."""
+        producer = self._producer()
+        partitioner = getattr(producer, "_partitioner", None)
+        if partitioner is DefaultPartitioner or type(partitioner) is DefaultPartitioner:
+            partitions = producer._metadata.partitions_for_topic(topic)
+            if partitions:
+                return list(partitions)
+        return None
+
+    def _producer_partition(self, topic: str, key: bytes) -> int:
+        return int(self.app.producer.key_partition(topic, key).partition)
+
     def partitioner(self, topic: str) -> Callable[[bytes], int]:
         """What the producer would pick for a key of ``topic``, looked up once
         for many keys: :func:`murmur2` when the producer uses aiokafka's
         default partitioner and knows the topic, else the producer itself."""
-        producer = self._producer()
-        partitioner = getattr(producer, "_partitioner", None)
-        partitions = None
-        if partitioner is DefaultPartitioner or type(partitioner) is DefaultPartitioner:
-            partitions = producer._metadata.partitions_for_topic(topic)
-        if not partitions:
-            return lambda key: int(self.app.producer.key_partition(topic, key).partition)
-        ordered = list(partitions)  # as aiokafka's producer lists them
+        ordered = self._default_partitions(topic)
+        if ordered is None:
+            return functools.partial(self._producer_partition, topic)
         return lambda key: int(ordered[default_partition(key, len(ordered))])
 
     def partitions_of(self, topic: str, keys: Sequence[bytes]) -> list[int]:
         """:meth:`partitioner` of many keys at once (:func:`murmur2_many`)."""
-        producer = self._producer()
-        partitioner = getattr(producer, "_partitioner", None)
-        partitions = None
-        if partitioner is DefaultPartitioner or type(partitioner) is DefaultPartitioner:
-            partitions = producer._metadata.partitions_for_topic(topic)
-        if not partitions or not keys:
-            one = self.partitioner(topic)
-            return [one(key) for key in keys]
-        ordered = np.array(list(partitions), dtype=np.int64)
-        hashes = murmur2_many(keys)
-        picked: list[int] = ordered[(hashes & 0x7FFFFFFF) % len(ordered)].tolist()
+        ordered = self._default_partitions(topic)
+        if ordered is None or not keys:
+            return [self._producer_partition(topic, key) for key in keys]
+        picked: list[int] = np.array(ordered, dtype=np.int64)[
+            (murmur2_many(keys) & 0x7FFFFFFF) % len(ordered)].tolist()
         return picked
 
     async def send(self, topic: str, partition: int,

@@ -85,14 +85,14 @@ class Router:
             src, dst = record[2], record[3]
             target = pairs.get((src, dst))
             if target is None:
-                target = pairs[(src, dst)] = partition_for(pair_key(src, dst), n)
+                target = pairs[(src, dst)] = partition_for(record_pair(record), n)
             group = by_pair.get(target)
             if group is None:
                 group = by_pair[target] = []
             group.append(record)
             target = dsts.get(dst)
             if target is None:
-                target = dsts[dst] = partition_for(dst, n)
+                target = dsts[dst] = partition_for(record_dst(record), n)
             group = by_dst.get(target)
             if group is None:
                 group = by_dst[target] = []
