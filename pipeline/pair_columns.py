@@ -650,7 +650,8 @@ class ColumnarPairStage:
         horizon = self.params.horizon_s
         p_pd, p_ts = part.p_pd, part.p_ts
         # the first return of each pending engagement: the earliest time of the
-        # other direction strictly after it (ranks order the floats exactly)
+        # other direction strictly after it (ranks order the floats exactly);
+        # the times hold every pending engagement's own, so they are not empty
         t_pd, t_ts = part.t_pd, part.t_ts
         order = np.lexsort((t_ts, t_pd))
         t_pd, t_ts = t_pd[order], t_ts[order]
@@ -660,9 +661,9 @@ class ColumnarPairStage:
         other = p_pd ^ 1
         at = np.searchsorted(t_key, other * scale + np.searchsorted(values, p_ts), side="right")
         has = at < len(t_key)
-        at = np.minimum(at, max(len(t_key) - 1, 0))
-        first = t_ts[at] if len(t_ts) else np.zeros(len(p_ts))
-        has &= (t_pd[at] == other) & (first <= p_ts + horizon) if len(t_pd) else has
+        at = np.minimum(at, len(t_key) - 1)
+        first = t_ts[at]
+        has &= (t_pd[at] == other) & (first <= p_ts + horizon)
         reciprocated = has & (first <= watermark)
         snubbed = ~has & (p_ts + horizon <= watermark)
         decided = reciprocated | snubbed
