@@ -202,19 +202,6 @@ class SinkBatch:
         if len(block):
             self.blocks.setdefault(table, []).append(block)
 
-    def tables(self) -> list[tuple[Table, Sequence[tuple[Any, ...]]]]:
-        """(table, rows) for every table with rows, in schema order (the rows
-        of its blocks as tuples after the others)."""
-        out = []
-        for t in TABLES:
-            rows: Sequence[tuple[Any, ...]] = getattr(self, t.name)
-            blocks = self.blocks.get(t.name)
-            if blocks:
-                rows = [*rows, *ColumnBlock.concat(blocks).rows(t)]
-            if rows:
-                out.append((t, rows))
-        return out
-
     def extend(self, other: SinkBatch) -> None:
         for t in TABLES:
             getattr(self, t.name).extend(getattr(other, t.name))

@@ -114,6 +114,7 @@ def test_blocks_join_and_go_out_with_the_rows() -> None:
     other.add_block("pair_windows", _rows_block(pairs, [rows[1]]))
     assert other
     batch.extend(other)
-    assert batch.tables() == [(pairs, [tuple(rows[0]), tuple(rows[1])])]
+    assert batch.pair_windows == [rows[0]]
+    assert ColumnBlock.concat(batch.blocks["pair_windows"]).rows(pairs) == [tuple(rows[1])]
     joined = ColumnBlock.concat([_rows_block(pairs, [r]) for r in rows])
     assert joined.rows(pairs) == [tuple(r) for r in rows]
