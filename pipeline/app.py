@@ -62,7 +62,7 @@ from pipeline.ingest import (
 from pipeline.memory import dumps, free_heap
 from pipeline.pair_columns import ColumnarPairStage, partition_prefix
 from pipeline.pairs import PairCounts, PairStage, pair_of
-from pipeline.routing import Router, encode, partition_for
+from pipeline.routing import INBOUND_FIELDS, PAIR_FIELDS, Router, encode, partition_for
 from pipeline.sequence import OffsetHoleError, SequenceGuard, Verdict
 from pipeline.settings import Settings
 from pipeline.sinks import (
@@ -675,7 +675,8 @@ class Pipeline:
                 continue
             high = self._max_ts.get(source)
             by_pair, by_dst = self.router.split(records)
-            for topic, by_target in ((self.pairs_topic, by_pair), (self.inbound_topic, by_dst)):
+            for topic, by_target, fields in ((self.pairs_topic, by_pair, PAIR_FIELDS),
+                                             (self.inbound_topic, by_dst, INBOUND_FIELDS)):
                 for target in range(n):
                     routed = by_target.get(target, [])
                     if not (routed or moved or woke):
@@ -685,9 +686,9 @@ class Pipeline:
                     chunks = chunk_by_offset(routed, CHUNK_RECORDS)
                     for chunk in chunks[:-1]:
                         pending.append(await topic.send(
-                            value=encode(source, None, False, chunk), partition=target))
+                            value=encode(source, None, False, chunk, fields), partition=target))
                     pending.append(await topic.send(
-                        value=encode(source, high, False, chunks[-1]), partition=target))
+                        value=encode(source, high, False, chunks[-1], fields), partition=target))
         self._note_sent(await self._delivered(pending))
 
     def _align(self) -> None:
@@ -752,11 +753,12 @@ class Pipeline:
             if not fresh:
                 return
             pending = []
-            for topic in (self.pairs_topic, self.inbound_topic):
+            for topic, fields in ((self.pairs_topic, PAIR_FIELDS),
+                                  (self.inbound_topic, INBOUND_FIELDS)):
                 for source in fresh:
                     for target in range(self.settings.partitions):
                         pending.append(await topic.send(
-                            value=encode(source, self._max_ts.get(source), True),
+                            value=encode(source, self._max_ts.get(source), True, (), fields),
                             partition=target))
             self._note_sent(await self._delivered(pending))
             self._idle.update(fresh)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from pipeline.alerts import DROP_INBOUND, Alert, drop_alert
@@ -20,7 +21,7 @@ from pipeline.days import DAY, DaySeries
 from pipeline.ingest import Message
 from pipeline.memory import dumps
 from pipeline.reciprocity import Params
-from pipeline.routing import decode
+from pipeline.routing import INBOUND_FIELDS, decode_columns
 from pipeline.watermark import StagePartition, WatermarkTracker
 
 
@@ -95,36 +96,43 @@ class InboundStage:
         for message in messages:
             counts.messages += 1
             out.last_offset = message.offset
-            routed = decode(message.value)
+            routed = decode_columns(message.value, INBOUND_FIELDS)
             closed = part.tracker.closed
             source = routed.source
-            # per receiving org, its records' (source offset, time), in order
-            by_org: dict[str, list[tuple[int, float]]] = {}
-            for record in routed.records:
-                found = by_org.get(record.dst)
+            counts.records += routed.size
+            columns = routed.columns
+            times = columns["ts"]
+            offsets = columns["offset"].tolist()
+            days = ((times // DAY).astype(np.int64) * DAY).tolist()
+            in_time = (times > closed).tolist() if closed is not None else None
+            # per receiving org, its records' indexes, in order
+            by_org: dict[str, list[int]] = {}
+            for i, org in enumerate(columns["dst"]):
+                found = by_org.get(org)
                 if found is None:
-                    found = by_org[record.dst] = []
-                found.append((record.offset, record.ts))
-            counts.records += len(routed.records)
+                    by_org[org] = [i]
+                else:
+                    found.append(i)
             for org, records in by_org.items():
                 state = part.states.get(org)
                 if state is None:
                     state = part.states[org] = InboundState()
                 before = state.applied.get(source, -1)
-                kept = [r for r in records if r[0] > before]
+                kept = [i for i in records if offsets[i] > before]
                 counts.replayed += len(records) - len(kept)
                 if not kept:
                     continue
-                state.applied[source] = max(before, max(offset for offset, _ in kept))
+                state.applied[source] = max(before, max(offsets[i] for i in kept))
                 touched.add(org)
-                days = [int(ts // DAY) * DAY for _, ts in kept if closed is None or ts > closed]
-                counts.late += len(kept) - len(days)  # dead-lettered by the pair stage
-                if not days:
+                applied = kept if in_time is None else [i for i in kept if in_time[i]]
+                counts.late += len(kept) - len(applied)  # dead-lettered by the pair stage
+                if not applied:
                     continue
-                counts.applied += len(days)
+                counts.applied += len(applied)
+                engaged = [days[i] for i in applied]
                 if state.series is None:
-                    state.series = DaySeries.begin(days[0], params.drop_days)
-                state.series.add_many(days, params.drop_days)
+                    state.series = DaySeries.begin(engaged[0], params.drop_days)
+                state.series.add_many(engaged, params.drop_days)
                 self._schedule(part, org, state)
             tracker = part.tracker
             if message.offset > tracker.tag:

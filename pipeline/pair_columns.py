@@ -37,6 +37,7 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alerts
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.pairs import DELAYS, N_KINDS, RECIPROCATED, SNUBBED, PairCounts, PairState
 from pipeline.reciprocity import Params
+from pipeline.routing import decode_columns
 from pipeline.sinks.base import ColumnBlock, PairWindowRow
 from pipeline.watermark import WatermarkTracker
 from pipeline.windows import to_utc, window_label
@@ -416,7 +418,7 @@ class ColumnarPairStage:
         None when no record was kept."""
         tracker = part.tracker
         counts = out.counts
-        rows: list[Any] = []
+        columns: list[dict[str, Any]] = []
         # per message that has records: its index, record count, closed time, source
         m_index: list[int] = []
         m_records: list[int] = []
@@ -425,40 +427,26 @@ class ColumnarPairStage:
         for i, message in enumerate(messages):
             counts.messages += 1
             out.last_offset = message.offset
-            try:
-                doc = orjson.loads(message.value)
-                records, origin, max_ts = doc["r"], int(doc["p"]), doc["max"]
-                idle = bool(doc["idle"])
-                if max_ts is not None:
-                    max_ts = float(max_ts)
-                if not isinstance(records, list):
-                    raise TypeError("records are not a list")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"malformed internal message: {exc}") from exc
-            if records:
+            routed = decode_columns(message.value)
+            if routed.size:
                 closed = tracker.closed
-                rows.extend(records)
+                columns.append(routed.columns)
                 m_index.append(i)
-                m_records.append(len(records))
+                m_records.append(routed.size)
                 m_closed.append(-np.inf if closed is None else closed)
-                m_source.append(origin)
+                m_source.append(routed.source)
             if message.offset > tracker.tag:
-                tracker.observe(origin, max_ts, idle)
+                tracker.observe(routed.source, routed.max_ts, routed.idle)
                 tracker.tag = message.offset
             tracker.watermark()
-        if not rows:
+        if not columns:
             return None
-        n = len(rows)
+        srcs, dsts, ids = ([*chain.from_iterable(c[name] for c in columns)]
+                           for name in ("src", "dst", "id"))
+        kind, ts, offset = (np.concatenate([c[name] for c in columns])
+                            for name in ("kind", "ts", "offset"))
+        n = len(ts)
         counts.records += n
-        try:
-            if set(map(len, rows)) != {6}:
-                raise ValueError("a record is not [id, kind, src, dst, ts, offset]")
-            ids, kinds, srcs, dsts, tss, offs = zip(*rows, strict=True)
-            kind = np.array(kinds, dtype=I64)
-            ts = np.array(tss, dtype=F64)
-            offset = np.array(offs, dtype=I64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"malformed internal message: {exc}") from exc
         per = np.array(m_records, dtype=I64)
         msg = np.repeat(np.array(m_index, dtype=I64), per)
         source = np.repeat(np.array(m_source, dtype=I64), per)

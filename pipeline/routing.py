@@ -4,10 +4,20 @@ Engagements are repartitioned through two internal topics: by unordered org
 pair (``{app_id}-pairs``: both directions of a pair meet in one partition, so
 reciprocation is decided in one place) and by receiving org
 (``{app_id}-inbound``: an org's whole inbound total in one place). Stage 1
-sends, per batch and per target partition, one message::
+sends, per batch and per target partition, one message, its records in
+columns::
 
     {"p": source partition, "max": largest event time of that partition or null,
-     "idle": false, "r": [[id, kind, src, dst, ts, source offset], ...]}
+     "idle": false, "c": {"id": [...], "kind": [...], "src": [...], "dst": [...],
+                          "ts": [...], "offset": [...]}}
+
+(``offset``: each record's source offset; ``kind``: an index into
+``ENGAGEMENT_KINDS``). The inbound topic's messages carry only the columns
+its stage reads, ``dst``, ``ts`` and ``offset``. Columns, not a list per
+record: a batch's records go out and come in without an object per record
+(:func:`decode_columns`). The earlier form, ``"r": [[id, kind, src, dst, ts,
+offset], ...]``, is still read, so messages in flight across an upgrade are
+not lost.
 
 A message with no records is a watermark marker: stage 1 sends one to every
 partition when its source partition's largest event time moved without
@@ -21,7 +31,9 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
+import numpy as np
 import orjson
 
 from pipeline.ingest import Engagement
@@ -100,9 +112,18 @@ class Router:
         return by_pair, by_dst
 
 
+#: the columns of a pairs-topic message: an :class:`Engagement`'s fields
+PAIR_FIELDS: Final = Engagement._fields
+#: the columns of an inbound-topic message: what the inbound stage reads
+INBOUND_FIELDS: Final = ("dst", "ts", "offset")
+#: columns decoded to numpy arrays, and their types (the rest stay lists of str)
+_NUMERIC: Final = {"kind": np.int64, "ts": np.float64, "offset": np.int64}
+_COLUMN: Final = {name: i for i, name in enumerate(PAIR_FIELDS)}
+
+
 @dataclass(frozen=True, slots=True)
 class Routed:
-    """One decoded internal message."""
+    """One decoded internal message, a record per engagement."""
 
     source: int
     max_ts: float | None
@@ -110,21 +131,75 @@ class Routed:
     records: Sequence[Engagement]
 
 
+@dataclass(frozen=True, slots=True)
+class RoutedColumns:
+    """One decoded internal message, its records in columns: ``kind``, ``ts``
+    and ``offset`` numpy arrays (int64, float64, int64), ``id``, ``src`` and
+    ``dst`` lists of str, all ``size`` long."""
+
+    source: int
+    max_ts: float | None
+    idle: bool
+    columns: dict[str, Any]
+    size: int
+
+
 def encode(source: int, max_ts: float | None, idle: bool,
-           records: Sequence[Engagement] = ()) -> bytes:
+           records: Sequence[Engagement] = (), fields: Sequence[str] = PAIR_FIELDS) -> bytes:
+    """An internal message of ``records`` (none: a watermark marker), with
+    the columns ``fields`` (:data:`PAIR_FIELDS` or :data:`INBOUND_FIELDS`)."""
+    columns = list(zip(*records, strict=True)) if records else [()] * len(PAIR_FIELDS)
     return dumps({"p": source, "max": max_ts, "idle": idle,
-                  "r": [list(r) for r in records]})
+                  "c": {name: columns[_COLUMN[name]] for name in fields}})
+
+
+def decode_columns(value: bytes, fields: Sequence[str] = PAIR_FIELDS) -> RoutedColumns:
+    """Decode an internal message's header and the columns ``fields``. These
+    messages are written by stage 1 only, so a malformed one is a bug or a
+    foreign writer: it raises ``ValueError``."""
+    try:
+        doc = orjson.loads(value)
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
+        source, max_ts, idle = int(doc["p"]), doc["max"], bool(doc["idle"])
+        if max_ts is not None:
+            max_ts = float(max_ts)
+        given = doc["c"] if "c" in doc else _rows_to_columns(doc["r"])
+        if not isinstance(given, dict):
+            raise TypeError("the columns are not an object")
+        columns: dict[str, Any] = {}
+        for name in fields:
+            column = given[name]
+            if not isinstance(column, list):
+                raise TypeError(f"column {name!r} is not a list")
+            kind = _NUMERIC.get(name)
+            columns[name] = column if kind is None else np.array(column, dtype=kind)
+        sizes = {len(column) for column in columns.values()}
+        if len(sizes) > 1:
+            raise ValueError("columns of different lengths")
+        if "ts" in columns and np.isnan(columns["ts"]).any():
+            raise ValueError("a record has no time")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed internal message: {exc}") from exc
+    return RoutedColumns(source, max_ts, idle, columns, sizes.pop() if sizes else 0)
+
+
+def _rows_to_columns(rows: Any) -> dict[str, list[Any]]:
+    """The earlier form's records, ``[[id, kind, src, dst, ts, offset], ...]``,
+    as columns."""
+    if not isinstance(rows, list):
+        raise TypeError("records are not a list")
+    if any(not isinstance(row, list) or len(row) != len(PAIR_FIELDS) for row in rows):
+        raise ValueError("a record is not [id, kind, src, dst, ts, offset]")
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(PAIR_FIELDS)
+    return {name: list(column) for name, column in zip(PAIR_FIELDS, columns, strict=True)}
 
 
 def decode(value: bytes) -> Routed:
-    """Decode an internal message. These are written by stage 1 only, so a
-    malformed one is a bug or a foreign writer: it raises ``ValueError``."""
-    try:
-        doc = orjson.loads(value)
-        records = [Engagement(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]),
-                              int(r[5])) for r in doc["r"]]
-        max_ts = doc["max"]
-        return Routed(int(doc["p"]), None if max_ts is None else float(max_ts),
-                      bool(doc["idle"]), records)
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed internal message: {exc}") from exc
+    """Decode a pairs-topic message to records (:func:`decode_columns`)."""
+    routed = decode_columns(value)
+    c = routed.columns
+    records = [Engagement(str(i), k, str(s), str(d), t, o) for i, k, s, d, t, o in zip(
+        c["id"], c["kind"].tolist(), c["src"], c["dst"], c["ts"].tolist(),
+        c["offset"].tolist(), strict=True)]
+    return Routed(routed.source, routed.max_ts, routed.idle, records)

@@ -40,7 +40,7 @@ from pipeline.inbound import InboundStage
 from pipeline.ingest import Engagement, Ingest, Message, SeenIndex
 from pipeline.memory import tune_gc
 from pipeline.pair_columns import ColumnarPairStage
-from pipeline.routing import Router, encode
+from pipeline.routing import INBOUND_FIELDS, PAIR_FIELDS, Router, encode
 from pipeline.settings import Settings
 from pipeline.windows import window_label
 from schemas.registry import load_registry
@@ -164,9 +164,9 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
         result.seconds["route"] += time.perf_counter() - routed
         downstream()
     for source in range(partitions):  # the input ended: every source goes idle
-        for topic in (pair_topic, inbound_topic):
+        for topic, fields in ((pair_topic, PAIR_FIELDS), (inbound_topic, INBOUND_FIELDS)):
             for target in range(partitions):
-                topic.add(target, encode(source, max_ts.get(source), True))
+                topic.add(target, encode(source, max_ts.get(source), True, (), fields))
     downstream()
     reference = load_reference(dataset.reference_path)
     expected = {_row_key(*key): tuple(counts) for key, counts in reference.items()}
@@ -186,9 +186,10 @@ def _route(records: Sequence[Engagement], source: int, high: float | None, route
     """One message per target partition of each internal topic, as
     :meth:`pipeline.app.Pipeline._route` sends them."""
     by_pair, by_dst = router.split(records)
-    for topic, by_target in ((pair_topic, by_pair), (inbound_topic, by_dst)):
+    for topic, by_target, fields in ((pair_topic, by_pair, PAIR_FIELDS),
+                                     (inbound_topic, by_dst, INBOUND_FIELDS)):
         for target in range(router.partitions):
-            topic.add(target, encode(source, high, False, by_target.get(target, [])))
+            topic.add(target, encode(source, high, False, by_target.get(target, []), fields))
 
 
 def _environment_settings() -> Settings:

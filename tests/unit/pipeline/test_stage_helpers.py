@@ -27,10 +27,12 @@ from pipeline.inbound import InboundStage, InboundState
 from pipeline.ingest import Engagement, Message
 from pipeline.reciprocity import Omission, Params
 from pipeline.routing import (
+    INBOUND_FIELDS,
     Routed,
     Router,
     by_partition,
     decode,
+    decode_columns,
     encode,
     pair_key,
     partition_for,
@@ -219,12 +221,42 @@ def test_encode_decode_round_trip() -> None:
     value = encode(3, T0 + 5, False, records)
     assert orjson.loads(value) == {
         "p": 3, "max": T0 + 5, "idle": False,
-        "r": [["e1", 2, "uni", "med", T0 + 0.25, 17], ["e\"2", 0, "med", "uni", T0, 18]],
+        "c": {"id": ["e1", "e\"2"], "kind": [2, 0], "src": ["uni", "med"],
+              "dst": ["med", "uni"], "ts": [T0 + 0.25, T0], "offset": [17, 18]},
     }
     assert decode(value) == Routed(3, T0 + 5, False, records)
     marker = decode(encode(1, None, True))
     assert marker == Routed(1, None, True, [])
     assert isinstance(decode(encode(0, T0, False, records)).records[0], Engagement)
+
+
+def test_inbound_messages_carry_only_the_inbound_columns() -> None:
+    records = [Engagement("e1", 2, "uni", "med", T0 + 0.25, 17),
+               Engagement("e2", 0, "med", "uni", T0, 18)]
+    value = encode(2, T0, False, records, INBOUND_FIELDS)
+    assert orjson.loads(value)["c"] == {"dst": ["med", "uni"], "ts": [T0 + 0.25, T0],
+                                        "offset": [17, 18]}
+    routed = decode_columns(value, INBOUND_FIELDS)
+    assert (routed.source, routed.max_ts, routed.idle, routed.size) == (2, T0, False, 2)
+    assert routed.columns["dst"] == ["med", "uni"]
+    assert routed.columns["ts"].tolist() == [T0 + 0.25, T0]
+    assert routed.columns["offset"].tolist() == [17, 18]
+    with pytest.raises(ValueError, match="malformed internal message"):
+        decode(value)  # not a pairs-topic message: no ids, kinds or sources
+    marker = decode_columns(encode(1, None, True, (), INBOUND_FIELDS), INBOUND_FIELDS)
+    assert (marker.size, marker.columns["dst"], len(marker.columns["ts"])) == (0, [], 0)
+
+
+def test_the_earlier_row_form_is_still_read() -> None:
+    """Messages written before the columns (``"r"``: a list per record) that
+    are still in flight across an upgrade decode to the same records."""
+    records = [Engagement("e1", 2, "uni", "med", T0 + 0.25, 17),
+               Engagement("e2", 0, "med", "uni", T0, 18)]
+    rows = orjson.dumps({"p": 3, "max": T0 + 5, "idle": False, "r": [list(r) for r in records]})
+    assert decode(rows) == decode(encode(3, T0 + 5, False, records))
+    inbound = decode_columns(rows, INBOUND_FIELDS)
+    assert inbound.columns["dst"] == ["med", "uni"] and inbound.size == 2
+    assert decode(b'{"p": 1, "max": null, "idle": true, "r": []}') == Routed(1, None, True, [])
 
 
 @pytest.mark.parametrize("value", [
@@ -243,6 +275,16 @@ def test_encode_decode_round_trip() -> None:
     b'{"p": 0, "max": 1, "idle": false, "r": [["e", "like", "a", "b", 1.0, 0]]}',
     b'{"p": 0, "max": 1, "idle": false, "r": [["e", 1, "a", "b", null, 0]]}',
     b'{"p": 0, "max": 1, "idle": false, "r": [null]}',
+    b'{"p": 0, "max": 1, "idle": false, "c": []}',
+    b'{"p": 0, "max": 1, "idle": false, "c": {"id": [], "kind": [], "src": [], "dst": []}}',
+    b'{"p": 0, "max": 1, "idle": false, "c": {"id": ["e"], "kind": [1], "src": ["a"],'
+    b' "dst": ["b"], "ts": [1.0], "offset": []}}',
+    b'{"p": 0, "max": 1, "idle": false, "c": {"id": ["e"], "kind": [1], "src": ["a"],'
+    b' "dst": ["b"], "ts": [null], "offset": [0]}}',
+    b'{"p": 0, "max": 1, "idle": false, "c": {"id": ["e"], "kind": ["like"], "src": ["a"],'
+    b' "dst": ["b"], "ts": [1.0], "offset": [0]}}',
+    b'{"p": 0, "max": 1, "idle": false, "c": {"id": "e", "kind": [1], "src": ["a"],'
+    b' "dst": ["b"], "ts": [1.0], "offset": [0]}}',
 ])
 def test_decode_errors_are_value_errors(value: bytes) -> None:
     with pytest.raises(ValueError, match="malformed internal message"):
