@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
+import numpy as np
+import orjson
+
+from pipeline.memory import dumps
 from pipeline.reciprocity import Omission
-from schemas.event import ENGAGEMENT_KINDS, format_many, format_ts
+from pipeline.sinks.base import ColumnBlock
+from schemas.event import ENGAGEMENT_KINDS, format_many, format_ts, utc_seconds
 
 SNUB: Final = "snub"
 OMISSION: Final = "omission"
@@ -69,18 +75,109 @@ def snub_alert(snub: Snub, horizon_s: float) -> Alert:
 
 
 def snub_alerts(snubs: Sequence[Snub], horizon_s: float) -> list[Alert]:
-    """:func:`snub_alert` of many snubs (their times formatted at once)."""
-    times = format_many([s.ts for s in snubs])
-    due = format_many([s.snub_ts for s in snubs])
-    hours = f"{horizon_s / 3600:g}"
-    kinds = ENGAGEMENT_KINDS
-    return [
-        Alert(f"snub:{s.id}:{s.src}:{s.dst}:{kinds[s.kind]}", SNUB, s.src, s.dst, s.snub_ts,
-              f"{s.dst} did not return {s.src}'s {kinds[s.kind]} of {ts} within {hours} h",
-              {"id": s.id, "src": s.src, "dst": s.dst, "kind": kinds[s.kind], "ts": ts,
-               "snub_ts": snub_ts}, snub_ts)
-        for s, ts, snub_ts in zip(snubs, times, due, strict=True)
-    ]
+    """:func:`snub_alert` of many snubs (:class:`SnubColumns`)."""
+    return SnubColumns.of(snubs).alerts(horizon_s).alerts()
+
+
+@dataclass(frozen=True, slots=True)
+class SnubColumns:
+    """Many snubs as columns: what the columnar pair stage finds in a batch,
+    for the ``snubs`` table and the alerts without an object per snub."""
+
+    id: list[str]
+    src: list[str]
+    dst: list[str]
+    #: index into ENGAGEMENT_KINDS
+    kind: list[int]
+    ts: np.ndarray
+    snub_ts: np.ndarray
+
+    @classmethod
+    def of(cls, snubs: Sequence[Snub]) -> SnubColumns:
+        return cls([s.id for s in snubs], [s.src for s in snubs], [s.dst for s in snubs],
+                   [s.kind for s in snubs], np.array([s.ts for s in snubs], dtype=np.float64),
+                   np.array([s.snub_ts for s in snubs], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def snubs(self) -> list[Snub]:
+        return list(map(Snub, self.id, self.src, self.dst, self.kind, self.ts.tolist(),
+                        self.snub_ts.tolist()))
+
+    def where(self, keep: Sequence[bool]) -> SnubColumns:
+        """The snubs where ``keep`` is true, in order."""
+        mask = np.asarray(keep, dtype=bool)
+        if mask.all():
+            return self
+        where = np.flatnonzero(mask).tolist()
+        return SnubColumns([self.id[i] for i in where], [self.src[i] for i in where],
+                           [self.dst[i] for i in where], [self.kind[i] for i in where],
+                           self.ts[mask], self.snub_ts[mask])
+
+    def block(self, stream: str, now: datetime) -> ColumnBlock:
+        """The rows for the ``snubs`` table."""
+        n = len(self.id)
+        kinds = ENGAGEMENT_KINDS
+        return ColumnBlock([self.id, self.src, self.dst, [kinds[k] for k in self.kind],
+                            self.ts, self.snub_ts, utc_seconds(self.snub_ts), [stream] * n,
+                            np.full(n, int(now.timestamp()), dtype=np.int64)])
+
+    def alerts(self, horizon_s: float) -> SnubAlerts:
+        """An alert per snub (:func:`snub_alert`), in columns."""
+        times = format_many(self.ts)
+        due = format_many(self.snub_ts)
+        hours = f"{horizon_s / 3600:g}"
+        kinds = [ENGAGEMENT_KINDS[k] for k in self.kind]
+        columns = zip(self.id, self.src, self.dst, kinds, times, due, strict=True)
+        ids, messages, details = [], [], []
+        for event_id, src, dst, kind, ts, snub_ts in columns:
+            ids.append(f"snub:{event_id}:{src}:{dst}:{kind}")
+            messages.append(f"{dst} did not return {src}'s {kind} of {ts} within {hours} h")
+            details.append({"id": event_id, "src": src, "dst": dst, "kind": kind, "ts": ts,
+                            "snub_ts": snub_ts})
+        return SnubAlerts(self, ids, messages, details, due)
+
+
+@dataclass(frozen=True, slots=True)
+class SnubAlerts:
+    """The alerts of :class:`SnubColumns`, in columns: for the alerts topic
+    (:meth:`keys`, :meth:`values`), the ``alerts`` table (:meth:`block`) and,
+    only when wanted, as :class:`Alert` objects (:meth:`alerts`)."""
+
+    snubs: SnubColumns
+    id: list[str]
+    message: list[str]
+    details: list[dict[str, Any]]
+    #: the alerts' times (the snub times), formatted
+    ts_text: list[str]
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def alerts(self) -> list[Alert]:
+        s = self.snubs
+        return list(map(Alert, self.id, [SNUB] * len(self.id), s.src, s.dst,
+                        s.snub_ts.tolist(), self.message, self.details, self.ts_text))
+
+    def keys(self) -> list[bytes]:
+        return [alert_id.encode() for alert_id in self.id]
+
+    def values(self) -> list[bytes]:
+        """Each alert as published (``Alert.to_json``, serialized)."""
+        return [dumps({"id": alert_id, "kind": SNUB, "org": src, "other": dst, "ts": ts,
+                       "message": message, "details": details})
+                for alert_id, src, dst, ts, message, details in zip(
+                    self.id, self.snubs.src, self.snubs.dst, self.ts_text, self.message,
+                    self.details, strict=True)]
+
+    def block(self, stream: str, now: datetime) -> ColumnBlock:
+        """The rows for the ``alerts`` table."""
+        n, s = len(self.id), self.snubs
+        return ColumnBlock([self.id, [SNUB] * n, s.src, s.dst, s.snub_ts,
+                            utc_seconds(s.snub_ts), self.message,
+                            [orjson.dumps(d).decode() for d in self.details], [stream] * n,
+                            np.full(n, int(now.timestamp()), dtype=np.int64)])
 
 
 def omission_alert(omission: Omission) -> Alert:

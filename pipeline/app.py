@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,7 +45,7 @@ import orjson
 from faust.types import TP
 
 from pipeline import fetch
-from pipeline.alerts import Alert, omission_alert
+from pipeline.alerts import Alert, SnubAlerts, omission_alert
 from pipeline.batches import Lane
 from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
@@ -72,7 +73,6 @@ from pipeline.sinks import (
     OmissionRow,
     PipelineBatchRow,
     SinkBatch,
-    SnubRow,
 )
 from pipeline.watermark import ahead
 from pipeline.windows import to_utc
@@ -487,25 +487,35 @@ class Pipeline:
                 raise DeliveryError(
                     f"{len(pending)} messages not acknowledged within {DELIVERY_TIMEOUT_S:g} s")
 
-    async def _publish_alerts(self, alerts: Sequence[Alert]) -> None:
-        """Alerts to the alerts topic (delivery awaited) and the webhook (never waits)."""
-        if not alerts:
+    async def _publish_alerts(self, alerts: Sequence[Alert],
+                              snub_alerts: Sequence[SnubAlerts] = ()) -> None:
+        """Alerts to the alerts topic (delivery awaited) and the webhook (never
+        waits): ``alerts``, then the snubs' alerts given in columns."""
+        count = len(alerts) + sum(map(len, snub_alerts))
+        if not count:
             return
         # In record batches (pipeline.bulk): Faust's per-message path cost more
         # than the alerts themselves when every org is watched.
         topic = self.settings.alerts_topic
-        per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         keys = [a.id.encode() for a in alerts]
-        for key, a, partition in zip(keys, alerts, self.bulk.partitions_of(topic, keys),
-                                     strict=True):
-            per_partition.setdefault(partition, []).append((key, dumps(a.to_json())))
+        values = [dumps(a.to_json()) for a in alerts]
+        for found in snub_alerts:
+            keys += found.keys()
+            values += found.values()
+        per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value, partition in zip(keys, values, self.bulk.partitions_of(topic, keys),
+                                         strict=True):
+            records = per_partition.get(partition)
+            if records is None:
+                records = per_partition[partition] = []
+            records.append((key, value))
         pending = []
         for partition, records in per_partition.items():
             pending += await self.bulk.send(topic, partition, records)
         await self._delivered(pending)
-        self.stats.alerts += len(alerts)
+        self.stats.alerts += count
         if self.notify is not None:
-            for alert in alerts:
+            for alert in itertools.chain(alerts, *(found.alerts() for found in snub_alerts)):
                 self.notify(alert)
 
     async def _send_dead_letters(self, topic: str, dead: Sequence[DeadLetter]) -> None:
@@ -857,6 +867,7 @@ class Pipeline:
         stream, now = settings.effective_stream_id, self.clock()
         batch = SinkBatch()
         alerts: list[Alert] = []
+        snub_alerts: list[SnubAlerts] = []
         dead: list[DeadLetter] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
@@ -866,9 +877,12 @@ class Pipeline:
             outcomes.append((group[-1], outcome))
             if outcome.windows is not None:
                 batch.add_block("pair_windows", outcome.windows.block())
-            batch.snubs.extend(SnubRow(s.id, s.src, s.dst, s.kind_name, s.ts, s.snub_ts,
-                                       to_utc(s.snub_ts), stream, now) for s in outcome.snubs)
-            alerts.extend(outcome.alerts)
+            if outcome.snub_columns is not None:
+                batch.add_block("snubs", outcome.snub_columns.block(stream, now))
+            if outcome.snub_alerts is not None:
+                snub_alerts.append(outcome.snub_alerts)
+                batch.add_block("alerts", outcome.snub_alerts.block(stream, now))
+            alerts.extend(outcome.drop_alerts)
             dead.extend(outcome.dead_letters)
             _add_counts(self.stats.pairs, outcome.counts)
         batch.alerts.extend(alert_rows(alerts, stream, now))
@@ -881,7 +895,7 @@ class Pipeline:
 
         async def send() -> None:
             await self._send_dead_letters(topic, dead)
-            await self._publish_alerts(alerts)
+            await self._publish_alerts(alerts, snub_alerts)
 
         await asyncio.gather(write(), send())  # the results, together
         await self._persist_stage(stage, self.pair_table, outcomes, _same)  # then the state

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.alerts import DROP_PAIR, Alert, Snub, drop_alert, snub_alerts
+from pipeline.alerts import DROP_PAIR, Alert, Snub, SnubAlerts, SnubColumns, drop_alert
 from pipeline.ingest import REASON_LATE, DeadLetter, Message
 from pipeline.pairs import DELAYS, N_KINDS, RECIPROCATED, SNUBBED, PairCounts, PairState
 from pipeline.reciprocity import Params
@@ -189,8 +189,10 @@ class ColumnarOutcome:
     #: table key -> value (None: delete), to write in this order, then the tracker
     states: dict[str, bytes | None] = field(default_factory=dict)
     tracker: dict[str, Any] | None = None
-    snubs: list[Snub] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
+    #: the snubs the batch found, and the alerts of those whose src is watched
+    snub_columns: SnubColumns | None = None
+    snub_alerts: SnubAlerts | None = None
+    drop_alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: PairCounts = field(default_factory=PairCounts)
     last_offset: int = -1
@@ -199,6 +201,16 @@ class ColumnarOutcome:
     @property
     def pair_windows(self) -> list[PairWindowRow]:
         return [] if self.windows is None else self.windows.rows()
+
+    @property
+    def snubs(self) -> list[Snub]:
+        return [] if self.snub_columns is None else self.snub_columns.snubs()
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert of the batch as objects: the snubs', then the drops'."""
+        found = [] if self.snub_alerts is None else self.snub_alerts.alerts()
+        return found + self.drop_alerts
 
 
 class _Partition:
@@ -689,17 +701,24 @@ class ColumnarPairStage:
                                  strict=True)))
         names = self._org_names
         lo, hi = part.lo.tolist(), part.hi.tolist()
-        snubs = []
+        srcs, dsts, ids, kinds, times = [], [], [], [], []
         for pd, ts, event_id, kind in entries:
             pid = pd >> 1
             a, b = names[lo[pid]], names[hi[pid]]
-            src, dst = (a, b) if pd & 1 == 0 else (b, a)
-            snubs.append(Snub(event_id, src, dst, kind, ts, ts + horizon))
-        out.snubs.extend(snubs)
+            if pd & 1:
+                a, b = b, a
+            srcs.append(a)
+            dsts.append(b)
+            ids.append(event_id)
+            kinds.append(kind)
+            times.append(ts)
+        at = np.array(times, dtype=F64)
+        snubs = out.snub_columns = SnubColumns(ids, srcs, dsts, kinds, at, at + horizon)
         out.counts.snubs += len(snubs)
-        watched = snubs if not params.watched_orgs else [
-            s for s in snubs if s.src in params.watched_orgs]
-        out.alerts.extend(snub_alerts(watched, horizon))
+        watched = snubs if not params.watched_orgs else snubs.where(
+            [src in params.watched_orgs for src in srcs])
+        if len(watched):
+            out.snub_alerts = watched.alerts(horizon)
 
     def _evaluate_days(self, part: _Partition, watermark: float, out: ColumnarOutcome) -> None:
         """Every day the watermark closes, for every day series at once
@@ -750,7 +769,7 @@ class ColumnarPairStage:
             src, dst = (a, z) if pd & 1 == 0 else (z, a)
             out.counts.drops += 1
             if params.watched(dst):
-                out.alerts.append(drop_alert(DROP_PAIR, dst, src, d * DAY, c, b,
+                out.drop_alerts.append(drop_alert(DROP_PAIR, dst, src, d * DAY, c, b,
                                              params.drop_threshold, params.drop_days))
 
     def _retire(self, part: _Partition, watermark: float) -> None:

@@ -107,7 +107,28 @@ def format_ts(ts: float) -> str:
     return text.replace("+00:00", "Z")
 
 
-def format_many(values: Sequence[float]) -> list[str]:
+def _split_micros(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whole seconds and microseconds of epoch times (finite, not negative),
+    the microseconds rounded half to even as ``datetime.fromtimestamp`` does."""
+    seconds = np.floor(ts)
+    micros = np.rint((ts - seconds) * 1e6)
+    carry = micros >= 1e6
+    seconds[carry] += 1
+    micros[carry] -= 1e6
+    return seconds, micros
+
+
+def utc_seconds(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The whole epoch seconds of ``datetime.fromtimestamp(t, UTC)`` for each
+    of ``values``, as int64 (what a ``DateTime`` column keeps of that time)."""
+    ts = np.asarray(values, dtype=np.float64)
+    if not ((ts >= 0) & np.isfinite(ts)).all():
+        return np.array([int(datetime.fromtimestamp(t, UTC).timestamp() // 1)
+                         for t in ts.tolist()], dtype=np.int64)
+    return _split_micros(ts)[0].astype(np.int64)
+
+
+def format_many(values: Sequence[float] | np.ndarray) -> list[str]:
     """:func:`format_ts` of many times at once (numpy; the same texts: the
     microseconds rounded half to even as ``datetime.fromtimestamp`` does)."""
     ts = np.asarray(values, dtype=np.float64)
@@ -115,11 +136,7 @@ def format_many(values: Sequence[float]) -> list[str]:
         return []
     if not ((ts >= 0) & np.isfinite(ts)).all():
         return [format_ts(t) for t in ts.tolist()]
-    seconds = np.floor(ts)
-    micros = np.rint((ts - seconds) * 1e6)
-    carry = micros >= 1e6
-    seconds[carry] += 1
-    micros[carry] -= 1e6
+    seconds, micros = _split_micros(ts)
     texts = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s").tolist()
     return [f"{text}Z" if not us else f"{text}.{us:06d}Z"
             for text, us in zip(texts, micros.astype(np.int64).tolist(), strict=True)]

@@ -4,6 +4,7 @@ format, the inbound stage and alert records (all pure)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,15 +17,18 @@ from pipeline.alerts import (
     OMISSION,
     SNUB,
     Snub,
+    SnubColumns,
     drop_alert,
     omission_alert,
     snub_alert,
     snub_alerts,
 )
+from pipeline.app import alert_rows
 from pipeline.days import DAY, DaySeries, day_of
 from pipeline.engagements import KIND_INDEX
 from pipeline.inbound import InboundStage, InboundState
 from pipeline.ingest import Engagement, Message
+from pipeline.memory import dumps
 from pipeline.reciprocity import Omission, Params
 from pipeline.routing import (
     INBOUND_FIELDS,
@@ -39,7 +43,9 @@ from pipeline.routing import (
     record_dst,
     record_pair,
 )
+from pipeline.sinks.schema import BY_NAME
 from pipeline.watermark import WatermarkTracker
+from pipeline.windows import to_utc
 
 H = 3600
 DAY0 = 1772409600  # 2026-03-02T00:00:00Z
@@ -490,6 +496,36 @@ def test_snub_alerts_are_snub_alert_of_each() -> None:
     assert [a.to_json() for a in snub_alerts(snubs, 1.5 * H)] == [
         snub_alert(s, 1.5 * H).to_json() for s in snubs]
     assert snub_alerts([], H) == []
+
+
+def test_snubs_in_columns_give_the_rows_and_records_of_snub_objects() -> None:
+    """The snubs and alerts tables' rows and the alerts topic's records from
+    columns equal those the objects give (``SnubRow``, ``alert_rows``,
+    ``Alert.to_json``), times with sub-second parts and a rounding carry included."""
+    now = datetime(2026, 3, 9, 12, 0, 5, 250000, tzinfo=UTC)
+    snubs = [Snub(f"ev{i}", f"org{i % 3}", f"org{(i + 1) % 3}", i % 6,
+                  T0 + i * 0.3 + (0.9999996 if i == 7 else 0), 0.0) for i in range(40)]
+    snubs = [Snub(s.id, s.src, s.dst, s.kind, s.ts, s.ts + 1.5 * H) for s in snubs]
+    columns = SnubColumns.of(snubs)
+    assert len(columns) == 40 and columns.snubs() == snubs
+    table = BY_NAME["snubs"]
+    assert columns.block("st", now).rows(table) == [
+        (s.id, s.src, s.dst, s.kind_name, s.ts, s.snub_ts,
+         to_utc(s.snub_ts).replace(microsecond=0), "st", now.replace(microsecond=0))
+        for s in snubs]
+    found = columns.alerts(1.5 * H)
+    alerts = snub_alerts(snubs, 1.5 * H)
+    assert found.alerts() == alerts == [snub_alert(s, 1.5 * H) for s in snubs]
+    assert found.keys() == [a.id.encode() for a in alerts]
+    assert found.values() == [dumps(a.to_json()) for a in alerts]
+    assert found.block("st", now).rows(BY_NAME["alerts"]) == [
+        row._replace(time=row.time.replace(microsecond=0),
+                     created_at=row.created_at.replace(microsecond=0))
+        for row in alert_rows(alerts, "st", now)]
+    some = columns.where([s.src == "org1" for s in snubs])
+    assert some.snubs() == [s for s in snubs if s.src == "org1"]
+    assert columns.where([True] * 40) is columns
+    assert SnubColumns.of([]).alerts(H).alerts() == []
 
 
 def test_omission_alert() -> None:

@@ -29,6 +29,7 @@ from schemas.event import (
     format_many,
     format_ts,
     parse_ts,
+    utc_seconds,
 )
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "event.v1.schema.json"
@@ -477,6 +478,19 @@ def test_columns_times_equal_the_decoders_on_many_random_times() -> None:
     columns = events_from_objs([ev(ts=ts) for ts in stamps])
     assert columns is not None
     assert columns.ts == [parse_ts(ts) for ts in stamps]
+
+
+def test_utc_seconds_are_the_seconds_of_fromtimestamp() -> None:
+    rng = random.Random(11)
+    values = [T0, T0 + 0.5, T0 + 0.9999995, T0 + 0.9999994, T0 - 0.0000004, 0.0, 1e-7,
+              7258118399.9999996]
+    values += [rng.uniform(0, 7258118400) for _ in range(20000)]
+    expected = [int(datetime.fromtimestamp(v, UTC).replace(microsecond=0).timestamp())
+                for v in values]
+    assert utc_seconds(values).tolist() == expected
+    assert utc_seconds([]).tolist() == []
+    assert utc_seconds([-1.5, 2.0]).tolist() == [
+        int(datetime.fromtimestamp(-1.5, UTC).timestamp() // 1), 2]
 
 
 def test_format_many_writes_what_format_ts_writes() -> None:
