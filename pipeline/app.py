@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import faust
 import orjson
@@ -52,7 +52,7 @@ from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
     Counts,
     DeadLetter,
-    Engagement,
+    EngagementColumns,
     Ingest,
     IngestOutcome,
     Message,
@@ -92,6 +92,8 @@ DELIVERY_TIMEOUT_S = 120.0
 #: most records per internal message and per dedup-table record: keeps each
 #: well under Kafka's default 1 MB request size (about 80 bytes a record)
 CHUNK_RECORDS = 5000
+#: a source partition's engagements when a batch has none for it
+_NO_ENGAGEMENTS: Final = EngagementColumns()
 
 
 class DeliveryError(RuntimeError):
@@ -134,15 +136,16 @@ def dead_letter_rows(dead: Iterable[DeadLetter], stream: str,
             for d in dead]
 
 
-def chunk_by_offset(records: Sequence[Engagement], size: int) -> list[Sequence[Engagement]]:
+def chunk_by_offset(records: EngagementColumns, size: int) -> list[EngagementColumns]:
     """``records`` (in offset order) in chunks of about ``size``, never splitting
     one source offset: the later stages skip a record whose source offset a
     key already applied from an earlier message. Always at least one chunk."""
-    chunks: list[Sequence[Engagement]] = []
+    offsets = records.offset
+    chunks: list[EngagementColumns] = []
     start = 0
     while len(records) - start > size:
         end = start + size
-        while end < len(records) and records[end].offset == records[end - 1].offset:
+        while end < len(records) and offsets[end] == offsets[end - 1]:
             end += 1
         chunks.append(records[start:end])
         start = end
@@ -677,7 +680,7 @@ class Pipeline:
         n = self.settings.partitions
         pending = []
         for source in sorted(partitions):
-            records = outcome.engagements.get(source, [])
+            records = outcome.engagements.get(source, _NO_ENGAGEMENTS)
             woke = source in self._idle
             self._idle.discard(source)
             moved = source in outcome.max_ts
@@ -688,7 +691,7 @@ class Pipeline:
             for topic, by_target, fields in ((self.pairs_topic, by_pair, PAIR_FIELDS),
                                              (self.inbound_topic, by_dst, INBOUND_FIELDS)):
                 for target in range(n):
-                    routed = by_target.get(target, [])
+                    routed = by_target.get(target, _NO_ENGAGEMENTS)
                     if not (routed or moved or woke):
                         continue
                     # records in chunks under the request size; the partition's

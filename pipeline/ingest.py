@@ -28,7 +28,7 @@ import math
 import operator
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, overload
 
 import numpy as np
 import orjson
@@ -80,6 +80,69 @@ class Engagement(NamedTuple):
     offset: int
 
 
+class EngagementColumns(Sequence[Engagement]):
+    """Engagements in columns, in order: what stage 1 routes, without an
+    object per engagement (:mod:`pipeline.routing` sends the columns as
+    they are). A sequence of :class:`Engagement` to whoever iterates it."""
+
+    __slots__ = ("dst", "id", "kind", "offset", "src", "ts")
+
+    def __init__(self, id: Sequence[str] = (), kind: Sequence[int] = (),
+                 src: Sequence[str] = (), dst: Sequence[str] = (),
+                 ts: Sequence[float] = (), offset: Sequence[int] = ()) -> None:
+        self.id, self.kind, self.src, self.dst, self.ts, self.offset = (
+            id, kind, src, dst, ts, offset)
+
+    @classmethod
+    def of(cls, records: Iterable[Engagement]) -> EngagementColumns:
+        records = list(records)
+        return cls(*zip(*records, strict=True)) if records else cls()
+
+    def column(self, name: str) -> Sequence[Any]:
+        """The column of an :class:`Engagement` field name."""
+        column: Sequence[Any] = getattr(self, name)
+        return column
+
+    def take(self, index: Sequence[int]) -> EngagementColumns:
+        """The engagements at ``index``, in that order."""
+        if len(index) == 1:
+            i = index[0]
+            return EngagementColumns(*((column[i],) for column in self._columns()))
+        get = operator.itemgetter(*index)
+        return EngagementColumns(*map(get, self._columns()))
+
+    def _columns(self) -> tuple[Sequence[Any], ...]:
+        return self.id, self.kind, self.src, self.dst, self.ts, self.offset
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    @overload
+    def __getitem__(self, index: int) -> Engagement: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> EngagementColumns: ...
+
+    def __getitem__(self, index: int | slice) -> Engagement | EngagementColumns:
+        if isinstance(index, slice):
+            return EngagementColumns(*(column[index] for column in self._columns()))
+        return Engagement(*(column[index] for column in self._columns()))
+
+    def __iter__(self) -> Iterator[Engagement]:
+        return map(Engagement, *self._columns())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EngagementColumns):
+            return NotImplemented
+        return all(list(a) == list(b) for a, b in zip(self._columns(), other._columns(),
+                                                      strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable columns
+
+    def __repr__(self) -> str:
+        return f"EngagementColumns({list(self)!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An input that could not be used, with the original bytes and why."""
@@ -129,7 +192,7 @@ class IngestOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     omissions: list[Omission] = field(default_factory=list)
     #: engagements per source partition, in offset order
-    engagements: dict[int, list[Engagement]] = field(default_factory=dict)
+    engagements: dict[int, EngagementColumns] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
     #: the same counts per input partition (for the ``pipeline_batches`` table)
     partition_counts: dict[int, Counts] = field(default_factory=dict)
@@ -249,6 +312,12 @@ def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: f
             break
         count += 1
     return count
+
+
+def _absent(values: np.ndarray) -> np.ndarray:
+    """Where an object array holds None (elementwise, in C)."""
+    absent: np.ndarray = values == None  # noqa: E711 - numpy compares elementwise
+    return absent
 
 
 #: an item as :func:`split_message` returns it: a single event's original
@@ -399,38 +468,51 @@ class Ingest:
     def _engagements(self, columns: EventColumns, parts: list[int], offset: list[int],
                      out: IngestOutcome) -> None:
         """Every event's engagements resolved to org pairs, per source
-        partition in event order (a target's before its mentions')."""
+        partition in event order (a target's before its mentions'): the rules
+        of :func:`pipeline.engagements.raw_engagements` and ``resolve``, for
+        the whole batch at once."""
         org_of = self.registry.org_of_account.get
-        kinds, targets, ids, times = columns.kind, columns.target, columns.id, columns.ts
-        src = list(map(org_of, columns.actor))
-        #: (event, target account, kind index) of every engagement, in order
-        found: list[tuple[int, str, int]] = [
-            (i, target, kind_index)
-            for i, (kind_index, target) in enumerate(zip(map(KIND_INDEX.get, kinds), targets,
-                                                          strict=True))
-            if kind_index is not None and target is not None]
-        mentioned = [i for i, (kind, named) in enumerate(zip(kinds, columns.mentions,
-                                                             strict=True))
-                     if named and kind in MENTIONING_KINDS]
+        kinds = columns.kind
+        kind_index = np.array(list(map(KIND_INDEX.get, kinds)), dtype=object)
+        targets = np.array(columns.target, dtype=object)
+        #: per engagement: its event, the engaged account, its kind index
+        event = np.flatnonzero(~_absent(kind_index) & ~_absent(targets))
+        account = targets[event]
+        kind = kind_index[event]
+        mentions = columns.mentions
+        mentioned = [i for i in itertools.compress(range(len(kinds)), mentions)
+                     if kinds[i] in MENTIONING_KINDS]
         if mentioned:
-            mentions = columns.mentions
-            found.extend((i, account, MENTION) for i in mentioned
-                         for account in dict.fromkeys(mentions[i] or ()))
-            found.sort(key=operator.itemgetter(0))  # stable: a target before the mentions
+            m_event = [i for i in mentioned for _ in dict.fromkeys(mentions[i] or ())]
+            m_account = [a for i in mentioned for a in dict.fromkeys(mentions[i] or ())]
+            event = np.concatenate([event, np.array(m_event, dtype=np.int64)])
+            order = np.argsort(event, kind="stable")  # stable: a target before the mentions
+            event = event[order]
+            account = np.concatenate([account, np.array(m_account, dtype=object)])[order]
+            kind = np.concatenate([kind, np.full(len(m_event), MENTION, dtype=object)])[order]
+        if not len(event):
+            return
+        src = np.array(list(map(org_of, columns.actor)), dtype=object)[event]
+        dst = np.array(list(map(org_of, account.tolist())), dtype=object)
+        unmapped = _absent(src) | _absent(dst)
+        same = ~unmapped & np.equal(src, dst)
+        engaged = ~(unmapped | same)
+        part = np.array(parts, dtype=np.int64)[event]
+        ids, times = np.array(columns.id, dtype=object), np.array(columns.ts, dtype=np.float64)
+        offsets = np.array(offset, dtype=np.int64)
         counts = out.partition_counts
-        routed = out.engagements
-        for i, target, kind_index in found:
-            source, dst = src[i], org_of(target)
-            if source is None or dst is None:
-                counts[parts[i]].unmapped += 1
-            elif source == dst:
-                counts[parts[i]].same_org += 1
-            else:
-                counts[parts[i]].engagements += 1
-                records = routed.get(parts[i])
-                if records is None:
-                    records = routed[parts[i]] = []
-                records.append(Engagement(ids[i], kind_index, source, dst, times[i], offset[i]))
+        for p in dict.fromkeys(part.tolist()):
+            of_p = part == p
+            counts[p].unmapped += int(np.count_nonzero(unmapped & of_p))
+            counts[p].same_org += int(np.count_nonzero(same & of_p))
+            chosen = np.flatnonzero(engaged & of_p)
+            if not len(chosen):
+                continue
+            counts[p].engagements += len(chosen)
+            at = event[chosen]
+            out.engagements[p] = EngagementColumns(
+                ids[at].tolist(), kind[chosen].tolist(), src[chosen].tolist(),
+                dst[chosen].tolist(), times[at].tolist(), offsets[at].tolist())
 
     def _events(
         self,
@@ -440,6 +522,7 @@ class Ingest:
     ) -> IngestOutcome:
         """One batch, event by event (any input: invalid events become dead letters)."""
         out = IngestOutcome()
+        routed: dict[int, list[Engagement]] = {}
         for message in messages:
             partition, offset = message.partition, message.offset
             counts = out.partition_counts.get(partition)
@@ -480,9 +563,10 @@ class Ingest:
                         f"{partition} (largest event time seen minus {self.lateness_s:g} s)",
                         item_bytes(raw), message.key))
                     continue
-                self._use(event, partition, offset, out, counts)
+                self._use(event, partition, offset, out, counts, routed)
         for partition_counts in out.partition_counts.values():
             out.counts.add(partition_counts)
+        out.engagements = {p: EngagementColumns.of(r) for p, r in routed.items()}
         return out
 
     def _verdict(
@@ -519,7 +603,7 @@ class Ingest:
         return late
 
     def _use(self, event: Event, partition: int, offset: int, out: IngestOutcome,
-             counts: Counts) -> None:
+             counts: Counts, engagements: dict[int, list[Engagement]]) -> None:
         registry = self.registry
         found = omissions(event, registry)
         if found:
@@ -535,5 +619,5 @@ class Ingest:
             else:
                 counts.engagements += 1
                 if routed is None:
-                    routed = out.engagements.setdefault(partition, [])
+                    routed = engagements.setdefault(partition, [])
                 routed.append(Engagement(event.id, kind_index, src, dst, event.ts, offset))

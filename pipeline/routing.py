@@ -36,7 +36,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from pipeline.ingest import Engagement
+from pipeline.ingest import Engagement, EngagementColumns
 from pipeline.memory import dumps
 
 
@@ -71,10 +71,11 @@ def by_partition(records: Iterable[Engagement], key_of: Callable[[Engagement], s
 
 class Router:
     """Records per target partition of both internal topics, each partition's
-    in their order (:func:`by_partition` with :func:`record_pair` and
-    :func:`record_dst`), the partition of each (src, dst) and of each
-    receiving org remembered: a key is encoded and hashed once, not once per
-    record. Remembers at most ``limit`` keys of each kind (then starts over)."""
+    in their order (what :func:`by_partition` with :func:`record_pair` and
+    :func:`record_dst` gives, in columns), the partition of each (src, dst)
+    and of each receiving org remembered: a key is encoded and hashed once,
+    not once per record. Remembers at most ``limit`` keys of each kind (then
+    starts over)."""
 
     def __init__(self, partitions: int, limit: int = 1 << 20) -> None:
         self.partitions = partitions
@@ -82,34 +83,41 @@ class Router:
         self._pairs: dict[tuple[str, str], int] = {}
         self._dsts: dict[str, int] = {}
 
-    def split(self, records: Iterable[Engagement]
-              ) -> tuple[dict[int, list[Engagement]], dict[int, list[Engagement]]]:
+    def split(self, records: EngagementColumns
+              ) -> tuple[dict[int, EngagementColumns], dict[int, EngagementColumns]]:
         """(records per pairs-topic partition, records per inbound-topic partition)."""
+        if not len(records):
+            return {}, {}
         n = self.partitions
         pairs, dsts = self._pairs, self._dsts
         if len(pairs) > self.limit:
             pairs.clear()
         if len(dsts) > self.limit:
             dsts.clear()
-        by_pair: dict[int, list[Engagement]] = {}
-        by_dst: dict[int, list[Engagement]] = {}
-        for record in records:
-            src, dst = record[2], record[3]
-            target = pairs.get((src, dst))
-            if target is None:
-                target = pairs[(src, dst)] = partition_for(record_pair(record), n)
-            group = by_pair.get(target)
-            if group is None:
-                group = by_pair[target] = []
-            group.append(record)
-            target = dsts.get(dst)
-            if target is None:
-                target = dsts[dst] = partition_for(record_dst(record), n)
-            group = by_dst.get(target)
-            if group is None:
-                group = by_dst[target] = []
-            group.append(record)
-        return by_pair, by_dst
+        keys = list(zip(records.src, records.dst, strict=True))
+        by_pair = list(map(pairs.get, keys))
+        if None in by_pair:
+            for i, target in enumerate(by_pair):
+                if target is None:
+                    src, dst = keys[i]
+                    by_pair[i] = pairs[keys[i]] = partition_for(pair_key(src, dst), n)
+        by_dst = list(map(dsts.get, records.dst))
+        if None in by_dst:
+            for i, target in enumerate(by_dst):
+                if target is None:
+                    by_dst[i] = dsts[records.dst[i]] = partition_for(records.dst[i], n)
+        return _grouped(records, by_pair), _grouped(records, by_dst)
+
+
+def _grouped(records: EngagementColumns, targets: list[Any]) -> dict[int, EngagementColumns]:
+    """``records`` per target partition (each the partition of its record),
+    each partition's in their order."""
+    first = targets[0]
+    if targets.count(first) == len(targets):
+        return {first: records}
+    at = np.array(targets, dtype=np.int64)
+    return {target: records.take(np.flatnonzero(at == target).tolist())
+            for target in dict.fromkeys(targets)}
 
 
 #: the columns of a pairs-topic message: an :class:`Engagement`'s fields
@@ -118,7 +126,6 @@ PAIR_FIELDS: Final = Engagement._fields
 INBOUND_FIELDS: Final = ("dst", "ts", "offset")
 #: columns decoded to numpy arrays, and their types (the rest stay lists of str)
 _NUMERIC: Final = {"kind": np.int64, "ts": np.float64, "offset": np.int64}
-_COLUMN: Final = {name: i for i, name in enumerate(PAIR_FIELDS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +155,10 @@ def encode(source: int, max_ts: float | None, idle: bool,
            records: Sequence[Engagement] = (), fields: Sequence[str] = PAIR_FIELDS) -> bytes:
     """An internal message of ``records`` (none: a watermark marker), with
     the columns ``fields`` (:data:`PAIR_FIELDS` or :data:`INBOUND_FIELDS`)."""
-    columns = list(zip(*records, strict=True)) if records else [()] * len(PAIR_FIELDS)
+    if not isinstance(records, EngagementColumns):
+        records = EngagementColumns.of(records)
     return dumps({"p": source, "max": max_ts, "idle": idle,
-                  "c": {name: columns[_COLUMN[name]] for name in fields}})
+                  "c": {name: records.column(name) for name in fields}})
 
 
 def decode_columns(value: bytes, fields: Sequence[str] = PAIR_FIELDS) -> RoutedColumns:

@@ -37,7 +37,7 @@ import orjson
 from pipeline.bench.data import Dataset, generate, load_reference, messages
 from pipeline.bulk import default_partition
 from pipeline.inbound import InboundStage
-from pipeline.ingest import Engagement, Ingest, Message, SeenIndex
+from pipeline.ingest import EngagementColumns, Ingest, Message, SeenIndex
 from pipeline.memory import tune_gc
 from pipeline.pair_columns import ColumnarPairStage
 from pipeline.routing import INBOUND_FIELDS, PAIR_FIELDS, Router, encode
@@ -158,7 +158,7 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
         routed = time.perf_counter()
         result.seconds["ingest"] += routed - began
         for source in sorted({m.partition for m in batch}):
-            records = outcome.engagements.get(source, [])
+            records = outcome.engagements.get(source, EngagementColumns())
             result.engagements += len(records)
             _route(records, source, max_ts.get(source), router, pair_topic, inbound_topic)
         result.seconds["route"] += time.perf_counter() - routed
@@ -181,7 +181,7 @@ def _row_key(window: str, start: int, src: str, dst: str) -> str:
     return f"{window}|{start}|{src}|{dst}"
 
 
-def _route(records: Sequence[Engagement], source: int, high: float | None, router: Router,
+def _route(records: EngagementColumns, source: int, high: float | None, router: Router,
            pair_topic: _Internal, inbound_topic: _Internal) -> None:
     """One message per target partition of each internal topic, as
     :meth:`pipeline.app.Pipeline._route` sends them."""
@@ -189,7 +189,8 @@ def _route(records: Sequence[Engagement], source: int, high: float | None, route
     for topic, by_target, fields in ((pair_topic, by_pair, PAIR_FIELDS),
                                      (inbound_topic, by_dst, INBOUND_FIELDS)):
         for target in range(router.partitions):
-            topic.add(target, encode(source, high, False, by_target.get(target, []), fields))
+            topic.add(target, encode(source, high, False,
+                                     by_target.get(target, EngagementColumns()), fields))
 
 
 def _environment_settings() -> Settings:

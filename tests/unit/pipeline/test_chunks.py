@@ -8,11 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.app import chunk_by_offset
-from pipeline.ingest import Engagement
+from pipeline.ingest import Engagement, EngagementColumns
 
 
-def records(offsets: list[int]) -> list[Engagement]:
-    return [Engagement(f"e{i}", 0, "a", "b", 1.0, o) for i, o in enumerate(offsets)]
+def records(offsets: list[int]) -> EngagementColumns:
+    return EngagementColumns.of(
+        Engagement(f"e{i}", 0, "a", "b", 1.0, o) for i, o in enumerate(offsets))
 
 
 def test_chunks_never_split_a_source_offset() -> None:
@@ -21,15 +22,15 @@ def test_chunks_never_split_a_source_offset() -> None:
 
 
 def test_no_records_is_one_empty_chunk() -> None:
-    assert chunk_by_offset([], 5) == [[]]
+    assert [list(c) for c in chunk_by_offset(EngagementColumns(), 5)] == [[]]
 
 
 @given(st.lists(st.integers(0, 20), max_size=200).map(sorted), st.integers(1, 30))
 def test_chunks_keep_every_record_in_order(offsets: list[int], size: int) -> None:
     given_records = records(offsets)
     chunks = chunk_by_offset(given_records, size)
-    assert [r for c in chunks for r in c] == given_records
-    assert all(chunks[:-1]) and (chunks[-1] or chunks == [[]])
+    assert [r for c in chunks for r in c] == list(given_records)
+    assert all(chunks[:-1]) and (chunks[-1] or len(chunks) == 1)
     for before, after in itertools.pairwise(chunks):
         assert before[-1].offset != after[0].offset
         assert len(before) >= size

@@ -17,6 +17,7 @@ from pipeline.ingest import (
     Counts,
     DeadLetter,
     Engagement,
+    EngagementColumns,
     Ingest,
     IngestOutcome,
     Message,
@@ -63,6 +64,11 @@ REGISTRY = Registry(
 
 _ids = iter(range(10**9))
 
+
+
+def routed(out: IngestOutcome) -> dict[int, list[Engagement]]:
+    """An outcome's engagements per source partition, as records."""
+    return {p: list(records) for p, records in out.engagements.items()}
 
 def event(kind: str = "like", actor: str = "uni_main", target: str | None = "med_news",
           ts: float | str = T0, event_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -193,7 +199,7 @@ def test_engagement_records_in_offset_order() -> None:
         event("like", ts=T0 + H + 5, event_id="d"),
         event("thanks", actor="ext_a", target="uni_news", ts=T0 + 40, event_id="e"),
     ]))
-    assert out.engagements == {0: [
+    assert routed(out) == {0: [
         eng("a", "like", "uni", "med", T0 + 10, 0),
         eng("b", "share", "uni", "med", T0 + 20, 1),
         eng("c", "follow", "med", "uni", T0 + 30, 2),
@@ -220,14 +226,14 @@ def test_every_engagement_kind_is_routed_with_its_index() -> None:
 def test_rfc3339_ts_with_offset_is_utc_epoch_seconds() -> None:
     # 23:30 at -02:00 is 01:30 UTC the next day
     out = process(messages([event(ts="2026-03-02T23:30:00-02:00", event_id="x")]))
-    assert out.engagements == {0: [eng("x", "like", "uni", "med", DAY0 + D + 1.5 * H, 0)]}
+    assert routed(out) == {0: [eng("x", "like", "uni", "med", DAY0 + D + 1.5 * H, 0)]}
 
 
 def test_records_are_grouped_by_source_partition() -> None:
     msgs = (messages([event(event_id="p0")], partition=0)
             + messages([event(event_id="p3")], partition=3, first_offset=7))
     out = process(msgs)
-    assert out.engagements == {
+    assert routed(out) == {
         0: [eng("p0", "like", "uni", "med", T0, 0)],
         3: [eng("p3", "like", "uni", "med", T0, 7)],
     }
@@ -256,7 +262,7 @@ def test_mentions_on_post_and_reply() -> None:
 def test_mentions_of_two_accounts_of_one_org_are_two_records() -> None:
     out = process(messages([event("post", target=None, mentions=["med_news", "med_lab"],
                                   event_id="p")]))
-    assert out.engagements == {0: [eng("p", "mention", "uni", "med", T0, 0)] * 2}
+    assert routed(out) == {0: [eng("p", "mention", "uni", "med", T0, 0)] * 2}
 
 
 def test_mention_kind_event_counts_once() -> None:
@@ -270,7 +276,7 @@ def test_unfollow_and_post_are_not_engagements() -> None:
         event("post", target=None),
         event("post", target="med_news"),
     ]))
-    assert out.engagements == {}
+    assert routed(out) == {}
     assert out.counts.valid == 3
     assert out.counts.engagements == 0
     assert out.counts.same_org == 0
@@ -284,7 +290,7 @@ def test_same_org_is_counted_but_has_no_pair() -> None:
         event("like", actor="uni_main", target="uni_news"),
         event("post", actor="uni_main", target=None, mentions=["uni_news", "uni_main"]),
     ]))
-    assert out.engagements == {}
+    assert routed(out) == {}
     assert out.counts.same_org == 3
     assert out.counts.engagements == 0
 
@@ -356,7 +362,7 @@ def test_invalid_json_is_dead_lettered_with_original_bytes(value: bytes) -> None
     assert dead.raw == value
     assert dead.key == b"k1"
     assert out.counts.as_dict() == all_counts(messages=1, events=1, dead_lettered=1)
-    assert out.engagements == {}
+    assert routed(out) == {}
     assert out.max_ts == {}
     assert out.last_offsets == {2: 41}
 
@@ -444,7 +450,7 @@ def test_packed_message_validates_each_element() -> None:
     assert out.dead_letters[2].raw == b"{}"
     assert all(d.key == b"batch" for d in out.dead_letters)
     assert out.first_seen == {"p1": (5, 100, 0, 0), "p3": (5, 100, 2, 0)}
-    assert out.engagements == {5: [
+    assert routed(out) == {5: [
         eng("p1", "like", "uni", "med", T0, 100),
         eng("p3", "follow", "ext", "uni", T0, 100),
     ]}
@@ -484,7 +490,7 @@ def test_duplicate_id_within_a_batch_counts_once() -> None:
     first = event(event_id="dup")
     changed = dict(first, kind="share")  # same id, different content: still a duplicate
     out = process(messages([first, first, changed]))
-    assert out.engagements == {0: [eng("dup", "like", "uni", "med", T0, 0)]}
+    assert routed(out) == {0: [eng("dup", "like", "uni", "med", T0, 0)]}
     assert out.counts.duplicates == 2
     assert out.counts.valid == 3
     assert out.counts.engagements == 1
@@ -495,7 +501,7 @@ def test_duplicate_id_within_a_packed_message() -> None:
     dup = event(event_id="dup")
     out = process([Message(0, 0, raw([dup, dup]))])
     assert out.counts.duplicates == 1
-    assert out.engagements == {0: [eng("dup", "like", "uni", "med", T0, 0)]}
+    assert routed(out) == {0: [eng("dup", "like", "uni", "med", T0, 0)]}
     assert out.first_seen == {"dup": (0, 0, 0, 0)}
 
 
@@ -518,7 +524,7 @@ def test_duplicate_id_across_batches_counts_once() -> None:
     assert second.counts.duplicates == 1
     assert second.counts.replayed == 0
     assert second.first_seen == {"new": (0, 3, 0, 0)}  # only new entries are returned
-    assert second.engagements == {0: [eng("new", "like", "uni", "med", T0, 3)]}
+    assert routed(second) == {0: [eng("new", "like", "uni", "med", T0, 3)]}
     assert second.max_ts == {}  # nothing moved the partition's largest event time
 
 
@@ -528,10 +534,10 @@ def test_first_seen_accepts_lists_as_positions() -> None:
     out = process(messages([dup], first_offset=4), {"dup": [0, 4, 0, 0]})
     assert out.counts.replayed == 1
     assert out.counts.duplicates == 0
-    assert out.engagements == {0: [eng("dup", "like", "uni", "med", T0, 4)]}
+    assert routed(out) == {0: [eng("dup", "like", "uni", "med", T0, 4)]}
     out = process(messages([dup], first_offset=5), {"dup": [0, 4, 0, 0]})
     assert out.counts.duplicates == 1
-    assert out.engagements == {}
+    assert routed(out) == {}
 
 
 def test_inputs_are_read_only() -> None:
@@ -632,7 +638,7 @@ def test_a_replayed_late_event_stays_late() -> None:
     assert out.counts.as_dict() == all_counts(messages=1, events=1, valid=1, replayed=1,
                                               late=1, dead_lettered=1)
     assert [d.reason for d in out.dead_letters] == [REASON_LATE]
-    assert out.engagements == {}
+    assert routed(out) == {}
     assert out.first_seen == {}
     assert out.max_ts == {}  # a late event never moves the largest time
 
@@ -642,7 +648,7 @@ def test_a_replayed_event_that_was_on_time_stays_on_time() -> None:
                   first_seen={"x": (0, 5, 0, 0)}, max_ts={0: T0 + D}, lateness=L)
     assert out.counts.late == 0
     assert out.counts.replayed == 1
-    assert out.engagements == {0: [eng("x", "like", "uni", "med", T0, 5)]}
+    assert routed(out) == {0: [eng("x", "like", "uni", "med", T0, 5)]}
 
 
 def test_a_replay_moves_a_stale_largest_time() -> None:
@@ -766,7 +772,7 @@ def test_many_small_batches_match_one_clean_run() -> None:
     for out in outcomes:
         for partition, records in out.engagements.items():
             routed.setdefault(partition, []).extend(records)
-    assert routed == clean.engagements
+    assert routed == {p: list(records) for p, records in clean.engagements.items()}
     assert store.first_seen == clean_store.first_seen
     assert store.max_ts == clean_store.max_ts
     total = Counts()
@@ -946,3 +952,16 @@ def test_a_batch_with_any_event_not_in_the_fast_form_goes_event_by_event() -> No
         assert ingest._columns(batch, {}, {}) is None
         assert ingest.process(batch, {}, {}) == ingest._events(batch, {}, {})
     assert ingest._columns(messages([b"not json"]), {}, {}) is None
+
+
+def test_engagement_columns_are_a_sequence_of_engagements() -> None:
+    records = [eng(f"e{i}", "like", "uni", "med", T0 + i, i // 2) for i in range(5)]
+    columns = EngagementColumns.of(records)
+    assert len(columns) == 5 and list(columns) == records
+    assert columns[3] == records[3] and list(columns[1:3]) == records[1:3]
+    assert list(columns.take([4, 0])) == [records[4], records[0]]
+    assert list(columns.take([2])) == [records[2]]
+    assert columns.column("offset") == (0, 0, 1, 1, 2)
+    assert columns == EngagementColumns.of(records) != EngagementColumns.of(records[:4])
+    assert not EngagementColumns() and list(EngagementColumns()) == []
+    assert EngagementColumns.of([]) == EngagementColumns()

@@ -27,7 +27,7 @@ from pipeline.app import alert_rows
 from pipeline.days import DAY, DaySeries, day_of
 from pipeline.engagements import KIND_INDEX
 from pipeline.inbound import InboundStage, InboundState
-from pipeline.ingest import Engagement, Message
+from pipeline.ingest import Engagement, EngagementColumns, Message
 from pipeline.memory import dumps
 from pipeline.reciprocity import Omission, Params
 from pipeline.routing import (
@@ -318,10 +318,16 @@ def test_the_router_splits_as_by_partition_does_while_it_remembers_keys() -> Non
     records = [Engagement(f"e{i}", 1, orgs[i % 5], orgs[(i * 3 + 1) % 5], T0 + i, i)
                for i in range(200) if i % 5 != (i * 3 + 1) % 5]
     router = Router(4, limit=3)  # forgets keys along the way
+    columns = EngagementColumns.of(records)
     for _ in range(2):
-        assert router.split(records) == (by_partition(records, record_pair, 4),
-                                         by_partition(records, record_dst, 4))
-    assert router.split([]) == ({}, {})
+        by_pair, by_dst = router.split(columns)
+        assert ({p: list(c) for p, c in by_pair.items()},
+                {p: list(c) for p, c in by_dst.items()}) == (
+            by_partition(records, record_pair, 4), by_partition(records, record_dst, 4))
+    one = EngagementColumns.of(records[:1])
+    by_pair, by_dst = router.split(one)
+    assert by_pair == {partition_for(record_pair(records[0]), 4): one}
+    assert router.split(EngagementColumns()) == ({}, {})
 
 
 def test_pair_key_is_symmetric_and_unambiguous() -> None:
