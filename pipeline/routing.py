@@ -28,6 +28,8 @@ choice never depends on a client library's partitioner.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ from pipeline.memory import dumps
 def pair_key(a: str, b: str) -> str:
     """The key of the unordered pair {a, b}: a JSON array, smaller id first."""
     return orjson.dumps([a, b] if a < b else [b, a]).decode()
+
+
+#: what :class:`Router` computes a pair's partition with: ``partition_for(pair_key(a,
+#: b), n)`` is ``crc32`` of ``pair_key``'s UTF-8 bytes, which orjson writes directly
+_crc32, _dumps = zlib.crc32, orjson.dumps
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -80,7 +87,9 @@ class Router:
     def __init__(self, partitions: int, limit: int = 1 << 20) -> None:
         self.partitions = partitions
         self.limit = limit
-        self._pairs: dict[tuple[str, str], int] = {}
+        #: src -> dst -> partition of the pair (two lookups: no tuple per record)
+        self._pairs: dict[str, dict[str, int]] = {}
+        self._pair_count = 0
         self._dsts: dict[str, int] = {}
 
     def split(self, records: EngagementColumns
@@ -90,23 +99,34 @@ class Router:
             return {}, {}
         n = self.partitions
         pairs, dsts = self._pairs, self._dsts
-        if len(pairs) > self.limit:
+        if self._pair_count > self.limit:
             pairs.clear()
+            self._pair_count = 0
         if len(dsts) > self.limit:
             dsts.clear()
-        keys = list(zip(records.src, records.dst, strict=True))
-        by_pair = list(map(pairs.get, keys))
-        if None in by_pair:
-            for i, target in enumerate(by_pair):
-                if target is None:
-                    src, dst = keys[i]
-                    by_pair[i] = pairs[keys[i]] = partition_for(pair_key(src, dst), n)
+        srcs, dsts_of = records.src, records.dst
+        for src in set(srcs).difference(pairs):
+            pairs[src] = {}
+        by_pair = list(map(dict.get, map(pairs.__getitem__, srcs), dsts_of))
+        missing = _missing(by_pair)
+        for i in missing:
+            src, dst = srcs[i], dsts_of[i]
+            by_pair[i] = pairs[src][dst] = (
+                _crc32(_dumps([src, dst] if src < dst else [dst, src])) % n)
+        self._pair_count += len(missing)
         by_dst = list(map(dsts.get, records.dst))
-        if None in by_dst:
-            for i, target in enumerate(by_dst):
-                if target is None:
-                    by_dst[i] = dsts[records.dst[i]] = partition_for(records.dst[i], n)
+        for i in _missing(by_dst):
+            dst = records.dst[i]
+            by_dst[i] = dsts[dst] = partition_for(dst, n)
         return _grouped(records, by_pair), _grouped(records, by_dst)
+
+
+def _missing(targets: list[Any]) -> list[int]:
+    """Where ``targets`` holds None (found in C, not one Python step per record)."""
+    if None not in targets:
+        return []
+    return list(itertools.compress(range(len(targets)),
+                                   map(operator.is_, targets, itertools.repeat(None))))
 
 
 def _grouped(records: EngagementColumns, targets: list[Any]) -> dict[int, EngagementColumns]:
