@@ -56,9 +56,11 @@ from pipeline.ingest import (
     Ingest,
     IngestOutcome,
     Message,
+    SeenColumns,
     SeenIndex,
     SeenRecord,
     expired_seen,
+    seen_columns,
 )
 from pipeline.memory import dumps, free_heap
 from pipeline.pair_columns import ColumnarPairStage, partition_prefix
@@ -592,31 +594,32 @@ class Pipeline:
         new largest time rides on the last one, so a replay after a crash in
         between never sees the time moved without every id behind it. Returns
         the changelog deliveries to await."""
-        new_ids: dict[int, list[list[Any]]] = {}
-        for event_id, (partition, offset, item, late) in outcome.first_seen.items():
-            new_ids.setdefault(partition, []).append([event_id, offset, item, late])
+        new_ids = outcome.first_seen.columns
+        no_ids: SeenColumns = ([], [], [], [])
         pending = []
         for partition in set(new_ids) | set(outcome.max_ts):
-            entries = new_ids.get(partition, [])
+            ids, offsets, items, lates = new_ids.get(partition, no_ids)
             before = self._max_ts.get(partition)
             after = outcome.max_ts.get(partition, before)
-            chunks = [entries[i:i + CHUNK_RECORDS]
-                      for i in range(0, len(entries), CHUNK_RECORDS)] or [[]]
+            starts = list(range(0, len(ids), CHUNK_RECORDS)) or [0]
             records = []
             held = self._seen_records.setdefault(partition, collections.deque())
             hi = outcome.batch_max_ts.get(partition)
-            for i, chunk in enumerate(chunks):
+            for i, start in enumerate(starts):
+                end = start + CHUNK_RECORDS
+                chunk_offsets = offsets[start:end]
+                chunk = {"id": ids[start:end], "offset": chunk_offsets,
+                         "item": items[start:end], "late": lates[start:end]}
                 if i == 0:
-                    first = min((o for _, o, _, _ in chunk),
-                                default=last_event[partition].message.offset)
+                    first = min(chunk_offsets, default=last_event[partition].message.offset)
                     key = f"{partition}:{first}"
                 else:
-                    key = f"{partition}:{chunk[0][1]}:{chunk[0][2]}"
-                chunk_hi = hi if chunk else None  # a record without ids has no ids to expire
+                    key = f"{partition}:{offsets[start]}:{items[start]}"
+                chunk_hi = hi if ids else None  # a record without ids has no ids to expire
                 records.append((key, dumps(
-                    {"ids": chunk, "max": after if i == len(chunks) - 1 else before,
+                    {"c": chunk, "max": after if i == len(starts) - 1 else before,
                      "hi": chunk_hi})))
-                held.append((chunk_hi, _last_offset(key, chunk), key))
+                held.append((chunk_hi, _last_offset(key, chunk_offsets), key))
             pending += await self.bulk.write_table(self.seen_table, last_event[partition],
                                                   records)
         self._seen_index.update(outcome.first_seen)
@@ -642,7 +645,8 @@ class Pipeline:
             for key in keys:
                 value = store.get(key)
                 if value is not None:
-                    index.forget(partition, orjson.loads(value)["ids"])
+                    ids, offsets, _items, _lates = seen_columns(orjson.loads(value))
+                    index.forget(partition, ids, offsets)
             pending += await self.bulk.delete_table(self.seen_table, event, keys)
         await self._delivered(pending)
 
@@ -662,12 +666,13 @@ class Pipeline:
                 high = record.get("max")
                 if high is not None and high > self._max_ts.get(partition, float("-inf")):
                     self._max_ts[partition] = high
-                for event_id, offset, item, late in record["ids"]:
+                ids, offsets, items, lates = seen_columns(record)
+                for event_id, offset, item, late in zip(ids, offsets, items, lates, strict=True):
                     position = (partition, offset, item, late)
                     # the earliest position wins if a replayed batch stored it twice
                     if event_id not in index or position[:3] < index[event_id][:3]:
                         index[event_id] = position
-                held[partition].append((record.get("hi"), _last_offset(key, record["ids"]), key))
+                held[partition].append((record.get("hi"), _last_offset(key, offsets), key))
         for partition, records in held.items():
             self._seen_records[partition] = collections.deque(
                 sorted(records, key=lambda record: record[1]))
@@ -958,9 +963,9 @@ def _highwater(consumer: Any, tp: TP) -> int | float:
     return float("inf") if high is None else int(high)
 
 
-def _last_offset(key: str, ids: Sequence[Sequence[Any]]) -> int:
+def _last_offset(key: str, offsets: Sequence[int]) -> int:
     """The last input offset a dedup record covers (its key's for no ids)."""
-    return max((int(entry[1]) for entry in ids), default=int(key.split(":")[1]))
+    return int(max(offsets, default=int(key.split(":")[1])))
 
 
 def _same(key: str) -> str:

@@ -181,12 +181,75 @@ class Counts:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+#: a partition's new dedup entries in columns: event ids, offsets, items, late flags
+SeenColumns = tuple[list[str], list[int], list[int], list[int]]
+
+
+class NewIds(Mapping[str, Seen]):
+    """A batch's new dedup entries: event id -> :data:`Seen`, held per input
+    partition in columns (:data:`SeenColumns`), as the dedup records and the
+    index take them (no tuple per id)."""
+
+    __slots__ = ("_dict", "columns")
+
+    def __init__(self, columns: dict[int, SeenColumns] | None = None) -> None:
+        self.columns: dict[int, SeenColumns] = columns or {}
+        self._dict: dict[str, Seen] | None = None
+
+    @classmethod
+    def of(cls, entries: Mapping[str, Sequence[int]]) -> NewIds:
+        columns: dict[int, SeenColumns] = {}
+        for event_id, (partition, offset, item, late) in entries.items():
+            held = columns.get(partition)
+            if held is None:
+                held = columns[partition] = ([], [], [], [])
+            held[0].append(event_id)
+            held[1].append(offset)
+            held[2].append(item)
+            held[3].append(late)
+        return cls(columns)
+
+    def _as_dict(self) -> dict[str, Seen]:
+        if self._dict is None:
+            self._dict = {event_id: (partition, offset, item, late)
+                          for partition, (ids, offsets, items, lates) in self.columns.items()
+                          for event_id, offset, item, late in zip(ids, offsets, items, lates,
+                                                                  strict=True)}
+        return self._dict
+
+    def __getitem__(self, event_id: str) -> Seen:
+        return self._as_dict()[event_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._as_dict())
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids, _, _, _ in self.columns.values())
+
+    def __repr__(self) -> str:
+        return f"NewIds({self._as_dict()!r})"
+
+
+def seen_columns(record: Mapping[str, Any]) -> SeenColumns:
+    """A dedup record's entries in columns, from either form it is stored in:
+    ``"c": {"id": [...], "offset": [...], "item": [...], "late": [...]}``, or
+    the earlier ``"ids": [[id, offset, item, late], ...]``."""
+    found = record.get("c")
+    if found is not None:
+        return found["id"], found["offset"], found["item"], found["late"]
+    entries = record["ids"]
+    if not entries:
+        return [], [], [], []
+    ids, offsets, items, lates = zip(*entries, strict=True)
+    return list(ids), list(offsets), list(items), list(lates)
+
+
 @dataclass(slots=True)
 class IngestOutcome:
     """What to persist and send after a batch."""
 
     #: new dedup entries of this batch
-    first_seen: dict[str, Seen] = field(default_factory=dict)
+    first_seen: NewIds = field(default_factory=NewIds)
     #: largest event time per partition after the batch (only partitions that moved)
     max_ts: dict[int, float] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -241,6 +304,19 @@ class SeenIndex(MutableMapping[str, Seen]):
 
     def update(self, other: Any = (), /, **kwargs: Seen) -> None:
         """Many positions at once (a batch's new ids), packed inline."""
+        if isinstance(other, NewIds) and not kwargs:
+            for partition, (ids, offsets, items, _lates) in other.columns.items():
+                if ids and not (partition >= 0 and min(offsets) >= 0 and max(offsets) < _OFFSETS
+                                and min(items) >= 0 and max(items) < _ITEMS):
+                    super().update(other)  # raises on the first out of range
+                    return
+            for partition, (ids, offsets, items, lates) in other.columns.items():
+                high = partition << _PARTITION_SHIFT
+                self._packed.update(zip(ids, [
+                    high | offset << _OFFSET_SHIFT | item << 1 | (1 if late else 0)
+                    for offset, item, late in zip(offsets, items, lates, strict=True)],
+                    strict=True))
+            return
         if kwargs or not isinstance(other, Mapping):
             super().update(other, **kwargs)
             return
@@ -262,12 +338,12 @@ class SeenIndex(MutableMapping[str, Seen]):
     def __len__(self) -> int:
         return len(self._packed)
 
-    def forget(self, partition: int, entries: Iterable[Sequence[Any]]) -> None:
-        """Forget the ids of a dedup record's entries (``[id, offset, item,
-        late]``) that are still first seen where the record saw them: in
-        ``partition`` at that offset (a replay may have stored an id twice)."""
+    def forget(self, partition: int, ids: Iterable[str], offsets: Iterable[int]) -> None:
+        """Forget the ids of a dedup record's entries (:func:`seen_columns`)
+        that are still first seen where the record saw them: in ``partition``
+        at that offset (a replay may have stored an id twice)."""
         packed = self._packed
-        for event_id, offset, _item, _late in entries:
+        for event_id, offset in zip(ids, offsets, strict=True):
             position = packed.get(event_id)
             if (position is not None and position >> _PARTITION_SHIFT == partition
                     and (position >> _OFFSET_SHIFT) & (_OFFSETS - 1) == offset):
@@ -442,9 +518,12 @@ class Ingest:
         offsets = [m.offset for m in messages]
         offset = [offsets[i] for i in of_message]
         parts = partition.tolist()
-        position = [max(item, 0) for item in items]
-        out.first_seen = dict(zip(ids, zip(parts, offset, position, itertools.repeat(0)),
-                                  strict=False))
+        id_of, offset_of = np.array(ids, dtype=object), np.array(offset, dtype=np.int64)
+        item_of = np.maximum(np.array(items, dtype=np.int64), 0)
+        out.first_seen = NewIds({
+            p: (id_of[where].tolist(), offset_of[where].tolist(), item_of[where].tolist(),
+                [0] * len(where))
+            for p, where in groups.items()})
         self._omissions(columns, parts, out)
         self._engagements(columns, parts, offset, out)
         for p, where in groups.items():
@@ -523,6 +602,7 @@ class Ingest:
         """One batch, event by event (any input: invalid events become dead letters)."""
         out = IngestOutcome()
         routed: dict[int, list[Engagement]] = {}
+        new_ids: dict[str, Seen] = {}
         for message in messages:
             partition, offset = message.partition, message.offset
             counts = out.partition_counts.get(partition)
@@ -550,7 +630,7 @@ class Ingest:
                 if event.ts > out.batch_max_ts.get(partition, float("-inf")):
                     out.batch_max_ts[partition] = event.ts
                 late = self._verdict(event, partition, offset, item_index, first_seen,
-                                     max_ts, out, counts)
+                                     max_ts, out, counts, new_ids)
                 if late is None:
                     counts.duplicates += 1
                     continue
@@ -567,6 +647,7 @@ class Ingest:
         for partition_counts in out.partition_counts.values():
             out.counts.add(partition_counts)
         out.engagements = {p: EngagementColumns.of(r) for p, r in routed.items()}
+        out.first_seen = NewIds.of(new_ids)
         return out
 
     def _verdict(
@@ -579,10 +660,11 @@ class Ingest:
         max_ts: Mapping[int, float],
         out: IngestOutcome,
         counts: Counts,
+        new_ids: dict[str, Seen],
     ) -> bool | None:
         """Late (True), to use (False) or a duplicate (None); records new ids and
         moves the partition's largest event time."""
-        seen = out.first_seen.get(event.id)
+        seen = new_ids.get(event.id)
         if seen is None:
             stored = first_seen.get(event.id)
             if stored is not None:
@@ -595,7 +677,7 @@ class Ingest:
         else:
             high = out.max_ts.get(partition, max_ts.get(partition))
             late = high is not None and event.ts <= high - self.lateness_s
-            out.first_seen[event.id] = (partition, offset, item, int(late))
+            new_ids[event.id] = (partition, offset, item, int(late))
         if not late:
             high = out.max_ts.get(partition, max_ts.get(partition))
             if high is None or event.ts > high:

@@ -21,10 +21,12 @@ from pipeline.ingest import (
     Ingest,
     IngestOutcome,
     Message,
+    NewIds,
     Seen,
     SeenIndex,
     expired_seen,
     item_bytes,
+    seen_columns,
     split_message,
 )
 from pipeline.pairs import N_KINDS
@@ -857,11 +859,32 @@ def test_the_seen_index_packs_positions_losslessly() -> None:
         many.update({"f": (0, 0, 2**24, 0)})
     assert "f" not in many
     # a dedup record's entries: only ids still first seen there go
-    many.forget(3, [["b", 2**48 - 1, 2**24 - 1, 1], ["c", 123456, 499, 0], ["x", 1, 0, 0],
-                    ["d", 2, 3, 1]])
+    many.forget(3, ["b", "c", "x", "d"], [2**48 - 1, 123456, 1, 2])
     assert "b" not in many and "c" in many and "d" in many
-    many.forget(17, [["c", 123456, 0, 0]])
+    many.forget(17, ["c"], [123456])
     assert "c" not in many
+
+
+def test_new_ids_hold_columns_per_partition_and_read_as_a_mapping() -> None:
+    entries = {"a": (0, 5, 0, 0), "b": (1, 7, 2, 1), "c": (0, 6, 3, 0)}
+    new = NewIds.of(entries)
+    assert new.columns == {0: (["a", "c"], [5, 6], [0, 3], [0, 0]), 1: (["b"], [7], [2], [1])}
+    assert new == entries and len(new) == 3 and new["b"] == (1, 7, 2, 1)
+    index = SeenIndex()
+    index.update(new)
+    assert dict(index) == entries
+    with pytest.raises(ValueError):
+        index.update(NewIds({2: (["z"], [2**48], [0], [0])}))
+    assert "z" not in index
+    assert NewIds() == {} and len(NewIds()) == 0
+
+
+def test_dedup_records_are_read_in_either_form() -> None:
+    columns = {"c": {"id": ["a", "b"], "offset": [5, 6], "item": [0, 2], "late": [0, 1]},
+               "max": 10.0, "hi": 9.0}
+    rows = {"ids": [["a", 5, 0, 0], ["b", 6, 2, 1]], "max": 10.0, "hi": 9.0}
+    assert seen_columns(columns) == seen_columns(rows) == (["a", "b"], [5, 6], [0, 2], [0, 1])
+    assert seen_columns({"ids": [], "max": None, "hi": None}) == ([], [], [], [])
 
 
 # --------------------------------------------------------------------------- in columns

@@ -1,0 +1,59 @@
+"""Loading a partition's dedup records (``Pipeline._index_partitions``): the
+records a worker wrote in columns and those of releases before them (a list
+per id) build the same index, largest event time and expiry queue."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import orjson
+
+from pipeline.app import Pipeline
+from pipeline.ingest import SeenIndex
+
+
+def _worker(table: dict[str, bytes]) -> Any:
+    """The parts of a Pipeline that indexing a partition uses."""
+    worker: Any = Pipeline.__new__(Pipeline)
+    worker.seen_table = table
+    worker._indexed = set()
+    worker._seen_index = SeenIndex()
+    worker._max_ts = {}
+    worker._seen_records = collections.defaultdict(collections.deque)
+    return worker
+
+
+def _columns(entries: list[list[Any]], high: float | None, hi: float | None) -> bytes:
+    ids, offsets, items, lates = (list(c) for c in zip(*entries, strict=True)) if entries else (
+        [], [], [], [])
+    return orjson.dumps({"c": {"id": ids, "offset": offsets, "item": items, "late": lates},
+                         "max": high, "hi": hi})
+
+
+def _rows(entries: list[list[Any]], high: float | None, hi: float | None) -> bytes:
+    return orjson.dumps({"ids": entries, "max": high, "hi": hi})
+
+
+def test_records_in_columns_and_in_rows_index_alike() -> None:
+    first = [["a", 3, 0, 0], ["b", 3, 1, 1], ["c", 4, 0, 0]]
+    second = [["d", 7, 0, 0], ["a", 9, 0, 0]]  # "a" again: a replay stored it twice
+    other = [["z", 1, 0, 0]]
+    loaded = []
+    for encode_first, encode_second in ((_rows, _columns), (_columns, _rows),
+                                        (_columns, _columns), (_rows, _rows)):
+        worker = _worker({
+            "0:3": encode_first(first, 50.0, 40.0),
+            "0:7": encode_second(second, 80.0, 70.0),
+            "0:9": encode_second([], 90.0, None),  # a batch without new ids
+            "1:1": encode_first(other, 5.0, 5.0),
+        })
+        worker._index_partitions({0})
+        assert dict(worker._seen_index) == {"a": (0, 3, 0, 0), "b": (0, 3, 1, 1),
+                                            "c": (0, 4, 0, 0), "d": (0, 7, 0, 0)}
+        assert worker._max_ts == {0: 90.0}
+        assert list(worker._seen_records[0]) == [(40.0, 4, "0:3"), (70.0, 9, "0:7"),
+                                                 (None, 9, "0:9")]
+        assert worker._indexed == {0}
+        loaded.append((dict(worker._seen_index), list(worker._seen_records[0])))
+    assert all(one == loaded[0] for one in loaded)
