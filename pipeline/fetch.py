@@ -167,7 +167,7 @@ class GapFreeFetch:
 
     def _resume(self, tps: set[Any]) -> None:
         paused = self.consumer._paused_partitions
-        resumed = {tp for tp in paused if tp in tps}  # Faust's own TP objects
+        resumed = {tp for tp in tps if tp in paused}
         if resumed:
             self.consumer.resume_partitions(resumed)
         self.held -= tps
@@ -181,8 +181,7 @@ class GapFreeFetch:
             return
         consumer = self.consumer
         self._unpark([tp for tp in self.parked if tp not in self.wanted])
-        # a lane's partition waits while records of it do
-        self.full = {tp for tp in self.full if tp in self.parked}
+        self.full &= self.parked.keys()  # a lane's partition waits while records do
         reread = {tp: self.next[tp] for tp in self.skipped - self.wanted if tp in self.next}
         self.skipped &= self.wanted
         if reread:
@@ -191,8 +190,8 @@ class GapFreeFetch:
         released = self.held - hold
         if released:
             self._resume(released)
-        # Faust's own TP objects (the fetch's are aiokafka's, which Faust refuses)
-        wanted = {tp for tp in consumer.assignment() if tp in hold}
+        assigned = consumer.assignment()
+        wanted = {tp for tp in hold if tp in assigned}
         pause = {tp for tp in wanted if tp not in consumer._paused_partitions}
         if pause:
             consumer.pause_partitions(pause)

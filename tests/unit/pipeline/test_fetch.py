@@ -12,23 +12,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any
 
 from pipeline import fetch
 from pipeline.fetch import MAX_SEEKS, GapFreeFetch
 
 
-class TP(NamedTuple):
-    """Faust's TP: what its consumer's assignment, pauses and resumes hold."""
-
-    topic: str
-    partition: int
-
-
-class FetchedTP(NamedTuple):
-    """aiokafka's TopicPartition: what a fetch's records come with (equal to a
-    TP of the same topic and partition, but Faust refuses it)."""
-
+@dataclass(frozen=True)
+class TP:
     topic: str
     partition: int
 
@@ -134,9 +125,8 @@ class FakeConsumer:
             if offsets:
                 self.position[tp] = offsets[-1] + 1
         for tp, offsets in batch.items():
-            fetched = FetchedTP(*tp)
             for offset in offsets:
-                yield fetched, Message(tp, offset)
+                yield tp, Message(tp, offset)
 
     async def callback(self, message: Message) -> None:
         if message.offset in self.slow:
@@ -172,12 +162,10 @@ class FakeConsumer:
         return set(self.logs)
 
     def pause_partitions(self, tps: set[TP]) -> None:
-        assert all(type(tp) is TP for tp in tps)  # as Faust asserts
         self.switches.append(("pause", set(tps)))
         self._paused_partitions |= tps
 
     def resume_partitions(self, tps: set[TP]) -> None:
-        assert all(type(tp) is TP for tp in tps)  # as Faust asserts
         self.switches.append(("resume", set(tps)))
         self._paused_partitions -= tps
 
