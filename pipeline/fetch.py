@@ -24,16 +24,12 @@ batch and stops the worker if a hole ever reaches one.
 
 A guarded topic's message goes straight into its agent's next batch
 (``pipeline.batches.Lane``), not through Faust's conductor, channel queue and
-stream, and without an ``await``. When that batch is full the loop does not
-wait for it: the partition's records are parked, as for a hold (below), until
-the lane has room, and the partition is paused meanwhile. Waiting there held
-up every other topic: one fetch can hold minutes of a backlog of the input,
-and while stage 1 worked through it the internal topics' records, fetched
-behind it, reached neither the pair nor the inbound stage, which then sat
-idle (docs/benchmarks.md). Messages of other topics (table changelogs while
-tables recover; compacted, so with offset gaps by design) go to Faust's
-conductor as in Faust, under Faust's offset rules; a message whose delivery a
-rebalance cancelled does not count as read.
+stream: no ``await`` at all unless that batch is full, and then one wait,
+under Faust's own ``wait_first`` so a rebalance can cancel it. Messages of
+other topics (table changelogs while tables recover; compacted, so with
+offset gaps by design) go to Faust's conductor as in Faust, under Faust's
+offset rules. Either way a message whose delivery a rebalance cancelled does
+not count as read.
 
 It also holds partitions for stage 1's watermark alignment (:meth:`GapFreeFetch.hold`,
 ``pipeline.watermark.ahead``). A held partition's records are not delivered
@@ -71,8 +67,6 @@ log = logging.getLogger(__name__)
 MAX_SEEKS = 5
 #: records delivered between two yields to the event loop (Faust's value)
 YIELD_EVERY = 100
-#: how long a fetch may wait for records while others wait for their lane's room
-FULL_POLL_S = 0.02
 
 
 class GapFreeFetch:
@@ -94,10 +88,6 @@ class GapFreeFetch:
         #: partitions to hold (watermark alignment) and those this loop paused
         self.wanted: set[Any] = set()
         self.held: set[Any] = set()
-        #: partitions whose lane had no room: their records wait, parked
-        self.full: set[Any] = set()
-        #: times a record found its lane full and was parked instead
-        self.backed_up = 0
         #: records of held partitions fetched but not delivered yet, in order
         self.parked: dict[Any, list[Any]] = {}
         #: held partitions with records dropped: sought back on release
@@ -116,7 +106,7 @@ class GapFreeFetch:
         again first."""
         self.wanted.clear()  # in place: the fetch loop holds it
         self.wanted.update(tps)
-        released = self.held - self.wanted - self.skipped - self.full
+        released = self.held - self.wanted - self.skipped
         if released and self._may_switch():
             self._resume(released)
 
@@ -131,7 +121,6 @@ class GapFreeFetch:
         for tp in tps:
             self.parked.pop(tp, None)
         self.skipped.difference_update(tps)
-        self.full.difference_update(tps)
 
     def _park(self, tp: Any, message: Any, expected: int) -> bool:
         """Keep a held partition's record for its release; False when it does not
@@ -147,17 +136,24 @@ class GapFreeFetch:
         self.skipped.add(tp)
         return False
 
-    def _unpark(self, tps: Collection[Any]) -> None:
+    async def _unpark(self, tps: Collection[Any]) -> None:
         """Deliver the parked records of released partitions, in order, until
-        one is held again or its lane is full (the rest stays parked)."""
+        one is held again."""
         read_offset = self.consumer._read_offset
         for tp in tps:
             queue = self.parked.pop(tp, [])
-            lane = self.lanes[tp.topic]
             for i, message in enumerate(queue):
-                if tp in self.wanted or not lane.offer(message):
+                if tp in self.wanted:  # held again meanwhile: the rest stays parked
                     self.parked[tp] = queue[i:]
                     break
+                epoch = self.epoch
+                if not await self.deliver(message):
+                    if self.epoch == epoch:  # not repositioned: read the rest again
+                        self.unread += len(queue) - i
+                        self.skipped.add(tp)
+                    break
+                if self.epoch != epoch:
+                    break  # a seek moved the partition while we waited
                 read_offset[tp] = message.offset
                 self.next[tp] = message.offset + 1
 
@@ -180,18 +176,16 @@ class GapFreeFetch:
                 not self._may_switch():
             return
         consumer = self.consumer
-        self._unpark([tp for tp in self.parked if tp not in self.wanted])
-        self.full &= self.parked.keys()  # a lane's partition waits while records do
+        await self._unpark([tp for tp in self.parked if tp not in self.wanted])
         reread = {tp: self.next[tp] for tp in self.skipped - self.wanted if tp in self.next}
         self.skipped &= self.wanted
         if reread:
             await consumer.seek_wait(reread)  # tracked: positions ``next`` again
-        hold = self.wanted | self.full
-        released = self.held - hold
+        released = self.held - self.wanted
         if released:
             self._resume(released)
         assigned = consumer.assignment()
-        wanted = {tp for tp in hold if tp in assigned}
+        wanted = {tp for tp in self.wanted if tp in assigned}
         pause = {tp for tp in wanted if tp not in consumer._paused_partitions}
         if pause:
             consumer.pause_partitions(pause)
@@ -250,13 +244,19 @@ class GapFreeFetch:
     # -- delivery -------------------------------------------------------------------
 
     async def deliver(self, message: Any) -> bool:
-        """Hand a message of a topic without a lane to Faust's conductor; False
-        when a rebalance suspended the flow while the delivery waited (the
-        message then counts as not read)."""
+        """Hand one message to its lane, or to Faust's conductor; False when a
+        rebalance suspended the flow while the delivery waited (the message then
+        counts as not read)."""
         consumer = self.consumer
-        waiting = consumer.callback(message)
+        lane = self.lanes.get(message.topic)
+        if lane is None:
+            waiting = consumer.callback(message)
+        elif lane.offer(message):
+            return True  # the usual case: no await at all
+        else:
+            waiting = lane.room()  # its next batch is full
         results = await consumer.wait_first(waiting, consumer.suspend_flow.wait())
-        return waiting in results.done
+        return waiting in results.done and (lane is None or lane.offer(message))
 
     async def run(self, fetcher: Any) -> None:
         """The loop (Faust's ``Consumer._drain_messages`` with the changes above)."""
@@ -275,8 +275,7 @@ class GapFreeFetch:
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 await self._switch()
-                # while records wait for room, come back soon to hand them over
-                records = getmany(timeout=FULL_POLL_S if self.full else 1.0)
+                records = getmany(timeout=1.0)
                 await asyncio.sleep(0)  # Faust: getmany may not release the loop
                 if consumer.should_stop:
                     continue
@@ -313,19 +312,11 @@ class GapFreeFetch:
                     if commit_every is not None and consumer._n_acked >= commit_every:
                         consumer._n_acked = 0
                         await consumer.commit()
-                    lane = guarded.get(tp.topic)
-                    if lane is None:
-                        epoch = self.epoch
-                        if not await self.deliver(message):
-                            continue  # suspended: re-read after the rebalance's seek
-                        if self.epoch != epoch:
-                            continue  # a seek moved the partition while we waited
-                    elif not lane.offer(message):  # its next batch is full: park, go on
-                        self.full.add(tp)
-                        self.backed_up += 1
-                        if not self._park(tp, message, nxt[tp]):
-                            skip.add(tp)
-                        continue
+                    epoch = self.epoch
+                    if not await self.deliver(message):
+                        continue  # suspended: re-read after the rebalance's seek
+                    if self.epoch != epoch:
+                        continue  # a seek moved the partition while we waited
                     read_offset[tp] = offset
                     if tp in nxt:
                         nxt[tp] = offset + 1
