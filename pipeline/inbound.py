@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -70,9 +69,6 @@ class InboundStage:
         self.params = params
         self.sources = sources
         self._partitions: dict[int, StagePartition[InboundState]] = {}
-        #: receiving orgs numbered as first seen, to group a message's records by
-        self._org_index: dict[str, int] = {}
-        self._org_names: list[str] = []
 
     def load(self, partition: int, tracker: dict[str, Any] | None,
              states: Iterable[tuple[str, Sequence[Any]]]) -> None:
@@ -93,6 +89,7 @@ class InboundStage:
 
     def process(self, partition: int, messages: Sequence[Message]) -> InboundOutcome:
         part = self._partitions[partition]
+        params = self.params
         out = InboundOutcome()
         touched: set[str] = set()
         counts = out.counts
@@ -103,8 +100,40 @@ class InboundStage:
             closed = part.tracker.closed
             source = routed.source
             counts.records += routed.size
-            if routed.size:
-                self._apply(part, source, routed.columns, closed, touched, counts)
+            columns = routed.columns
+            times = columns["ts"]
+            offsets = columns["offset"].tolist()
+            days = ((times // DAY).astype(np.int64) * DAY).tolist()
+            in_time = (times > closed).tolist() if closed is not None else None
+            # per receiving org, its records' indexes, in order
+            by_org: dict[str, list[int]] = {}
+            for i, org in enumerate(columns["dst"]):
+                found = by_org.get(org)
+                if found is None:
+                    by_org[org] = [i]
+                else:
+                    found.append(i)
+            for org, records in by_org.items():
+                state = part.states.get(org)
+                if state is None:
+                    state = part.states[org] = InboundState()
+                before = state.applied.get(source, -1)
+                kept = [i for i in records if offsets[i] > before]
+                counts.replayed += len(records) - len(kept)
+                if not kept:
+                    continue
+                state.applied[source] = max(before, max(offsets[i] for i in kept))
+                touched.add(org)
+                applied = kept if in_time is None else [i for i in kept if in_time[i]]
+                counts.late += len(kept) - len(applied)  # dead-lettered by the pair stage
+                if not applied:
+                    continue
+                counts.applied += len(applied)
+                engaged = [days[i] for i in applied]
+                if state.series is None:
+                    state.series = DaySeries.begin(engaged[0], params.drop_days)
+                state.series.add_many(engaged, params.drop_days)
+                self._schedule(part, org, state)
             tracker = part.tracker
             if message.offset > tracker.tag:
                 tracker.observe(routed.source, routed.max_ts, routed.idle)
@@ -117,60 +146,6 @@ class InboundStage:
             out.states[org] = part.states[org].to_bytes()
         out.tracker = part.tracker.to_json()
         return out
-
-    def _apply(self, part: StagePartition[InboundState], source: int, columns: dict[str, Any],
-               closed: float | None, touched: set[str], counts: InboundCounts) -> None:
-        """One message's records, per receiving org in their order: those at or
-        below the offset the org already applied from ``source`` are replays;
-        those at or before ``closed`` (the watermark before the message) late."""
-        params = self.params
-        dsts = columns["dst"]
-        index, names = self._org_index, self._org_names
-        for name in set(dsts).difference(index):
-            index[name] = len(names)
-            names.append(name)
-        code = np.fromiter(map(index.__getitem__, dsts), dtype=np.int64, count=len(dsts))
-        order = np.argsort(code, kind="stable")  # per org, each org's in message order
-        code = code[order]
-        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
-        ends = [*starts[1:].tolist(), len(code)]
-        times = columns["ts"][order]
-        offsets = columns["offset"][order].tolist()
-        days = ((times // DAY).astype(np.int64) * DAY).tolist()
-        in_time = None if closed is None else (times > closed).tolist()
-        states = part.states
-        for start, end, org_code in zip(starts.tolist(), ends, code[starts].tolist(),
-                                        strict=True):
-            org = names[org_code]
-            state = states.get(org)
-            if state is None:
-                state = states[org] = InboundState()
-            before = state.applied.get(source, -1)
-            offs = offsets[start:end]
-            kept_days = days[start:end]
-            kept_in_time = None if in_time is None else in_time[start:end]
-            if min(offs) <= before:  # some applied before: a replay
-                keep = [offset > before for offset in offs]
-                kept = list(compress(offs, keep))
-                counts.replayed += len(offs) - len(kept)
-                if not kept:
-                    continue
-                offs = kept
-                kept_days = list(compress(kept_days, keep))
-                if kept_in_time is not None:
-                    kept_in_time = list(compress(kept_in_time, keep))
-            state.applied[source] = max(offs)  # every kept one is above before
-            touched.add(org)
-            engaged = kept_days if kept_in_time is None else list(compress(kept_days,
-                                                                            kept_in_time))
-            counts.late += len(kept_days) - len(engaged)  # dead-lettered by the pair stage
-            if not engaged:
-                continue
-            counts.applied += len(engaged)
-            if state.series is None:
-                state.series = DaySeries.begin(engaged[0], params.drop_days)
-            state.series.add_many(engaged, params.drop_days)
-            self._schedule(part, org, state)
 
     def _advance(self, part: StagePartition[InboundState], watermark: float, touched: set[str],
                  out: InboundOutcome) -> None:

@@ -3,7 +3,6 @@ format, the inbound stage and alert records (all pure)."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -451,88 +450,6 @@ def test_inbound_late_records_after_an_idle_source_wakes() -> None:
     state = InboundState.from_json(orjson.loads(out.states["uni"]))
     assert state.series is not None and state.series.counts == {DAY0: 1}
     assert state.applied == {1: 1}
-
-
-class RecordByRecordInbound(InboundStage):
-    """The inbound stage with the rule it applies written record by record:
-    what the grouped, per-message form must equal."""
-
-    def _apply(self, part: Any, source: int, columns: dict[str, Any], closed: float | None,
-               touched: set[str], counts: Any) -> None:
-        by_org: dict[str, list[tuple[int, float]]] = {}
-        for dst, offset, ts in zip(columns["dst"], columns["offset"].tolist(),
-                                   columns["ts"].tolist(), strict=True):
-            by_org.setdefault(dst, []).append((offset, ts))
-        for org, records in by_org.items():
-            state = part.states.setdefault(org, InboundState())
-            before = state.applied.get(source, -1)
-            kept = [r for r in records if r[0] > before]
-            counts.replayed += len(records) - len(kept)
-            if not kept:
-                continue
-            state.applied[source] = max(before, max(offset for offset, _ in kept))
-            touched.add(org)
-            days = [day_of(ts) for _, ts in kept if closed is None or ts > closed]
-            counts.late += len(kept) - len(days)
-            if not days:
-                continue
-            counts.applied += len(days)
-            if state.series is None:
-                state.series = DaySeries.begin(days[0], self.params.drop_days)
-            state.series.add_many(days, self.params.drop_days)
-            self._schedule(part, org, state)
-
-
-@pytest.mark.parametrize("seed", range(30))
-def test_inbound_per_org_groups_equal_the_record_by_record_rule(seed: int) -> None:
-    """Random messages of two sources: replays (whole and partial), records out
-    of offset order, two records at one offset, late records after an idle
-    source wakes, drops."""
-    rng = random.Random(seed)
-    orgs = ["uni", "med", "lab", "ext", "zoo", "bio"]
-    params = Params(windows=(DAY,), lateness_s=L, drop_days=2, drop_min_baseline=1,
-                    drop_threshold=0.5)
-    stages = [InboundStage(params, 2), RecordByRecordInbound(params, 2)]
-    for stage in stages:
-        stage.load(0, None, [])
-    clock, offsets = [T0, T0], [0, 0]
-    high: list[float | None] = [None, None]
-    sent: list[tuple[int, list[Engagement]]] = []
-    offset = 0
-    for _ in range(rng.randrange(5, 25)):
-        batch = []
-        for _ in range(rng.randrange(1, 4)):
-            source = rng.randrange(2)
-            if sent and rng.random() < 0.2:  # stage 1 sends records again
-                source, records = rng.choice(sent)
-                records = records[rng.randrange(len(records)):] if records else records
-            else:
-                records = []
-                for _ in range(rng.randrange(0, 12)):
-                    clock[source] += rng.choice((0, 60, 3600, 6 * 3600))
-                    ts = clock[source] - rng.choice((0, 0, 0, 2 * L))
-                    dst = rng.choice(orgs)
-                    record = Engagement(f"e{offsets[source]}", 1, rng.choice(orgs), dst, ts,
-                                        offsets[source])
-                    records.append(record)
-                    if rng.random() < 0.1:  # a post naming two accounts of one org
-                        records.append(record)
-                    offsets[source] += 1
-                if len(records) > 2 and rng.random() < 0.2:
-                    rng.shuffle(records)  # not in offset order
-                sent.append((source, records))
-            times = [r.ts for r in records] + ([] if high[source] is None else [high[source]])
-            high[source] = max(times, default=None)
-            idle = not records and rng.random() < 0.3
-            batch.append(Message(0, offset, encode(source, high[source], idle, records,
-                                                   INBOUND_FIELDS)))
-            offset += 1
-        grouped, one_by_one = (stage.process(0, batch) for stage in stages)
-        assert grouped.counts == one_by_one.counts
-        assert grouped.states == one_by_one.states
-        assert grouped.alerts == one_by_one.alerts
-        assert grouped.tracker == one_by_one.tracker
-    assert stages[0]._partitions[0].states == stages[1]._partitions[0].states
 
 
 def test_inbound_state_and_reload() -> None:
