@@ -311,9 +311,9 @@ class SeenIndex(MutableMapping[str, Seen]):
                     super().update(other)  # raises on the first out of range
                     return
             for partition, (ids, offsets, items, lates) in other.columns.items():
-                high = partition << _PARTITION_SHIFT
+                base = partition << _PARTITION_SHIFT
                 self._packed.update(zip(ids, [
-                    high | offset << _OFFSET_SHIFT | item << 1 | (1 if late else 0)
+                    base | offset << _OFFSET_SHIFT | item << 1 | (1 if late else 0)
                     for offset, item, late in zip(offsets, items, lates, strict=True)],
                     strict=True))
             return
@@ -561,9 +561,10 @@ class Ingest:
         mentions = columns.mentions
         mentioned = [i for i in itertools.compress(range(len(kinds)), mentions)
                      if kinds[i] in MENTIONING_KINDS]
-        if mentioned:
-            m_event = [i for i in mentioned for _ in dict.fromkeys(mentions[i] or ())]
-            m_account = [a for i in mentioned for a in dict.fromkeys(mentions[i] or ())]
+        if mentioned:  # each account once per event, in the order named
+            m_event, m_account = zip(*((i, account) for i in mentioned
+                                       for account in dict.fromkeys(mentions[i] or ())),
+                                     strict=True)
             event = np.concatenate([event, np.array(m_event, dtype=np.int64)])
             order = np.argsort(event, kind="stable")  # stable: a target before the mentions
             event = event[order]
