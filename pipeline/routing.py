@@ -47,10 +47,6 @@ def pair_key(a: str, b: str) -> str:
     return orjson.dumps([a, b] if a < b else [b, a]).decode()
 
 
-#: what :class:`Router` computes a pair's partition with: ``partition_for(pair_key(a,
-#: b), n)`` is ``crc32`` of ``pair_key``'s UTF-8 bytes, which orjson writes directly
-_crc32, _dumps = zlib.crc32, orjson.dumps
-
 
 def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
@@ -111,8 +107,7 @@ class Router:
         missing = _missing(by_pair)
         for i in missing:
             src, dst = srcs[i], dsts_of[i]
-            by_pair[i] = pairs[src][dst] = (
-                _crc32(_dumps([src, dst] if src < dst else [dst, src])) % n)
+            by_pair[i] = pairs[src][dst] = partition_for(pair_key(src, dst), n)
         self._pair_count += len(missing)
         by_dst = list(map(dsts.get, records.dst))
         for i in _missing(by_dst):
