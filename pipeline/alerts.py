@@ -63,19 +63,12 @@ class Snub:
 
 
 def snub_alert(snub: Snub, horizon_s: float) -> Alert:
-    kind = snub.kind_name
-    ts = format_ts(snub.ts)
-    return Alert(
-        f"snub:{snub.id}:{snub.src}:{snub.dst}:{kind}", SNUB, snub.src, snub.dst, snub.snub_ts,
-        f"{snub.dst} did not return {snub.src}'s {kind} of {ts} "
-        f"within {horizon_s / 3600:g} h",
-        {"id": snub.id, "src": snub.src, "dst": snub.dst, "kind": kind,
-         "ts": ts, "snub_ts": format_ts(snub.snub_ts)},
-    )
+    """The alert of one snub (:meth:`SnubColumns.alerts` says what it holds)."""
+    return snub_alerts([snub], horizon_s)[0]
 
 
 def snub_alerts(snubs: Sequence[Snub], horizon_s: float) -> list[Alert]:
-    """:func:`snub_alert` of many snubs (:class:`SnubColumns`)."""
+    """The alerts of many snubs (:class:`SnubColumns`)."""
     return SnubColumns.of(snubs).alerts(horizon_s).alerts()
 
 
@@ -124,7 +117,8 @@ class SnubColumns:
                             np.full(n, int(now.timestamp()), dtype=np.int64)])
 
     def alerts(self, horizon_s: float) -> SnubAlerts:
-        """An alert per snub (:func:`snub_alert`), in columns."""
+        """An alert per snub, in columns: its id names the event, the pair and
+        the kind; its time is the snub's (the engagement's plus the horizon)."""
         times = format_many(self.ts)
         due = format_many(self.snub_ts)
         hours = f"{horizon_s / 3600:g}"
