@@ -41,9 +41,15 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         """The alert as published on the alerts topic and to the webhook."""
-        return {"id": self.id, "kind": self.kind, "org": self.org, "other": self.other,
-                "ts": self.ts_text or format_ts(self.ts), "message": self.message,
-                "details": self.details}
+        return published(self.id, self.kind, self.org, self.other,
+                         self.ts_text or format_ts(self.ts), self.message, self.details)
+
+
+def published(alert_id: str, kind: str, org: str, other: str, ts_text: str, message: str,
+              details: dict[str, Any]) -> dict[str, Any]:
+    """An alert's JSON document on the alerts topic and to the webhook."""
+    return {"id": alert_id, "kind": kind, "org": org, "other": other, "ts": ts_text,
+            "message": message, "details": details}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +165,10 @@ class SnubAlerts:
 
     def values(self) -> list[bytes]:
         """Each alert as published (``Alert.to_json``, serialized)."""
-        return [dumps({"id": alert_id, "kind": SNUB, "org": src, "other": dst, "ts": ts,
-                       "message": message, "details": details})
-                for alert_id, src, dst, ts, message, details in zip(
-                    self.id, self.snubs.src, self.snubs.dst, self.ts_text, self.message,
-                    self.details, strict=True)]
+        kinds = [SNUB] * len(self.id)
+        return [dumps(published(*alert)) for alert in zip(
+            self.id, kinds, self.snubs.src, self.snubs.dst, self.ts_text, self.message,
+            self.details, strict=True)]
 
     def block(self, stream: str, now: datetime) -> ColumnBlock:
         """The rows for the ``alerts`` table."""
