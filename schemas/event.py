@@ -265,8 +265,8 @@ def events_from_objs(objs: Sequence[Any]) -> EventColumns | None:
     """Validate many decoded JSON values at once, for a batch of input.
 
     Returns their events as columns when every value is a valid contract-v1
-    event whose ``ts`` is RFC 3339 in UTC written with ``Z`` and at most six
-    fraction digits (what producers send); otherwise None, and
+    event whose ``ts`` is epoch seconds or RFC 3339 in UTC written with ``Z``
+    and at most six fraction digits (what producers send); otherwise None, and
     :func:`event_from_obj` takes each value on its own (with its reason when
     invalid). For the values it accepts it gives exactly the events and
     times :func:`event_from_obj` gives, several times faster: the fields are
@@ -329,10 +329,33 @@ def _id_lists(values: list[Any]) -> bool:
 
 
 def _utc_times(stamps: Sequence[Any]) -> list[float] | None:
+    """Epoch seconds of ``ts`` values that are ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z``
+    texts or epoch seconds (numbers), as :func:`parse_ts` gives them (None if
+    any is neither, or not a real time of 1970..2200)."""
+    types = set(map(type, stamps))
+    if types == {str}:
+        return _utc_texts(stamps)
+    if not types <= {str, int, float}:
+        return None  # a boolean, null, object, ...
+    numbers = [type(stamp) is not str for stamp in stamps]
+    try:
+        seconds = np.array(list(itertools.compress(stamps, numbers)), dtype=np.float64)
+    except OverflowError:  # an integer beyond a double
+        return None
+    if not ((seconds >= _MIN_TS) & (seconds < _MAX_TS)).all():  # NaN too
+        return None
+    if len(seconds) == len(stamps):
+        return seconds.tolist()
+    texts = _utc_texts(list(itertools.compress(stamps, map(operator.not_, numbers))))
+    if texts is None:
+        return None
+    from_numbers, from_texts = iter(seconds.tolist()), iter(texts)
+    return [next(from_numbers) if number else next(from_texts) for number in numbers]
+
+
+def _utc_texts(stamps: Sequence[str]) -> list[float] | None:
     """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` texts (None if any is
     not of that form, or not a real time of 1970..2200)."""
-    if set(map(type, stamps)) != {str}:
-        return None
     lengths = np.fromiter(map(len, stamps), dtype=np.int64, count=len(stamps))
     if not (((lengths == 20) | ((lengths >= 22) & (lengths <= _TS_WIDTH))).all()):
         return None

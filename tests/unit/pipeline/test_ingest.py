@@ -970,11 +970,19 @@ def test_the_random_batches_reach_every_verdict() -> None:
 
 def test_a_batch_with_any_event_not_in_the_fast_form_goes_event_by_event() -> None:
     ingest = Ingest(REGISTRY, LATENESS)
-    for odd in (event(ts="2026-03-02T12:00:00+02:00"), event(ts=T0), {"id": "x"}):
+    for odd in (event(ts="2026-03-02T12:00:00+02:00"), event(ts=True), {"id": "x"}):
         batch = messages([event(), odd])
         assert ingest._columns(batch, {}, {}) is None
         assert ingest.process(batch, {}, {}) == ingest._events(batch, {}, {})
     assert ingest._columns(messages([b"not json"]), {}, {}) is None
+
+
+def test_epoch_seconds_times_are_in_the_fast_form() -> None:
+    ingest = Ingest(REGISTRY, LATENESS)
+    batch = messages([event(), event(ts=T0 + 1.5), event(ts=int(T0) + 2)])
+    by_columns = ingest._columns(batch, {}, {})
+    assert by_columns is not None
+    assert by_columns == ingest._events(batch, {}, {})
 
 
 def test_engagement_columns_are_a_sequence_of_engagements() -> None:

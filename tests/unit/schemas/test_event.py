@@ -458,6 +458,29 @@ def test_columns_parse_times_as_the_decoder_does(ts: str) -> None:
     _same_events([ev(), ev(ts=ts)])
 
 
+#: epoch-seconds times (and values that are neither) for the columns' parser
+NUMBER_TS_CASES: list[Any] = [
+    0, 0.0, 1, 1772445600, 1772445600.25, 1772445600.000001, 7258118399.999999,
+    7258118400, 7258118400.0, -1, -0.5, 2**63, True, False, None, [1], {"s": 1}, "",
+]
+
+
+@pytest.mark.parametrize("ts", NUMBER_TS_CASES)
+def test_columns_parse_epoch_seconds_as_the_decoder_does(ts: Any) -> None:
+    _same_events([ev(ts=ts)])
+    _same_events([ev(), ev(ts=ts), ev(ts=1772445600.5)])
+
+
+def test_columns_take_epoch_seconds_and_texts_together() -> None:
+    stamps: list[Any] = [1772445600.5, "2026-03-02T10:00:00.25Z", 1772445601, T0,
+                         "1970-01-01T00:00:00Z"]
+    columns = events_from_objs([ev(ts=ts) for ts in stamps])
+    assert columns is not None
+    assert columns.ts == [parse_ts(ts) for ts in stamps]
+    assert all(type(t) is float for t in columns.ts)
+    assert events_from_objs([ev(ts=1772445600), ev(ts="2026-03-02T10:00:00+00:00")]) is None
+
+
 def test_columns_take_what_producers_send() -> None:
     objs = [ev(), post(features=["dr_smith"], mentions=["m1", "m1"], subject="s"),
             ev(kind="reply", ts="2026-03-02T10:00:00.25Z", mentions=[]),
