@@ -55,7 +55,6 @@ from pipeline.ingest import (
     EngagementColumns,
     Ingest,
     IngestOutcome,
-    Message,
     SeenColumns,
     SeenIndex,
     SeenRecord,
@@ -330,17 +329,16 @@ class Pipeline:
         # adds it to the conductor); its messages come through the lane.
         aiter(stream.channel)
         batches = self.fetch.lanes[topic].batches(self.settings.batch_within_s)
-        async for events in batches:
+        async for messages in batches:
             self._busy += 1
             try:
-                await handle(events)
+                await handle(messages)
             except Exception as exc:
-                # Keep the failed batch unacked for good (the lane acks a batch
-                # once we ask for the next one), so no commit ever passes it; then park
-                # until the runner stops the worker. A restart resumes from the
-                # last commit and, all writes being idempotent, loses nothing.
-                for event in events:
-                    event.message.incref()
+                # The failed batch stays unacked for good (the lane acks a batch
+                # once we ask for the next one, which we never do), so no commit
+                # ever passes it; park until the runner stops the worker. A
+                # restart resumes from the last commit and, all writes being
+                # idempotent, loses nothing.
                 log.exception("batch failed; stopping the worker")
                 self.stats.fatal = exc
                 self.stats.progress.set()
@@ -384,33 +382,33 @@ class Pipeline:
         for key in set(behind) - seen:
             del behind[key]
 
-    async def _expect_start(self, topic: str, events: Sequence[Any]) -> None:
+    async def _expect_start(self, topic: str, messages: Sequence[Any]) -> None:
         """For partitions new to this worker, expect the offset consumption resumes
         from: the committed one, else the earliest. Faust's recovery can drop the
         first messages it fetched (faust-streaming#596), and without this the
         sequence check would take the first message it sees as the start."""
         guard = self.guards[topic]
-        fresh = {e.message.tp for e in events if e.message.partition not in guard.expected}
+        fresh = {TP(topic, m.partition) for m in messages if m.partition not in guard.expected}
         if not fresh:
             return
         for tp, start in (await self.fetch.starts(fresh)).items():
             guard.start(tp.partition, start)
 
-    async def _in_sequence(self, topic: str, events: Sequence[Any]) -> list[Any]:
-        """The events to apply: in offset order, redeliveries dropped.
+    async def _in_sequence(self, topic: str, messages: Sequence[Any]) -> list[Any]:
+        """The messages to apply: in offset order, redeliveries dropped.
 
         Raises :class:`OffsetHoleError` before anything is applied when the
         stream skipped offsets; the worker then stops, and a restart resumes
         from the last commit, which is never past the hole.
         """
-        await self._expect_start(topic, events)
+        await self._expect_start(topic, messages)
         applied: list[Any] = []
         guard = self.guards[topic]
-        for event in events:
-            partition, offset = event.message.partition, event.message.offset
+        for message in messages:
+            partition, offset = message.partition, message.offset
             verdict = guard.check(partition, offset)
             if verdict is Verdict.APPLY:
-                applied.append(event)
+                applied.append(message)
             elif verdict is Verdict.HOLE:
                 raise OffsetHoleError(
                     f"offsets {guard.expected[partition]}..{offset - 1} of "
@@ -419,10 +417,10 @@ class Pipeline:
                 )
         return applied
 
-    def _done(self, topic: str, events: Sequence[Any]) -> None:
+    def _done(self, topic: str, messages: Sequence[Any]) -> None:
         stats = self.stats
-        for event in events:
-            stats.flushed[(topic, event.message.partition)] = event.message.offset
+        for message in messages:
+            stats.flushed[(topic, message.partition)] = message.offset
         stats.batches += 1
         stats.progress.set()
 
@@ -545,20 +543,18 @@ class Pipeline:
     async def _ingest_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._run_batches(stream, self.settings.topic, self.process)
 
-    async def process(self, events: Sequence[Any]) -> None:
-        """Process one batch of input events end to end (see module docstring)."""
+    async def process(self, messages: Sequence[Any]) -> None:
+        """Process one batch of input messages (Faust's, or anything with their
+        ``partition``, ``offset``, ``key`` and ``value``) end to end (see module
+        docstring)."""
         settings = self.settings
-        applied = await self._in_sequence(settings.topic, events)
-        messages = [
-            Message(e.message.partition, e.message.offset, e.value, e.message.key)
-            for e in applied
-        ]
-        self._index_partitions({m.partition for m in messages})
-        outcome = self.ingest.process(messages, self._seen_index, self._max_ts)
-        last_event = {e.message.partition: e for e in applied}
-        seen = await self._persist_seen(outcome, last_event)
+        applied = await self._in_sequence(settings.topic, messages)
+        last = {m.partition: m for m in applied}
+        self._index_partitions(set(last))
+        outcome = self.ingest.process(applied, self._seen_index, self._max_ts)
+        seen = await self._persist_seen(outcome, last)
         now_mono = time.monotonic()
-        for partition in last_event:
+        for partition in last:
             self._last_input[partition] = now_mono
         stream, now = settings.effective_stream_id, self.clock()
         alerts = [omission_alert(o) for o in outcome.omissions
@@ -573,7 +569,7 @@ class Pipeline:
 
         async def send() -> None:
             async with self._route_lock:
-                await self._route(outcome, set(last_event))
+                await self._route(outcome, set(last))
             await self._send_dead_letters(settings.topic, outcome.dead_letters)
             await self._publish_alerts(alerts)
 
@@ -581,13 +577,13 @@ class Pipeline:
         # are done before the batch is acked
         await asyncio.gather(self.sink.write(batch), send())
         await self._delivered(seen)
-        await self._expire_seen(last_event)
+        await self._expire_seen(last)
         self._align()
         self.stats.counts.add(outcome.counts)
         self._done(settings.topic, applied)
 
     async def _persist_seen(self, outcome: IngestOutcome,
-                            last_event: Mapping[int, Any]) -> list[Any]:
+                            last: Mapping[int, Any]) -> list[Any]:
         """Per partition per batch: its new ids (with their late verdicts) and
         its largest event time. Ids go in records of at most ``CHUNK_RECORDS``
         (a changelog message must stay under the producer's request size); the
@@ -611,7 +607,7 @@ class Pipeline:
                 chunk = {"id": ids[start:end], "offset": chunk_offsets,
                          "item": items[start:end], "late": lates[start:end]}
                 if i == 0:
-                    first = min(chunk_offsets, default=last_event[partition].message.offset)
+                    first = min(chunk_offsets, default=last[partition].offset)
                     key = f"{partition}:{first}"
                 else:
                     key = f"{partition}:{offsets[start]}:{items[start]}"
@@ -620,13 +616,12 @@ class Pipeline:
                     {"c": chunk, "max": after if i == len(starts) - 1 else before,
                      "hi": chunk_hi})))
                 held.append((chunk_hi, _last_offset(key, chunk_offsets), key))
-            pending += await self.bulk.write_table(self.seen_table, last_event[partition],
-                                                  records)
+            pending += await self.bulk.write_table(self.seen_table, last[partition], records)
         self._seen_index.update(outcome.first_seen)
         self._max_ts.update(outcome.max_ts)
         return pending
 
-    async def _expire_seen(self, last_event: Mapping[int, Any]) -> None:
+    async def _expire_seen(self, last: Mapping[int, Any]) -> None:
         """Drop the dedup records and index entries older than the dedup
         retention (:func:`pipeline.ingest.expired_seen`), so the index holds the
         ids of about the last ``RECIPROCITY_DEDUP_RETENTION_S`` of event time,
@@ -634,7 +629,7 @@ class Pipeline:
         committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust internals
         topic = self.settings.topic
         pending = []
-        for partition, event in last_event.items():
+        for partition, message in last.items():
             held = self._seen_records.get(partition, collections.deque())
             expired = expired_seen(held, self._max_ts.get(partition), self._dedup_horizon_s,
                                    committed.get(TP(topic, partition)))
@@ -647,7 +642,7 @@ class Pipeline:
                 if value is not None:
                     ids, offsets, _items, _lates = seen_columns(orjson.loads(value))
                     index.forget(partition, ids, offsets)
-            pending += await self.bulk.delete_table(self.seen_table, event, keys)
+            pending += await self.bulk.delete_table(self.seen_table, message, keys)
         await self._delivered(pending)
 
     def _index_partitions(self, partitions: set[int]) -> None:
@@ -859,7 +854,7 @@ class Pipeline:
         the batch applied and write nothing)."""
         pending = []
         for last, outcome in outcomes:
-            partition = last.message.partition
+            partition = last.partition
             if not stage.owns(partition):
                 continue  # revoked meanwhile: its new owner replays from the last commit
             items = [(encode(key), doc) for key, doc in outcome.states.items()]
@@ -867,10 +862,10 @@ class Pipeline:
             pending += await self.bulk.write_table(table, last, items)
         await self._delivered(pending)
 
-    async def process_pairs(self, events: Sequence[Any]) -> None:
+    async def process_pairs(self, messages: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.pairs_topic
-        applied = await self._in_sequence(topic, events)
+        applied = await self._in_sequence(topic, messages)
         stage = self.pair_stage
         stream, now = settings.effective_stream_id, self.clock()
         batch = SinkBatch()
@@ -880,8 +875,7 @@ class Pipeline:
         outcomes = []
         for partition, group in _by_partition(applied).items():
             self._load_pairs(partition)
-            messages = [Message(partition, e.message.offset, e.value) for e in group]
-            outcome = stage.process(partition, messages, stream, now)
+            outcome = stage.process(partition, group, stream, now)
             outcomes.append((group[-1], outcome))
             if outcome.windows is not None:
                 batch.add_block("pair_windows", outcome.windows.block())
@@ -910,7 +904,7 @@ class Pipeline:
         if self._legacy_keys:
             pending = []
             for last, _outcome in outcomes:
-                partition = last.message.partition
+                partition = last.partition
                 if partition in self._legacy_keys and stage.owns(partition) and (
                         stage.snapshotted(partition)):
                     pending += await self.bulk.delete_table(
@@ -932,18 +926,17 @@ class Pipeline:
     async def _inbound_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._run_batches(stream, self.settings.inbound_topic, self.process_inbound)
 
-    async def process_inbound(self, events: Sequence[Any]) -> None:
+    async def process_inbound(self, messages: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.inbound_topic
-        applied = await self._in_sequence(topic, events)
+        applied = await self._in_sequence(topic, messages)
         stage = self.inbound_stage
         stream, now = settings.effective_stream_id, self.clock()
         alerts: list[Alert] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
             self._load_stage(stage, self.inbound_table, partition, _org_of_key, _same)
-            messages = [Message(partition, e.message.offset, e.value) for e in group]
-            outcome = stage.process(partition, messages)
+            outcome = stage.process(partition, group)
             outcomes.append((group[-1], outcome))
             alerts.extend(outcome.alerts)
             _add_counts(self.stats.inbound, outcome.counts)
@@ -982,10 +975,10 @@ def _key_of_org(org: str) -> str:
     return orjson.dumps(org).decode()
 
 
-def _by_partition(events: Sequence[Any]) -> dict[int, list[Any]]:
+def _by_partition(messages: Sequence[Any]) -> dict[int, list[Any]]:
     groups: dict[int, list[Any]] = {}
-    for event in events:
-        groups.setdefault(event.message.partition, []).append(event)
+    for message in messages:
+        groups.setdefault(message.partition, []).append(message)
     return groups
 
 

@@ -22,10 +22,14 @@ waited ``within`` seconds, counted from that message's arrival: messages that
 arrived while the agent worked on the previous batch do not wait again.
 
 What Faust's stream does that matters is kept: a message counts for commits
-only once the agent is done with its batch (``Event.ack``); messages fetched
-before a rebalance (an older consumer generation) are dropped, not processed
-and not acked (the rebalance's seek reads them again); nothing is taken while
-the app's flow is suspended.
+only once the agent is done with its batch; messages fetched before a
+rebalance (an older consumer generation) are dropped, not processed and not
+acked (the rebalance's seek reads them again); nothing is taken while the
+app's flow is suspended. A batch holds Faust's messages themselves, not an
+``Event`` each, and is acked in one step per partition (:func:`ack`): Faust's
+``Event.ack`` per message, through the message's reference count and the
+consumer's lock, cost about a tenth of the worker's event loop with
+single-event messages.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
+
+from faust.types import tuples
+from mode.utils.futures import notify
 
 
 class Lane:
@@ -44,8 +51,7 @@ class Lane:
         self.app = app
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self._make_event = app.conf.Event
-        self._events: list[Any] = []
+        self._messages: list[Any] = []
         self._size = 0
         #: when the first message of the next batch arrived (monotonic seconds)
         self._first_at = 0.0
@@ -59,15 +65,13 @@ class Lane:
         that batch is full."""
         if not self._room.is_set():
             return False
-        message.incref()  # the agent acks it with its batch
-        if not self._events:
+        messages = self._messages
+        if not messages:
             self._first_at = time.monotonic()
             self._some.set()
-        value = message.value
-        self._events.append(self._make_event(self.app, message.key, value, message.headers,
-                                             message))
-        self._size += len(value or b"")
-        if len(self._events) >= self.max_count or self._size >= self.max_bytes:
+        messages.append(message)
+        self._size += len(message.value or b"")
+        if len(messages) >= self.max_count or self._size >= self.max_bytes:
             self._full.set()
             self._room.clear()
         return True
@@ -77,13 +81,13 @@ class Lane:
         await self._room.wait()
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._messages)
 
     async def batches(self, within: float) -> AsyncGenerator[list[Any], None]:
-        """The agent's batches: what the next batch holds once it is full or
-        its first message arrived ``within`` seconds ago. The events of a batch
-        are acked when the agent asks for the next one (not when it fails: a
-        failed batch is never resumed)."""
+        """The agent's batches (Faust's messages, in the order fetched): what the
+        next batch holds once it is full or its first message arrived
+        ``within`` seconds ago. A batch is acked when the agent asks for the
+        next one (not when it fails: a failed batch is never resumed)."""
         flow = self.app.flow_control
         while True:
             await self._some.wait()
@@ -92,17 +96,49 @@ class Lane:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), remaining)
             await flow.acquire()  # not while a rebalance has the flow suspended
-            if not self._events:  # defensive: only a take empties the batch
+            if not self._messages:  # defensive: only a take empties the batch
                 self._some.clear()
                 continue
-            taken, self._events, self._size = self._events, [], 0
+            batch, self._messages, self._size = self._messages, [], 0
             self._some.clear()
             self._full.clear()
             self._room.set()
             generation = self.app.consumer_generation_id
-            batch = [event for event in taken if event.message.generation_id == generation]
-            if not batch:
-                continue
+            # generations only grow, in the order messages were fetched
+            if batch[0].generation_id != generation:
+                batch = [m for m in batch if m.generation_id == generation]
+                if not batch:
+                    continue
             yield batch
-            for event in batch:
-                event.ack()
+            ack(self.app.consumer, batch)
+
+
+#: Faust's lock around its ack bookkeeping (the consumer thread acks too)
+_ACK_LOCK = getattr(tuples, "ack_lock", None) or contextlib.nullcontext()
+
+
+def ack(consumer: Any, messages: Sequence[Any]) -> None:
+    """What Faust's ``Consumer.ack`` does for each message, in one step per
+    partition: the offsets from a partition's first message to its last join
+    the consumer's acked offsets (those below the committed offset, or already
+    there, excepted), so the next commit covers them. A partition's messages
+    in a batch are consecutive offsets: the fetch loop delivers them gap-free,
+    and a batch with a hole fails its sequence check and is never acked."""
+    first: dict[Any, int] = {m.tp: m.offset for m in reversed(messages)}
+    last: dict[Any, int] = {m.tp: m.offset for m in messages}
+    acks_enabled_for = consumer.app.topics.acks_enabled_for
+    with _ACK_LOCK:
+        for tp, end in last.items():
+            if not acks_enabled_for(tp.topic):
+                continue
+            start = first[tp]
+            committed = consumer._committed_offset[tp]
+            if committed is not None:
+                start = max(start, committed)
+            index = consumer._acked_index[tp]
+            fresh = set(range(start, end + 1)) - index
+            if fresh:
+                index |= fresh
+                consumer._acked[tp].extend(sorted(fresh))
+                consumer._n_acked += len(fresh)
+    notify(consumer._waiting_for_ack)

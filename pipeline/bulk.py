@@ -43,6 +43,8 @@ class BulkProducer:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self._key_encoders: dict[tuple[str, Any], Callable[[Any], bytes]] = {}
+        #: the event of the message being written for (see :meth:`_processing`)
+        self._current: Any = None
 
     def _producer(self) -> Any:
         # Faust's aiokafka driver keeps the AIOKafkaProducer behind this method
@@ -105,22 +107,22 @@ class BulkProducer:
             sent.append((await producer.send_batch(batch, topic, partition=partition), count))
         return sent
 
-    async def write_table(self, table: Any, event: Any,
+    async def write_table(self, table: Any, message: Any,
                           items: Sequence[tuple[str, bytes | None]]) -> list[asyncio.Future[Any]]:
         """``table[key] = value`` for each item (``del table[key]`` for a None
         value: a tombstone), in order, as Faust would do it while processing
-        ``event`` (the changelog partition and the store's partition are the
-        event's), with the changelog records sent in batches. Each delivered
+        ``message`` (a Faust message: the changelog partition and the store's
+        partition are the message's), with the changelog records sent in batches. Each delivered
         batch moves the store's persisted offset, as Faust's own changelog
         callback does (a RocksDB store then recovers from there)."""
         changelog = table.changelog_topic
         topic = changelog.get_topic_name()
-        partition = event.message.partition
+        partition = message.partition
         store = table.data
         encode_key = self._key_encoder(changelog, table.key_serializer)
         value_serializer = table.value_serializer
         raw_values = value_serializer == "raw"
-        _current_event.set(weakref.ref(event))  # the store reads the partition from it
+        self._processing(message)
         records: list[Record] = []
         for key, value in items:
             if value is None:
@@ -152,19 +154,28 @@ class BulkProducer:
             self._key_encoders[(name, serializer)] = encoder
         return encoder
 
-    async def delete_table(self, table: Any, event: Any,
+    async def delete_table(self, table: Any, message: Any,
                            keys: Sequence[str]) -> list[asyncio.Future[Any]]:
         """``del table[key]`` for each key, like :meth:`write_table`
         (tombstones in the changelog)."""
         changelog = table.changelog_topic
         store = table.data
         encode_key = self._key_encoder(changelog, table.key_serializer)
-        _current_event.set(weakref.ref(event))
+        self._processing(message)
         for key in keys:
             store.pop(key, None)
         return await self._send_changelog(store, changelog.get_topic_name(),
-                                          event.message.partition,
+                                          message.partition,
                                           [(encode_key(key), None) for key in keys])
+
+    def _processing(self, message: Any) -> None:
+        """Faust's current event, as while its stream processes ``message``: a
+        store that keeps a database per partition (RocksDB) reads the partition
+        from it."""
+        make_event: Any = self.app.conf.Event
+        event = make_event(self.app, message.key, message.value, message.headers, message)
+        self._current = event  # the context holds a weak reference only
+        _current_event.set(weakref.ref(event))
 
     async def _send_changelog(self, store: Any, topic: str, partition: int,
                               records: Sequence[Record]) -> list[asyncio.Future[Any]]:

@@ -1,17 +1,24 @@
 """pipeline.batches.Lane: batches bounded by count and bytes, acked when done,
-messages of an earlier consumer generation dropped. The real worker runs it in
-the integration tests (test_worker.py, test_crash_recovery.py)."""
+messages of an earlier consumer generation dropped; ``ack`` against Faust's own
+``Consumer.ack``. The real worker runs it in the integration tests
+(test_worker.py, test_crash_recovery.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import defaultdict
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.transport.consumer import Consumer
+from faust.types import TP
 
-from pipeline.batches import Lane
+from pipeline.batches import Lane, ack
+
+IN = TP("in", 0)
 
 
 @dataclass(eq=False)
@@ -19,26 +26,38 @@ class Message:
     offset: int
     value: bytes
     generation_id: int = 1
+    tp: TP = IN
     key: bytes | None = None
     headers: Any = None
-    refcount: int = 0
-    acked: bool = False
+    acked: bool = False  # Faust's Consumer.ack sets it
 
-    def incref(self) -> None:
-        self.refcount += 1
+    @property
+    def topic(self) -> str:
+        return self.tp.topic
+
+    @property
+    def partition(self) -> int:
+        return self.tp.partition
 
 
-@dataclass
-class Event:
-    app: Any
-    key: Any
-    value: Any
-    headers: Any
-    message: Message
+class FakeConsumer:
+    """The ack bookkeeping of Faust's consumer (the attributes ``Consumer.ack``
+    and the commit read)."""
 
-    def ack(self) -> None:
-        self.message.refcount -= 1
-        self.message.acked = self.message.refcount == 0
+    def __init__(self, acks_for: tuple[str, ...] = ("in",),
+                 committed: dict[TP, int] | None = None) -> None:
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._committed_offset.update(committed or {})
+        self._unacked_messages: set[Any] = set()
+        self._n_acked = 0
+        self._waiting_for_ack = None
+        self.app = SimpleNamespace(topics=SimpleNamespace(
+            acks_enabled_for=lambda topic: topic in acks_for))
+
+    def acked(self) -> dict[TP, list[int]]:
+        return {tp: sorted(offsets) for tp, offsets in self._acked.items() if offsets}
 
 
 class Flow:
@@ -51,8 +70,8 @@ class Flow:
 
 
 def make_lane(max_count: int = 100, max_bytes: int = 1000) -> tuple[Lane, Any]:
-    app = SimpleNamespace(conf=SimpleNamespace(Event=Event), consumer_generation_id=1,
-                          flow_control=Flow())
+    app = SimpleNamespace(consumer_generation_id=1, flow_control=Flow(),
+                          consumer=FakeConsumer())
     return Lane(app, max_count, max_bytes), app
 
 
@@ -78,7 +97,7 @@ def test_one_message_larger_than_max_bytes_is_a_batch_of_its_own() -> None:
 
 
 def test_batches_come_in_order_and_are_acked_when_the_next_is_asked_for() -> None:
-    lane, _ = make_lane(max_count=2)
+    lane, app = make_lane(max_count=2)
     sent = messages(5)
 
     async def go() -> list[list[int]]:
@@ -89,17 +108,20 @@ def test_batches_come_in_order_and_are_acked_when_the_next_is_asked_for() -> Non
             while pending and lane.offer(pending[0]):
                 pending.pop(0)
             batch = await anext(batches)
-            assert not any(e.message.acked for e in batch)  # not before we are done
-            taken.append([e.message.offset for e in batch])
+            assert batch[0] is sent[sum(map(len, taken))]  # Faust's messages themselves
+            # not before we are done
+            assert set(app.consumer._acked_index[IN]).isdisjoint(m.offset for m in batch)
+            taken.append([m.offset for m in batch])
         if len(lane):
-            taken.append([e.message.offset for e in await anext(batches)])
+            taken.append([m.offset for m in await anext(batches)])
         await batches.aclose()
         return taken
 
     taken = asyncio.run(go())
     assert [o for batch in taken for o in batch] == [0, 1, 2, 3, 4]
     assert all(len(batch) <= 2 for batch in taken)
-    assert all(m.acked for m in sent[:-len(taken[-1])])  # every batch but the last one
+    # every batch but the last one
+    assert app.consumer.acked() == {IN: list(range(5 - len(taken[-1])))}
 
 
 def test_the_next_batch_fills_while_the_agent_works_on_one() -> None:
@@ -126,11 +148,13 @@ def test_messages_of_an_earlier_generation_are_dropped_unacked() -> None:
         app.consumer_generation_id = 2  # a rebalance: the fetch loop reads again
         batches = lane.batches(within=0.01)
         batch = await anext(batches)
+        lane.offer(Message(2, b"z", generation_id=2))
+        await anext(batches)  # the first batch is acked now
         await batches.aclose()
-        return [e.message.offset for e in batch]
+        return [m.offset for m in batch]
 
     assert asyncio.run(go()) == [1]
-    assert not stale.acked
+    assert app.consumer.acked() == {IN: [1]}
 
 
 def test_nothing_is_taken_while_the_flow_is_suspended() -> None:
@@ -184,3 +208,45 @@ def test_a_batch_waits_within_from_its_first_message_not_from_the_ask() -> None:
     fresh, waited = asyncio.run(go())
     assert fresh >= 0.25  # a new message waits for company
     assert waited < 0.1  # one that already waited its time is taken at once
+
+
+def test_a_failed_batch_is_never_acked() -> None:
+    lane, app = make_lane()
+
+    async def go() -> None:
+        for m in messages(3):
+            lane.offer(m)
+        batches = lane.batches(within=0.01)
+        await anext(batches)
+        await batches.aclose()  # the agent failed on it and never asks again
+
+    asyncio.run(go())
+    assert app.consumer.acked() == {}
+
+
+def faust_ack(consumer: FakeConsumer, messages: list[Message]) -> None:
+    for message in messages:
+        Consumer.ack(consumer, message)  # type: ignore[arg-type]
+
+
+def test_ack_is_fausts_ack_of_each_message() -> None:
+    rng = random.Random(3)
+    other, changelog = TP("in", 1), TP("in-changelog", 0)
+    for _ in range(200):
+        committed = {tp: rng.randrange(0, 12) for tp in (IN, other) if rng.random() < 0.5}
+        done_before = [Message(o, b"", tp=IN) for o in range(rng.randrange(0, 8))]
+        batch = []
+        for tp in (IN, other, changelog):
+            start = rng.randrange(0, 10)
+            batch += [Message(o, b"", tp=tp) for o in range(start, start + rng.randrange(1, 6))]
+        rng.shuffle(batch)
+        batch.sort(key=lambda m: (m.tp.partition, m.tp.topic, m.offset))  # in order per tp
+        mine, faust = (FakeConsumer(committed=committed) for _ in range(2))
+        for consumer in (mine, faust):
+            faust_ack(consumer, [Message(m.offset, b"", tp=m.tp) for m in done_before])
+        ack(mine, batch)
+        faust_ack(faust, batch)
+        assert mine.acked() == faust.acked()
+        assert {tp: set(i) for tp, i in mine._acked_index.items() if i} == \
+            {tp: set(i) for tp, i in faust._acked_index.items() if i}
+        assert mine._n_acked == faust._n_acked
