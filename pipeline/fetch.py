@@ -22,14 +22,20 @@ loop seeks the partition back to the next expected offset and reads them again
 instead of delivering past the hole. ``pipeline.sequence`` still checks each
 batch and stops the worker if a hole ever reaches one.
 
-A guarded topic's message goes straight into its agent's next batch
-(``pipeline.batches.Lane``), not through Faust's conductor, channel queue and
-stream: no ``await`` at all unless that batch is full, and then one wait,
-under Faust's own ``wait_first`` so a rebalance can cancel it. Messages of
-other topics (table changelogs while tables recover; compacted, so with
-offset gaps by design) go to Faust's conductor as in Faust, under Faust's
-offset rules. Either way a message whose delivery a rebalance cancelled does
-not count as read.
+The loop takes each fetch from Faust's consumer thread as it comes, a list of
+records per partition (``Consumer._wait_next_records``), and works a
+guarded partition's records a slice at a time (at most :data:`SLICE`, the
+partitions of a fetch in turn, as Faust's scheduler takes them): the checks
+above are made per run of consecutive offsets, and a slice goes straight into
+its agent's next batch (``pipeline.batches.Lane``) as aiokafka's records, not
+through Faust's ``getmany`` (a ``Message`` per record, the partition's end
+offset looked up per record), conductor, channel queue and stream: no
+``await`` unless that batch is full, and then one wait, under Faust's own
+``wait_first`` so a rebalance can cancel it. Records of other topics (table
+changelogs while tables recover; compacted, so with offset gaps by design)
+become Faust's messages and go to Faust's conductor as in Faust, under
+Faust's offset rules. Either way a record whose delivery a rebalance cancelled
+does not count as read.
 
 It also holds partitions for stage 1's watermark alignment (:meth:`GapFreeFetch.hold`,
 ``pipeline.watermark.ahead``). A held partition's records are not delivered
@@ -45,15 +51,16 @@ recovery, which pause and resume partitions of their own (and position them
 anew: parked records are then dropped, to be read again); after them the
 held partitions are paused again.
 
-These patches use Faust internals (``_drain_messages``, ``_read_offset``,
-``perform_seek``, ``seek_wait``); faust-streaming is pinned below 0.16.
+These patches use Faust internals (``_drain_messages``, ``_wait_next_records``,
+``_to_message``, ``_read_offset``, ``perform_seek``, ``seek_wait``);
+faust-streaming is pinned below 0.16.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from pipeline.batches import Lane
@@ -65,8 +72,9 @@ log = logging.getLogger(__name__)
 #: worker): a log with a real gap (compaction, transaction markers) would
 #: otherwise be re-read forever
 MAX_SEEKS = 5
-#: records delivered between two yields to the event loop (Faust's value)
-YIELD_EVERY = 100
+#: most records of a partition worked at once, and between two yields to the
+#: event loop (Faust's value for the latter)
+SLICE = 100
 
 
 class GapFreeFetch:
@@ -122,40 +130,34 @@ class GapFreeFetch:
             self.parked.pop(tp, None)
         self.skipped.difference_update(tps)
 
-    def _park(self, tp: Any, message: Any, expected: int) -> bool:
-        """Keep a held partition's record for its release; False when it does not
-        follow on (the partition's parked records are then dropped, to be read
-        again)."""
+    def _park(self, tp: Any, run: Sequence[Any], expected: int) -> bool:
+        """Keep a held partition's records (consecutive offsets) for its release;
+        False when they do not follow on (the partition's parked records are
+        then dropped, to be read again)."""
         queue = self.parked.setdefault(tp, [])
-        if message.offset == (queue[-1].offset + 1 if queue else expected):
-            queue.append(message)
-            self.parked_records += 1
+        if run[0].offset == (queue[-1].offset + 1 if queue else expected):
+            queue.extend(run)
+            self.parked_records += len(run)
             return True
-        self.unread += len(queue) + 1
+        self.unread += len(queue) + len(run)
         del self.parked[tp]
         self.skipped.add(tp)
         return False
 
     async def _unpark(self, tps: Collection[Any]) -> None:
         """Deliver the parked records of released partitions, in order, until
-        one is held again."""
-        read_offset = self.consumer._read_offset
+        one is held again (the rest stays parked)."""
+        generation = self.consumer.app.consumer_generation_id
         for tp in tps:
             queue = self.parked.pop(tp, [])
-            for i, message in enumerate(queue):
-                if tp in self.wanted:  # held again meanwhile: the rest stays parked
-                    self.parked[tp] = queue[i:]
-                    break
-                epoch = self.epoch
-                if not await self.deliver(message):
-                    if self.epoch == epoch:  # not repositioned: read the rest again
-                        self.unread += len(queue) - i
-                        self.skipped.add(tp)
-                    break
-                if self.epoch != epoch:
-                    break  # a seek moved the partition while we waited
-                read_offset[tp] = message.offset
-                self.next[tp] = message.offset + 1
+            if not queue:
+                continue
+            epoch = self.epoch
+            if not await self._deliver(tp, queue, generation) and self.epoch == epoch \
+                    and tp not in self.skipped:
+                # cancelled by a rebalance, not repositioned: read the rest again
+                self.unread += queue[-1].offset + 1 - self.next[tp]
+                self.skipped.add(tp)
 
     def _may_switch(self) -> bool:
         app = self.consumer.app
@@ -243,83 +245,132 @@ class GapFreeFetch:
 
     # -- delivery -------------------------------------------------------------------
 
-    async def deliver(self, message: Any) -> bool:
-        """Hand one message to its lane, or to Faust's conductor; False when a
-        rebalance suspended the flow while the delivery waited (the message then
-        counts as not read)."""
+    async def _fetch(self) -> dict[Any, list[Any]]:
+        """One fetch: the records of each partition to deliver (Faust's
+        ``Consumer.getmany`` without a ``Message`` per record)."""
         consumer = self.consumer
-        lane = self.lanes.get(message.topic)
-        if lane is None:
-            waiting = consumer.callback(message)
-        elif lane.offer(message):
-            return True  # the usual case: no await at all
-        else:
+        records, active = await consumer._wait_next_records(1.0)
+        if records is None or consumer.should_stop:
+            return {}
+        if not consumer.flow_active:  # Faust: seek back to the committed offsets
+            try:
+                await consumer.perform_seek()
+            except Exception as exc:
+                log.warning("exception performing seek when flow not active %s", exc)
+            return {}
+        buffered = consumer._buffered_partitions
+        track_end = consumer.app.monitor.track_tp_end_offset
+        fetched = {}
+        for tp, batch in records.items():
+            if batch and (active is None or tp in active or tp in buffered):
+                track_end(tp, consumer.highwater(tp))
+                fetched[tp] = batch
+        return fetched
+
+    async def _take(self, tp: Any, records: Sequence[Any], generation: int) -> bool:
+        """A guarded partition's fetched records (in offset order) to its lane,
+        run of consecutive offsets by run; False when the rest of this fetch
+        of ``tp`` is stale (sought back, parked records dropped, the delivery
+        cancelled)."""
+        nxt = self.next
+        while records:
+            n = _consecutive(records)
+            run, records = (records, ()) if n == len(records) else (records[:n], records[n:])
+            expected = nxt.get(tp)
+            if expected is None:  # unknown start: this record, if nothing says
+                expected = nxt[tp] = (await self.starts([tp])).get(tp, run[0].offset)
+            behind = min(expected - run[0].offset, len(run))
+            if behind > 0:  # delivered already
+                self.dropped += behind
+                run = run[behind:]
+                if not run:
+                    continue
+            if tp in self.wanted or tp in self.parked:  # held, or parked records first
+                if not self._park(tp, run, expected):
+                    return False
+                continue
+            if run[0].offset > expected and await self._seek_back(tp, expected, run[0].offset):
+                return False
+            if not await self._deliver(tp, run, generation):
+                return False
+        return True
+
+    async def _deliver(self, tp: Any, run: Sequence[Any], generation: int) -> bool:
+        """Hand consecutive records of ``tp`` to its lane, waiting for room as
+        often as it takes; what is left when ``tp`` is held meanwhile is parked.
+        False when a rebalance suspended the flow while it waited, or a seek
+        moved ``tp`` (the rest then counts as not read), or parking broke."""
+        consumer = self.consumer
+        lane = self.lanes[tp.topic]
+        read_offset = consumer._read_offset
+        while True:
+            taken = lane.offer(tp, run, generation)
+            if taken:
+                last = run[taken - 1].offset
+                read_offset[tp] = last
+                self.next[tp] = last + 1
+                if taken == len(run):
+                    return True
+                run = run[taken:]
+            epoch = self.epoch
             waiting = lane.room()  # its next batch is full
-        results = await consumer.wait_first(waiting, consumer.suspend_flow.wait())
-        return waiting in results.done and (lane is None or lane.offer(message))
+            results = await consumer.wait_first(waiting, consumer.suspend_flow.wait())
+            if waiting not in results.done or self.epoch != epoch:
+                return False
+            if tp in self.wanted:  # held while we waited
+                return self._park(tp, run, self.next[tp])
+
+    async def _conduct(self, tp: Any, records: Sequence[Any]) -> None:
+        """Records of a topic that is not guarded to Faust's conductor, as Faust's
+        own loop does (its offset rules, a ``Message`` each)."""
+        consumer = self.consumer
+        read_offset = consumer._read_offset
+        acks_enabled = consumer.app.topics.acks_enabled_for(tp.topic)
+        for record in records:
+            offset = record.offset
+            r_offset = read_offset[tp]
+            if r_offset is not None and offset < r_offset:
+                continue
+            if r_offset and offset - r_offset > 1 and acks_enabled:
+                await consumer._add_gap(tp, r_offset + 1, offset)
+            epoch = self.epoch
+            waiting = consumer.callback(consumer._to_message(tp, record))
+            results = await consumer.wait_first(waiting, consumer.suspend_flow.wait())
+            if waiting not in results.done or self.epoch != epoch:
+                continue  # suspended or sought: read again from the new position
+            read_offset[tp] = offset
 
     async def run(self, fetcher: Any) -> None:
         """The loop (Faust's ``Consumer._drain_messages`` with the changes above)."""
         consumer = self.consumer
-        getmany = consumer.getmany
+        app = consumer.app
         consumer_should_stop = consumer._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        read_offset = consumer._read_offset
         commit_every = consumer._commit_every
-        acks_enabled_for = consumer.app.topics.acks_enabled_for
         guarded = self.lanes
-        nxt = self.next
-        wanted = self.wanted
-        parked = self.parked
-        since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 await self._switch()
-                records = getmany(timeout=1.0)
+                fetched = await self._fetch()
                 await asyncio.sleep(0)  # Faust: getmany may not release the loop
-                if consumer.should_stop:
+                if consumer.should_stop or not fetched:
                     continue
+                generation = app.consumer_generation_id
                 skip: set[Any] = set()  # partitions sought back: rest of this fetch is stale
-                async for tp, message in records:
-                    since_yield += 1
-                    if since_yield > YIELD_EVERY:
-                        await asyncio.sleep(0)
-                        since_yield = 0
-                    offset = message.offset
-                    if tp.topic in guarded:
-                        if tp in skip:
-                            self.unread += tp in self.skipped
-                            continue
-                        expected = nxt.get(tp)
-                        if expected is None:  # unknown start: this record, if nothing says
-                            expected = nxt[tp] = (await self.starts([tp])).get(tp, offset)
-                        if offset < expected:
-                            self.dropped += 1
-                            continue
-                        if tp in wanted or tp in parked:  # held, or parked records first
-                            if not self._park(tp, message, expected):
-                                skip.add(tp)
-                            continue
-                        if offset > expected and await self._seek_back(tp, expected, offset):
-                            skip.add(tp)
-                            continue
-                    else:
-                        r_offset = read_offset[tp]
-                        if r_offset is not None and offset < r_offset:
-                            continue
-                        if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
-                            await consumer._add_gap(tp, r_offset + 1, offset)
+                for tp, records in _in_turn(fetched):
+                    if not consumer.flow_active or app.consumer_generation_id != generation:
+                        break  # Faust's getmany stops there too
                     if commit_every is not None and consumer._n_acked >= commit_every:
                         consumer._n_acked = 0
                         await consumer.commit()
-                    epoch = self.epoch
-                    if not await self.deliver(message):
-                        continue  # suspended: re-read after the rebalance's seek
-                    if self.epoch != epoch:
-                        continue  # a seek moved the partition while we waited
-                    read_offset[tp] = offset
-                    if tp in nxt:
-                        nxt[tp] = offset + 1
+                    if tp.topic not in guarded:
+                        await self._conduct(tp, records)
+                    elif tp in skip:
+                        if tp in self.skipped:
+                            self.unread += len(records)
+                    elif not await self._take(tp, records, generation):
+                        skip.add(tp)
+                    await asyncio.sleep(0)
         except consumer.consumer_stopped_errors:
             if consumer.transport.app.should_stop:
                 log.info("Broker stopped consumer, shutting down...")
@@ -330,6 +381,37 @@ class GapFreeFetch:
                 log.info("Consumer shutting down for user cancel.")
                 return
             raise
+
+
+def _in_turn(fetched: Mapping[Any, Sequence[Any]]) -> Iterator[tuple[Any, Sequence[Any]]]:
+    """The records of a fetch in slices of at most :data:`SLICE`, the partitions
+    in turn (as Faust's scheduler goes round them, so one partition's backlog
+    does not keep the others waiting)."""
+    starts = dict.fromkeys(fetched, 0)
+    while starts:
+        for tp in list(starts):
+            records, start = fetched[tp], starts[tp]
+            end = start + SLICE
+            yield tp, records[start:end] if start or end < len(records) else records
+            if end < len(records):
+                starts[tp] = end
+            else:
+                del starts[tp]
+
+
+def _consecutive(records: Sequence[Any]) -> int:
+    """How many of ``records`` (increasing offsets) lead with consecutive offsets."""
+    first, n = records[0].offset, len(records)
+    if records[-1].offset - first == n - 1:
+        return n
+    lo, hi = 1, n - 1  # records[lo - 1] is consecutive, records[hi] is not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if records[mid].offset - first == mid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def install(consumer: Any, lanes: Mapping[str, Lane]) -> GapFreeFetch:

@@ -23,8 +23,10 @@ IN = TP("in", 0)
 
 @dataclass(eq=False)
 class Message:
+    """A fetched record (and enough of a Faust message for ``Consumer.ack``)."""
+
     offset: int
-    value: bytes
+    value: bytes | None
     generation_id: int = 1
     tp: TP = IN
     key: bytes | None = None
@@ -79,21 +81,41 @@ def messages(n: int, size: int = 10, start: int = 0) -> list[Message]:
     return [Message(start + i, b"x" * size) for i in range(n)]
 
 
+def offer(lane: Lane, message: Message) -> bool:
+    """Offer one record; True when the lane took it."""
+    return lane.offer(message.tp, [message], message.generation_id) == 1
+
+
 def test_a_batch_is_full_at_max_count_and_then_takes_nothing_more() -> None:
     lane, _ = make_lane(max_count=3)
-    assert [lane.offer(m) for m in messages(4)] == [True, True, True, False]
+    assert [offer(lane, m) for m in messages(4)] == [True, True, True, False]
     assert len(lane) == 3
 
 
 def test_a_batch_is_full_once_its_values_reach_max_bytes() -> None:
     lane, _ = make_lane(max_bytes=25)
-    assert [lane.offer(m) for m in messages(4)] == [True, True, True, False]  # 30 >= 25
+    assert [offer(lane, m) for m in messages(4)] == [True, True, True, False]  # 30 >= 25
+
+
+def test_a_run_of_records_is_taken_as_far_as_the_batch_has_room() -> None:
+    for max_count, max_bytes, sizes, taken in [
+            (3, 1000, [10] * 5, [3, 0]), (100, 25, [10] * 5, [3, 0]),
+            (100, 25, [30, 1], [1, 0]), (100, 25, [5, 5, 20, 5], [3, 0]),
+            (100, 1000, [10] * 4, [4, 4]), (5, 1000, [0, 0, 0], [3, 2])]:
+        lane, _ = make_lane(max_count=max_count, max_bytes=max_bytes)
+        run = [Message(i, b"x" * size) for i, size in enumerate(sizes)]
+        assert lane.offer(IN, run, 1) == taken[0]
+        assert lane.offer(IN, run, 1) == taken[1]
+        assert len(lane) == sum(taken)
+    lane, _ = make_lane()
+    assert lane.offer(IN, [Message(0, None), Message(1, b"")], 1) == 2
+    assert lane.offer(IN, [], 1) == 0
 
 
 def test_one_message_larger_than_max_bytes_is_a_batch_of_its_own() -> None:
     lane, _ = make_lane(max_bytes=25)
-    assert lane.offer(Message(0, b"x" * 100)) is True
-    assert lane.offer(Message(1, b"x")) is False
+    assert offer(lane, Message(0, b"x" * 100)) is True
+    assert offer(lane, Message(1, b"x")) is False
 
 
 def test_batches_come_in_order_and_are_acked_when_the_next_is_asked_for() -> None:
@@ -105,7 +127,7 @@ def test_batches_come_in_order_and_are_acked_when_the_next_is_asked_for() -> Non
         batches = lane.batches(within=0.01)
         pending = list(sent)
         while pending:
-            while pending and lane.offer(pending[0]):
+            while pending and offer(lane, pending[0]):
                 pending.pop(0)
             batch = await anext(batches)
             assert batch[0] is sent[sum(map(len, taken))]  # Faust's messages themselves
@@ -130,9 +152,9 @@ def test_the_next_batch_fills_while_the_agent_works_on_one() -> None:
     async def go() -> None:
         batches = lane.batches(within=0.01)
         for m in messages(2):
-            lane.offer(m)
+            offer(lane, m)
         await anext(batches)
-        assert [lane.offer(m) for m in messages(3, start=2)] == [True, True, False]
+        assert [offer(lane, m) for m in messages(3, start=2)] == [True, True, False]
         await batches.aclose()
 
     asyncio.run(go())
@@ -143,12 +165,12 @@ def test_messages_of_an_earlier_generation_are_dropped_unacked() -> None:
     stale, current = Message(0, b"x", generation_id=1), Message(1, b"y", generation_id=2)
 
     async def go() -> list[int]:
-        lane.offer(stale)
-        lane.offer(current)
+        offer(lane, stale)
+        offer(lane, current)
         app.consumer_generation_id = 2  # a rebalance: the fetch loop reads again
         batches = lane.batches(within=0.01)
         batch = await anext(batches)
-        lane.offer(Message(2, b"z", generation_id=2))
+        offer(lane, Message(2, b"z", generation_id=2))
         await anext(batches)  # the first batch is acked now
         await batches.aclose()
         return [m.offset for m in batch]
@@ -162,7 +184,7 @@ def test_nothing_is_taken_while_the_flow_is_suspended() -> None:
 
     async def go() -> None:
         app.flow_control.active.clear()
-        lane.offer(Message(0, b"x"))
+        offer(lane, Message(0, b"x"))
         batches = lane.batches(within=0.01)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(anext(batches), 0.1)
@@ -174,7 +196,7 @@ def test_room_waits_until_the_full_batch_is_taken() -> None:
     lane, _ = make_lane(max_count=1)
 
     async def go() -> bool:
-        lane.offer(Message(0, b"x"))
+        offer(lane, Message(0, b"x"))
         room = asyncio.ensure_future(lane.room())
         await asyncio.sleep(0.01)
         assert not room.done()
@@ -182,7 +204,7 @@ def test_room_waits_until_the_full_batch_is_taken() -> None:
         await anext(batches)
         await asyncio.wait_for(room, 1)
         await batches.aclose()
-        return lane.offer(Message(1, b"y"))
+        return offer(lane, Message(1, b"y"))
 
     assert asyncio.run(go()) is True
 
@@ -193,11 +215,11 @@ def test_a_batch_waits_within_from_its_first_message_not_from_the_ask() -> None:
     async def go() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
         batches = lane.batches(within=0.3)
-        lane.offer(Message(0, b"x"))
+        offer(lane, Message(0, b"x"))
         started = loop.time()
         await anext(batches)
         fresh = loop.time() - started
-        lane.offer(Message(1, b"y"))  # arrives while the agent works on the batch
+        offer(lane, Message(1, b"y"))  # arrives while the agent works on the batch
         await asyncio.sleep(0.3)
         started = loop.time()
         await anext(batches)
@@ -215,7 +237,7 @@ def test_a_failed_batch_is_never_acked() -> None:
 
     async def go() -> None:
         for m in messages(3):
-            lane.offer(m)
+            offer(lane, m)
         batches = lane.batches(within=0.01)
         await anext(batches)
         await batches.aclose()  # the agent failed on it and never asks again
@@ -244,7 +266,7 @@ def test_ack_is_fausts_ack_of_each_message() -> None:
         mine, faust = (FakeConsumer(committed=committed) for _ in range(2))
         for consumer in (mine, faust):
             faust_ack(consumer, [Message(m.offset, b"", tp=m.tp) for m in done_before])
-        ack(mine, batch)
+        ack(mine, [(m.tp, m.offset, m.offset) for m in batch])
         faust_ack(faust, batch)
         assert mine.acked() == faust.acked()
         assert {tp: set(i) for tp, i in mine._acked_index.items() if i} == \

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from pipeline import fetch
 from pipeline.fetch import MAX_SEEKS, GapFreeFetch
@@ -39,7 +39,7 @@ class Message:
 
 
 class FakeLane:
-    """A lane whose batch takes ``capacity`` messages until it is taken; what it
+    """A lane whose batch takes ``capacity`` records until it is taken; what it
     takes also goes to ``sink`` when given."""
 
     def __init__(self, capacity: int = 10**9, sink: list[tuple[TP, int]] | None = None) -> None:
@@ -48,18 +48,25 @@ class FakeLane:
         self.batch: list[int] = []
         self.taken: list[list[int]] = []
         self.room_waits = 0
+        #: the runs offered: (partition, offsets taken)
+        self.runs: list[tuple[TP, list[int]]] = []
         self._room = asyncio.Event()
         self._room.set()
 
-    def offer(self, message: Message) -> bool:
-        if len(self.batch) >= self.capacity:
-            return False
-        self.batch.append(message.offset)
-        if self.sink is not None:
-            self.sink.append((message.tp, message.offset))
+    def offer(self, tp: TP, records: list[Message], generation: int) -> int:
+        taken = records[:max(0, self.capacity - len(self.batch))]
+        assert all(r.tp == tp for r in records)
+        assert [r.offset for r in records] == list(range(records[0].offset,
+                                                         records[0].offset + len(records)))
+        for message in taken:
+            self.batch.append(message.offset)
+            if self.sink is not None:
+                self.sink.append((message.tp, message.offset))
+        if taken:
+            self.runs.append((tp, [m.offset for m in taken]))
         if len(self.batch) >= self.capacity:
             self._room.clear()
-        return True
+        return len(taken)
 
     async def room(self) -> None:
         self.room_waits += 1
@@ -97,7 +104,11 @@ class FakeConsumer:
         self.should_stop = False
         self.suspend_flow = asyncio.Event()
         self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda t: False),
-                                   rebalancing=False, in_recovery=False)
+                                   rebalancing=False, in_recovery=False,
+                                   consumer_generation_id=1,
+                                   monitor=SimpleNamespace(track_tp_end_offset=lambda *a: None))
+        self.flow_active = True
+        self._buffered_partitions: set[TP] = set()
         self._paused_partitions: set[TP] = set()
         #: every pause and resume call, in order
         self.switches: list[tuple[str, set[TP]]] = []
@@ -107,7 +118,8 @@ class FakeConsumer:
 
     # -- Faust's consumer ---------------------------------------------------------
 
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+    async def _wait_next_records(
+            self, timeout: float) -> tuple[dict[TP, list[Message]], set[TP] | None]:
         if self.script:
             batch = self.script.pop(0)
         else:
@@ -118,9 +130,14 @@ class FakeConsumer:
         for tp, offsets in batch.items():  # the position moves when a fetch returns
             if offsets:
                 self.position[tp] = offsets[-1] + 1
-        for tp, offsets in batch.items():
-            for offset in offsets:
-                yield tp, Message(tp, offset)
+        return {tp: [Message(tp, offset) for offset in offsets]
+                for tp, offsets in batch.items()}, None
+
+    def highwater(self, tp: TP) -> int:
+        return len(self.logs.get(tp, ()))
+
+    def _to_message(self, tp: TP, record: Message) -> Message:
+        return record
 
     async def callback(self, message: Message) -> None:
         if message.offset in self.slow:
@@ -230,18 +247,20 @@ def test_a_delivery_cancelled_by_a_rebalance_is_not_read() -> None:
 
     async def go() -> list[bool]:
         loop = fetch.install(consumer, {"in": FakeLane(capacity=1)})  # type: ignore[dict-item]
-        verdicts = [await loop.deliver(Message(IN0, 0))]  # the lane's batch is full now
-        waiting = [asyncio.ensure_future(loop.deliver(Message(CHANGELOG, 2))),  # slow
-                   asyncio.ensure_future(loop.deliver(Message(IN0, 1)))]  # no room
+        verdicts = [await loop._deliver(IN0, [Message(IN0, 0)], 1)]  # the batch is full now
+        slow = asyncio.ensure_future(loop._conduct(CHANGELOG, [Message(CHANGELOG, 2)]))
+        blocked = asyncio.ensure_future(loop._deliver(IN0, [Message(IN0, 1)], 1))  # no room
         await asyncio.sleep(0)
         consumer.suspend_flow.set()  # the rebalance suspends the flow mid-delivery
-        verdicts += [await w for w in waiting]
+        verdicts.append(await blocked)
+        await slow
         consumer.suspend_flow.clear()
-        verdicts.append(await loop.deliver(Message(CHANGELOG, 3)))
+        await loop._conduct(CHANGELOG, [Message(CHANGELOG, 3)])
         return verdicts
 
-    assert asyncio.run(go()) == [True, False, False, True]
+    assert asyncio.run(go()) == [True, False]
     assert consumer.delivered == [(CHANGELOG, 3)]
+    assert consumer._read_offset[IN0] == 0 and consumer._read_offset[CHANGELOG] == 3
 
 
 def test_partitions_without_a_commit_go_back_to_the_log_start_on_seek() -> None:
@@ -343,10 +362,10 @@ def hold_during_fetch(consumer: FakeConsumer, at: tuple[TP, int],
     loop = install(consumer)
     lane = loop.lanes["in"]
 
-    def offer(message: Message) -> bool:
-        if (message.tp, message.offset) == at:
+    def offer(tp: TP, records: list[Message], generation: int) -> int:
+        if any((r.tp, r.offset) == at for r in records):
             loop.hold(tps)
-        return FakeLane.offer(lane, message)  # type: ignore[arg-type]
+        return FakeLane.offer(lane, tp, records, generation)  # type: ignore[arg-type]
 
     lane.offer = offer  # type: ignore[method-assign]
     return loop
@@ -383,22 +402,38 @@ def test_a_partition_held_again_while_its_parked_records_go_out_keeps_the_rest()
     async def go() -> None:
         await asyncio.wait_for(loop.run(consumer.fetcher), 5)
         assert [m.offset for m in loop.parked[IN1]] == list(range(1, 8))
-        lane = loop.lanes["in"]
-        offer = lane.offer
-
-        def held_at_3(message: Message) -> bool:
-            if (message.tp, message.offset) == (IN1, 3):
-                loop.hold({IN1})  # stage 1 saw offsets 1 and 2 run ahead
-            return offer(message)
-
-        lane.offer = held_at_3  # type: ignore[method-assign]
+        lane = cast(FakeLane, loop.lanes["in"])
+        lane.capacity = len(lane.batch) + 3  # room for offsets 1, 2 and 3 of IN1
         loop.hold(set())
-        await loop._switch()
+        switch = asyncio.ensure_future(loop._switch())
+        await asyncio.sleep(0.01)  # the parked records go out until the batch is full
+        assert offsets_of(consumer, IN1) == [0, 1, 2, 3]
+        loop.hold({IN1})  # stage 1 saw offsets 1 to 3 run ahead
+        lane.take()
+        await asyncio.wait_for(switch, 5)
         assert offsets_of(consumer, IN1) == [0, 1, 2, 3]
         assert [m.offset for m in loop.parked[IN1]] == [4, 5, 6, 7]
         assert loop.next[IN1] == 4
 
     asyncio.run(go())
+
+
+def test_the_partitions_of_a_fetch_go_in_turn_a_slice_at_a_time() -> None:
+    consumer = FakeConsumer({IN0: list(range(250)), IN1: list(range(120)),
+                             CHANGELOG: list(range(3))})
+    loop = drain(consumer)
+    lane = cast(FakeLane, loop.lanes["in"])
+    assert [(tp, len(offsets)) for tp, offsets in lane.runs] == [
+        (IN0, 100), (IN1, 100), (IN0, 100), (IN1, 20), (IN0, 50)]
+    assert offsets_of(consumer, IN0) == list(range(250))
+    assert offsets_of(consumer, CHANGELOG) == list(range(3))
+
+
+def test_a_run_is_delivered_up_to_a_gap_in_it_and_the_gap_read_again() -> None:
+    consumer = FakeConsumer({IN0: list(range(8))}, script=[{IN0: [0, 1, 2, 5, 6]}])
+    loop = drain(consumer)
+    assert offsets_of(consumer, IN0) == list(range(8))
+    assert consumer.seeks == [{IN0: 3}] and loop.seeks_back == 1
 
 
 def test_a_parked_sequence_that_breaks_is_dropped_and_read_again_on_release() -> None:
