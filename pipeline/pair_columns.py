@@ -232,6 +232,11 @@ class _Partition:
         #: engagement times that may still return a pending one
         self.t_pd = _empty(I64)
         self.t_ts = _empty(F64)
+        #: derived, not stored: the first return (inf: none within the horizon)
+        #: of the pending engagements as of the last decision (None: unknown,
+        #: after a load), and the pair-directions given new times since
+        self.p_first: np.ndarray | None = _empty(F64)
+        self.touched: list[np.ndarray] = []
         #: windows that can still change, sorted by key
         self.w_key = _empty(I64)
         self.w_counts = _empty(I64, 0, N_KINDS)
@@ -352,6 +357,7 @@ class ColumnarPairStage:
                     start // size + _SLOT_BIAS)
                 windows.append((key, figures))
                 delays.extend((key, delay) for delay in figures[DELAYS])
+        part.p_first = None
         if pending:
             p_pd, p_ts, p_kind, p_id = zip(*pending, strict=True)
             part.p_pd, part.p_ts = np.array(p_pd, dtype=I64), np.array(p_ts, dtype=F64)
@@ -525,6 +531,7 @@ class ColumnarPairStage:
         part.p_id = np.concatenate([part.p_id, event_ids])
         part.t_pd = np.concatenate([part.t_pd, pd])
         part.t_ts = np.concatenate([part.t_ts, ts])
+        part.touched.append(pd)
         self._count_windows(part, pd, ts, kind, dirty)
         self._count_days(part, pd, ts)
         return ts
@@ -645,27 +652,14 @@ class ColumnarPairStage:
     def _decide(self, part: _Partition, watermark: float, dirty: list[np.ndarray],
                 out: ColumnarOutcome) -> None:
         if not len(part.p_pd):
+            part.p_first, part.touched = _empty(F64), []
             self._prune_times(part, watermark)
             return
         horizon = self.params.horizon_s
         p_pd, p_ts = part.p_pd, part.p_ts
-        # the first return of each pending engagement: the earliest time of the
-        # other direction strictly after it (ranks order the floats exactly);
-        # the times hold every pending engagement's own, so they are not empty
-        t_pd, t_ts = part.t_pd, part.t_ts
-        order = np.lexsort((t_ts, t_pd))
-        t_pd, t_ts = t_pd[order], t_ts[order]
-        values = np.unique(np.concatenate([t_ts, p_ts]))
-        scale = len(values) + 1
-        t_key = t_pd * scale + np.searchsorted(values, t_ts)
-        other = p_pd ^ 1
-        at = np.searchsorted(t_key, other * scale + np.searchsorted(values, p_ts), side="right")
-        has = at < len(t_key)
-        at = np.minimum(at, len(t_key) - 1)
-        first = t_ts[at]
-        has &= (t_pd[at] == other) & (first <= p_ts + horizon)
-        reciprocated = has & (first <= watermark)
-        snubbed = ~has & (p_ts + horizon <= watermark)
+        first = self._first_returns(part)
+        reciprocated = first <= watermark
+        snubbed = np.isinf(first) & (p_ts + horizon <= watermark)
         decided = reciprocated | snubbed
         if decided.any():
             d_pd, d_ts = p_pd[decided], p_ts[decided]
@@ -684,7 +678,57 @@ class ColumnarPairStage:
             keep = ~decided
             part.p_pd, part.p_ts = p_pd[keep], p_ts[keep]
             part.p_kind, part.p_id = part.p_kind[keep], part.p_id[keep]
+            first = first[keep]
+        part.p_first = first
         self._prune_times(part, watermark)
+
+    def _first_returns(self, part: _Partition) -> np.ndarray:
+        """Each pending engagement's first return: the earliest time of the
+        other direction strictly after it and within the horizon (inf: none).
+        Worked out again only for the engagements new since the last decision
+        and those whose other direction got new times since: a batch costs
+        what it touches, not the whole pending state (times that could return
+        a pending engagement are never pruned, so the others' stay right)."""
+        p_pd, p_ts = part.p_pd, part.p_ts
+        known = part.p_first
+        flags = 2 * len(part.lo) + 2
+        if known is None:  # loaded: work out all
+            first = np.full(len(p_pd), np.inf)
+            affected = np.ones(len(p_pd), dtype=bool)
+        else:
+            first = np.concatenate([known, np.full(len(p_pd) - len(known), np.inf)])
+            affected = np.zeros(len(p_pd), dtype=bool)
+            affected[len(known):] = True
+            if part.touched:
+                touched = np.zeros(flags, dtype=bool)
+                touched[np.concatenate(part.touched)] = True
+                affected |= touched[p_pd ^ 1]
+        part.touched = []
+        which = np.flatnonzero(affected)
+        if not len(which):
+            return first
+        a_pd, a_ts = p_pd[which], p_ts[which]
+        other = a_pd ^ 1
+        wanted = np.zeros(flags, dtype=bool)
+        wanted[other] = True
+        chosen = wanted[part.t_pd]
+        t_pd, t_ts = part.t_pd[chosen], part.t_ts[chosen]
+        if not len(t_pd):
+            first[which] = np.inf
+            return first
+        order = np.lexsort((t_ts, t_pd))
+        t_pd, t_ts = t_pd[order], t_ts[order]
+        # ranks order the floats exactly
+        values = np.unique(np.concatenate([t_ts, a_ts]))
+        scale = len(values) + 1
+        t_key = t_pd * scale + np.searchsorted(values, t_ts)
+        at = np.searchsorted(t_key, other * scale + np.searchsorted(values, a_ts), side="right")
+        has = at < len(t_key)
+        at = np.minimum(at, len(t_key) - 1)
+        returned = t_ts[at]
+        has &= (t_pd[at] == other) & (returned <= a_ts + self.params.horizon_s)
+        first[which] = np.where(has, returned, np.inf)
+        return first
 
     def _prune_times(self, part: _Partition, watermark: float) -> None:
         keep = part.t_ts > watermark - self.params.horizon_s
@@ -883,6 +927,7 @@ class ColumnarPairStage:
                                f"{len(part.pids)} found")
         part.applied = arrays.pop("applied")
         part.p_id = np.array(header["ids"], dtype=object)
+        part.p_first, part.touched = None, []  # worked out again at the next decision
         for name, array in arrays.items():
             setattr(part, name, array)
 

@@ -238,3 +238,27 @@ def test_a_partition_taken_over_from_pair_states_goes_on_as_they_would(seed: int
         if i == 0 and got.states:
             assert new.snapshotted(2)
             assert any(key.endswith(":head") for key in got.states)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_first_returns_kept_between_batches_equal_those_worked_out_anew(seed: int) -> None:
+    """The pending engagements' first returns are worked out again only where a
+    batch touched them (pair_columns._first_returns); after every batch they
+    equal a computation from scratch over the whole pending state."""
+    sources = 1 + seed % 3
+    horizon = 3 * H if seed % 2 else 20 * H
+    params = Params(windows=(H, D), horizon_s=horizon, lateness_s=60.0,
+                    drop_days=3, drop_min_baseline=1.0, watched_orgs=frozenset())
+    stage = ColumnarPairStage(REGISTRY, params, sources)
+    stage.load(2, None)
+    part = stage._partitions[2]
+    checked = 0
+    for batch in _scenario(seed, sources, horizon):
+        stage.process(2, batch, "s", NOW)
+        if part.p_first is None or part.touched:
+            continue  # not decided since the last load or since new times came
+        kept = part.p_first.copy()
+        part.p_first = None
+        assert stage._first_returns(part).tolist() == kept.tolist()
+        checked += len(kept)
+    assert checked or seed % 2 == 0
