@@ -10,11 +10,12 @@ event (docs/benchmarks.md).
 A :class:`Lane` is one stream topic's batch in the making. The worker's fetch
 loop (``pipeline.fetch``) adds fetched records to it directly, a run of one
 partition's consecutive offsets at a time, and the topic's agent takes whole
-batches from it (:meth:`Lane.batches`). A batch is full at ``max_count`` messages or once its
-message values add up to ``max_bytes`` (a single larger message is a batch of
-its own): messages range from one ~110-byte event to a packed array of
-thousands, and an internal message of stage 1 holds up to ``CHUNK_RECORDS``
-engagements, so a count alone let one batch hold most of a 1M-event backlog.
+batches from it (:meth:`Lane.batches`). A batch is full at ``max_count``
+messages or once its message values add up to ``max_bytes`` (a single larger
+message is a batch of its own): messages range from one ~110-byte event to a
+packed array of thousands, and an internal message of stage 1 holds up to
+``CHUNK_RECORDS`` engagements, so a count alone let one batch hold most of a
+1M-event backlog.
 While the agent works on a batch the fetch loop fills the next one, and
 waits (Faust's ``wait_first``, so a rebalance can cancel the wait) once that
 one is full. A batch is taken once it is full or its first message has
