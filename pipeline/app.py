@@ -544,9 +544,9 @@ class Pipeline:
         await self._run_batches(stream, self.settings.topic, self.process)
 
     async def process(self, messages: Sequence[Any]) -> None:
-        """Process one batch of input messages (Faust's, or anything with their
-        ``partition``, ``offset``, ``key`` and ``value``) end to end (see module
-        docstring)."""
+        """Process one batch of input messages (aiokafka's records as fetched,
+        or anything with their ``partition``, ``offset``, ``key`` and
+        ``value``) end to end (see module docstring)."""
         settings = self.settings
         applied = await self._in_sequence(settings.topic, messages)
         last = {m.partition: m for m in applied}

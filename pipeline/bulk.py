@@ -111,10 +111,11 @@ class BulkProducer:
                           items: Sequence[tuple[str, bytes | None]]) -> list[asyncio.Future[Any]]:
         """``table[key] = value`` for each item (``del table[key]`` for a None
         value: a tombstone), in order, as Faust would do it while processing
-        ``message`` (a Faust message: the changelog partition and the store's
-        partition are the message's), with the changelog records sent in batches. Each delivered
-        batch moves the store's persisted offset, as Faust's own changelog
-        callback does (a RocksDB store then recovers from there)."""
+        ``message`` (a fetched record: the changelog partition and the store's
+        partition are its partition), with the changelog records sent in
+        batches. Each delivered batch moves the store's persisted offset, as
+        Faust's own changelog callback does (a RocksDB store then recovers
+        from there)."""
         changelog = table.changelog_topic
         topic = changelog.get_topic_name()
         partition = message.partition
@@ -169,9 +170,9 @@ class BulkProducer:
                                           [(encode_key(key), None) for key in keys])
 
     def _processing(self, message: Any) -> None:
-        """Faust's current event, as while its stream processes ``message``: a
-        store that keeps a database per partition (RocksDB) reads the partition
-        from it."""
+        """Faust's current event, as while a stream processes ``message`` (a
+        fetched record): a store that keeps a database per partition (RocksDB)
+        reads the partition from it."""
         make_event: Any = self.app.conf.Event
         event = make_event(self.app, message.key, message.value, message.headers, message)
         self._current = event  # the context holds a weak reference only

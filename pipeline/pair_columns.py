@@ -532,6 +532,8 @@ class ColumnarPairStage:
         part.t_pd = np.concatenate([part.t_pd, pd])
         part.t_ts = np.concatenate([part.t_ts, ts])
         part.touched.append(pd)
+        if len(part.touched) >= 64:  # no decision for a while (no watermark yet)
+            part.touched = [np.unique(np.concatenate(part.touched))]
         self._count_windows(part, pd, ts, kind, dirty)
         self._count_days(part, pd, ts)
         return ts
