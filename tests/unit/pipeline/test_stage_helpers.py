@@ -3,6 +3,7 @@ format, the inbound stage and alert records (all pure)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -467,6 +468,104 @@ def test_inbound_state_and_reload() -> None:
     assert fresh.process(0, [later]).alerts == stage.process(0, [later]).alerts != []
     fresh.forget(0)
     assert not fresh.owns(0)
+
+
+def _inbound_scenario(seed: int, sources: int) -> list[Message]:
+    """Internal inbound messages of one partition from ``sources`` sources:
+    records in rough time order per source (some behind the closed time),
+    redelivered messages, re-sent records with new ones, idle markers."""
+    rng = random.Random(seed)
+    orgs = ["uni", "med", "lab", "ext", "zoo"]
+    clock = [DAY0 + rng.randrange(H) for _ in range(sources)]
+    offsets = [0] * sources
+    high: dict[int, float] = {}
+    values: list[bytes] = []
+    for _ in range(rng.randrange(20, 60)):
+        source = rng.randrange(sources)
+        roll = rng.random()
+        if roll < 0.1 and values:  # an earlier message again
+            values.append(rng.choice(values[-5:]))
+            continue
+        if roll < 0.15:
+            values.append(encode(source, None, True))
+            continue
+        records = []
+        if roll < 0.25 and offsets[source] > 3:  # stage 1 re-sent a few with new ones
+            back = offsets[source] - rng.randrange(1, 4)
+            records += [Engagement(f"r{source}-{back}", 1, "src", rng.choice(orgs),
+                                   clock[source], back)]
+        for _ in range(rng.randrange(0, 8)):
+            clock[source] += rng.choice([0, 60, 600, 3 * H, DAY, -2 * L])
+            records.append(Engagement(f"e{source}-{offsets[source]}", 1, "src",
+                                      rng.choice(orgs), clock[source], offsets[source]))
+            offsets[source] += rng.choice([0, 1, 1, 1])
+        records.sort(key=lambda r: r.offset)
+        for r in records:
+            high[source] = max(high.get(source, r.ts), r.ts)
+        values.append(encode(source, high.get(source), False, records))
+    return [Message(0, i, value) for i, value in enumerate(values)]
+
+
+def _inbound_model(messages: Sequence[Message], sources: int) -> tuple[Any, ...]:
+    """What the inbound stage must apply, record by record: a record counts
+    once its offset is above what its source applied for its org before its
+    message, and is applied when its time is after the closed time before its
+    message."""
+    tracker = WatermarkTracker(sources, L)
+    applied: dict[str, dict[int, int]] = {}
+    days: dict[str, list[int]] = {}
+    replayed = late = 0
+    for message in messages:
+        routed = decode_columns(message.value, INBOUND_FIELDS)
+        closed = tracker.closed
+        start = {org: dict(done) for org, done in applied.items()}
+        for org, ts, offset in zip(routed.columns["dst"], routed.columns["ts"].tolist(),
+                                   routed.columns["offset"].tolist(), strict=True):
+            if offset <= start.get(org, {}).get(routed.source, -1):
+                replayed += 1
+                continue
+            done = applied.setdefault(org, {})
+            done[routed.source] = max(done.get(routed.source, -1), offset)
+            if closed is not None and ts <= closed:
+                late += 1
+                continue
+            days.setdefault(org, []).append(day_of(ts))
+        if message.offset > tracker.tag:
+            tracker.observe(routed.source, routed.max_ts, routed.idle)
+            tracker.tag = message.offset
+        tracker.watermark()
+    return applied, {org: sorted(d) for org, d in days.items()}, replayed, late
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_inbound_batches_apply_what_records_one_by_one_would(seed: int) -> None:
+    sources = 1 + seed % 3
+    rng = random.Random(seed)
+    messages = _inbound_scenario(seed, sources)
+    applied, days, replayed, late = _inbound_model(messages, sources)
+    results = []
+    for split in ("one", "all", "random"):
+        stage = InboundStage(INBOUND_PARAMS, sources)
+        stage.load(0, None, [])
+        states: dict[str, bytes] = {}
+        totals = [0, 0, 0, 0]
+        alerts = []
+        pending = list(messages)
+        while pending:
+            take = {"one": 1, "all": len(pending)}.get(split) or rng.randrange(1, 9)
+            out = stage.process(0, pending[:take])
+            pending = pending[take:]
+            states.update(out.states)
+            totals = [a + b for a, b in zip(totals, (out.counts.applied, out.counts.replayed,
+                                                     out.counts.late, out.counts.drops),
+                                            strict=True)]
+            alerts += out.alerts
+        decoded = {org: InboundState.from_json(orjson.loads(v)) for org, v in states.items()}
+        assert {org: st.applied for org, st in decoded.items()} == applied
+        assert totals[1:3] == [replayed, late]
+        assert totals[0] == sum(map(len, days.values()))
+        results.append((decoded, totals, sorted(a.id for a in alerts)))
+    assert results[0] == results[1] == results[2]
 
 
 # --------------------------------------------------------------------------- alerts
