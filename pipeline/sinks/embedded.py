@@ -3,6 +3,13 @@
 chdb is ClickHouse in-process: one process at a time may open a store
 directory (a second one fails with "Cannot lock file"). Rows go in through
 Arrow tables, the fast path (about 1M rows/s here).
+
+Every INSERT writes a new part, and the worker's are mostly a few rows (a
+batch's omissions, alerts and batch records): the store keeps parts under
+:data:`PACKED_PART_BYTES` packed, one file each instead of about ten
+(ClickHouse's ``min_bytes_for_full_part_storage``), so such an INSERT costs
+fewer file operations (a 2-row INSERT 9.5 -> 7.5 ms in a probe; the latency
+phase of ``reciprocity bench`` at 10k events/s p50 1.69 s -> 1.46-1.53 s).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import orjson
 import pyarrow as pa
 
 from pipeline.sinks.base import Backend, ColumnBlock, StoreError, check_identifier
-from pipeline.sinks.schema import Table
+from pipeline.sinks.schema import TABLES, Table
 
 DEFAULT_DATABASE = "reciprocity"
 _TS = pa.timestamp("s", tz="UTC")
@@ -62,6 +69,10 @@ def arrow_columns(table: Table, block: ColumnBlock) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+#: parts under this size are stored packed (merges make larger ones full again)
+PACKED_PART_BYTES = 10 * 1024 * 1024
+
+
 def store_path(url: str) -> Path:
     """The directory of a ``chdb://`` URL (``chdb:///abs`` or ``chdb://./rel``)."""
     parts = urlsplit(url)
@@ -87,6 +98,14 @@ class ChdbBackend(Backend):
                 f"cannot open the store {self.path}: {exc} (only one process at a time "
                 "may open an embedded store; is a reciprocity run still using it?)"
             ) from exc
+
+    def ensure_schema(self, cluster: str | None = None) -> None:
+        """The migrations, then small parts packed (see the module doc), also in
+        a store made before (the setting changes no data, only new parts)."""
+        super().ensure_schema(cluster)
+        for table in TABLES:
+            self.execute(f"ALTER TABLE {self.database}.{table.name} MODIFY SETTING "
+                         f"min_bytes_for_full_part_storage = {PACKED_PART_BYTES}")
 
     def execute(self, statement: str) -> None:
         self._session.query(statement)

@@ -6,6 +6,7 @@ No mocks: the same contract tests run on each backend.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,27 @@ def test_rows_given_as_columns_are_stored_as_rows_are(backend: Backend) -> None:
     backend.write(batch)
     [only] = pair_rows(backend, "1h")
     assert (only["follow"], only["like"], only["share"], only["engagements"]) == (1, 2, 3, 6)
+
+
+def test_the_embedded_store_keeps_small_parts_packed(tmp_path: Path) -> None:
+    """chdb: every INSERT makes a part; small ones are one file each (packed),
+    in a new store and in one made before the setting (ensure_schema again)."""
+    from pipeline.sinks import open_backend
+    from pipeline.sinks.embedded import PACKED_PART_BYTES
+    from pipeline.sinks.schema import TABLES
+
+    store = open_backend(f"chdb://{tmp_path}/packed")
+    try:
+        store.ensure_schema()
+        store.ensure_schema()  # idempotent
+        queries = dict(store.query(
+            "SELECT name, create_table_query FROM system.tables WHERE database = 'reciprocity'"))
+        for table in TABLES:
+            assert f"min_bytes_for_full_part_storage = {PACKED_PART_BYTES}" in queries[table.name]
+        store.write(SinkBatch([row(0, (1, 0, 0, 0, 0, 0), 1)]))
+        assert store.query("SELECT DISTINCT part_storage_type FROM system.parts "
+                           "WHERE database = 'reciprocity' AND table = 'pair_windows' "
+                           "AND active") == [("Packed",)]
+        assert [r["engagements"] for r in pair_rows(store, "1h")] == [1]
+    finally:
+        store.close()
