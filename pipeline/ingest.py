@@ -57,7 +57,9 @@ SeenRecord = tuple[float | None, int, str]
 
 
 class Message(NamedTuple):
-    """One Kafka message as a stage sees it."""
+    """One Kafka message as a stage sees it. The worker hands the stages
+    aiokafka's fetched records (``pipeline.batches``), which have the same
+    attributes: stages read them by name, never as a tuple."""
 
     partition: int
     offset: int
