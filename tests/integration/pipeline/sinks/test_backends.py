@@ -121,3 +121,47 @@ def test_the_embedded_store_keeps_small_parts_packed(tmp_path: Path) -> None:
         assert [r["engagements"] for r in pair_rows(store, "1h")] == [1]
     finally:
         store.close()
+
+
+def test_small_blocks_as_json_text_store_what_arrow_stores(tmp_path: Path) -> None:
+    """chdb: a block under JSON_ROWS goes as JSON text in the INSERT, a larger
+    one (and any with bytes or a float JSON cannot hold) through Arrow; both
+    store exactly the same values."""
+    from pipeline.sinks import open_backend
+    from pipeline.sinks.base import ColumnBlock, _rows_block
+    from pipeline.sinks.embedded import ChdbBackend, arrow_columns, json_columns
+    from pipeline.sinks.schema import TABLES
+
+    tables = {t.name: t for t in TABLES}
+    store = open_backend(f"chdb://{tmp_path}/json")
+    assert isinstance(store, ChdbBackend)
+    try:
+        store.ensure_schema()
+        awkward = [0.1, 1e-7, 1 / 3, 2.0 ** 60 + 0.5, 1772445600.123456, 5e-324, -0.0]
+        rows = [PairWindowRow("1h", T0, f"src-{i}\u00e9\u2603\"\\\n", "dst\t", stream, i, i,
+                              2 ** 40 + i, 0, 0, 0, 0, value, i, 0,
+                              None if i % 2 else value, 2 ** 62 + i, NOW)
+                for stream in ("json", "arrow") for i, value in enumerate(awkward)]
+        table = tables["pair_windows"]
+        json_block, arrow_block = (_rows_block(table, [r for r in rows if r.stream == s])
+                                   for s in ("json", "arrow"))
+        assert json_columns(table, json_block) is not None
+        store.insert_columns(table, json_block)
+        store._insert(table, arrow_columns(table, arrow_block))
+        columns = ", ".join(c for c in table.column_names if c != "stream")
+        got = {s: store.query(f"SELECT {columns} FROM reciprocity.pair_windows "
+                              f"WHERE stream = '{s}' ORDER BY partition")
+               for s in ("json", "arrow")}
+        assert got["json"] == got["arrow"] and len(got["json"]) == len(awkward)
+        # what JSON cannot hold goes through Arrow
+        dead = tables["dead_letters"]
+        raw = DeadLetterRow("s", 0, 1, 0, "invalid_json", "x", b"\xff\xfe not utf-8", NOW)
+        assert json_columns(dead, _rows_block(dead, [raw])) is None
+        store.insert(dead, [raw])
+        assert store.query("SELECT hex(raw) FROM reciprocity.dead_letters") == [
+            (b"\xff\xfe not utf-8".hex().upper(),)]
+        nan = ColumnBlock([[c[0]] for c in json_block.columns])
+        nan.columns[table.column_names.index("value")] = [float("nan")]
+        assert json_columns(table, nan) is None
+    finally:
+        store.close()
