@@ -87,6 +87,9 @@ _TRACKER = "wm:"
 #: Seconds a partition may stay behind what the fetcher read, with no batch in
 #: flight, before the worker calls it a hole at the tail of the stream.
 TAIL_HOLE_S = 20.0
+#: longest a revocation waits for the batches in flight, as a share of the
+#: session timeout (the rebalance must finish well within it)
+REVOKE_WAIT_SHARE = 0.5
 #: longest wait for the broker to acknowledge a batch's messages before the
 #: worker gives up (stops, to be restarted) instead of hanging
 DELIVERY_TIMEOUT_S = 120.0
@@ -273,7 +276,9 @@ class Pipeline:
         self._last_input: dict[int, float] = {}
         self._idle: set[int] = set()
         self._route_lock = asyncio.Lock()
-        self._busy = 0  # batches in flight, all agents
+        self._busy = 0  # batches in flight, all agents (a failed one is not)
+        self._no_batch = asyncio.Event()  # set while none is in flight
+        self._no_batch.set()
         self._behind_since: dict[tuple[str, int, int], float] = {}
         #: highest offset sent to each internal (topic, partition)
         self.sent: dict[tuple[str, int], int] = {}
@@ -331,6 +336,8 @@ class Pipeline:
         batches = self.fetch.lanes[topic].batches(self.settings.batch_within_s)
         async for messages in batches:
             self._busy += 1
+            self._no_batch.clear()
+            in_flight = True
             try:
                 await handle(messages)
             except Exception as exc:
@@ -342,9 +349,33 @@ class Pipeline:
                 log.exception("batch failed; stopping the worker")
                 self.stats.fatal = exc
                 self.stats.progress.set()
+                in_flight = self._landed()  # no longer in flight: never resumed
                 await asyncio.Event().wait()
             finally:
-                self._busy -= 1
+                if in_flight:
+                    self._landed()
+
+    def _landed(self) -> bool:
+        """A batch is no longer in flight (returns False, for the caller's flag)."""
+        self._busy -= 1
+        if not self._busy:
+            self._no_batch.set()
+        return False
+
+    async def _settle(self) -> None:
+        """Wait for the batches in flight to finish, at most ``REVOKE_WAIT_SHARE``
+        of the session timeout. Faust has suspended the flow by the time it
+        revokes partitions, so no batch starts meanwhile; one in flight finishes
+        with the partitions it began with, so no stage state of a revoked
+        partition is loaded again or written after it is forgotten (the pair
+        and inbound stages give the event loop back between partitions)."""
+        if self._busy:
+            timeout = self.settings.session_timeout_s * REVOKE_WAIT_SHARE
+            try:
+                await asyncio.wait_for(self._no_batch.wait(), timeout)
+            except TimeoutError:
+                log.warning("partitions revoked while %d batch(es) still in flight "
+                            "after %.1f s", self._busy, timeout)
 
     async def _check_tail_holes(self) -> None:
         """Timer: catch a hole at the end of a partition, which no later message
@@ -430,6 +461,7 @@ class Pipeline:
         """Revoked partitions: whoever gets them next starts their sequence anew."""
         revoked = args[0] if args else kwargs.get("revoked", ())
         settings = self.settings
+        await self._settle()
         self.fetch.forget(revoked)
         for tp in revoked:
             guard = self.guards.get(tp.topic)
@@ -874,6 +906,7 @@ class Pipeline:
         dead: list[DeadLetter] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
+            await asyncio.sleep(0)  # the loop's other work between partitions
             self._load_pairs(partition)
             outcome = stage.process(partition, group, stream, now)
             outcomes.append((group[-1], outcome))
@@ -935,6 +968,7 @@ class Pipeline:
         alerts: list[Alert] = []
         outcomes = []
         for partition, group in _by_partition(applied).items():
+            await asyncio.sleep(0)  # the loop's other work between partitions
             self._load_stage(stage, self.inbound_table, partition, _org_of_key, _same)
             outcome = stage.process(partition, group)
             outcomes.append((group[-1], outcome))
