@@ -48,6 +48,12 @@ from schemas.registry import load_registry
 _KIND_COLUMNS = "follows, likes, shares, replies, mentions, thanks"
 #: event templates the live producer cycles through (fresh id and ts each)
 _LIVE_POOL = 50_000
+#: the live producer's linger, as the project's producers send
+#: (``producers.kafka_writer``). The Tansu broker's fetches cost more with
+#: every record batch a partition holds: at 5 ms (about 800 batches a second
+#: at 10k events/s) its CPU grew from 0.2 to a whole core within 30 s of one
+#: consumer reading, and each fetch took about 120 ms (docs/benchmarks.md).
+LIVE_LINGER_MS = 20
 
 
 def bench_settings(spec: PhaseSpec, dataset: Dataset) -> Settings:
@@ -312,7 +318,7 @@ def run_live_producer(spec: PhaseSpec) -> PhaseResult:
     dataset = Dataset.load(spec.dataset)
     pool = [orjson.loads(line) for line in islice(read_lines(dataset.events_path), _LIVE_POOL)]
     total = max(1, int(spec.rate * spec.seconds))
-    sender = Sender(spec.bootstrap, spec.topic, linger_ms=5)
+    sender = Sender(spec.bootstrap, spec.topic, linger_ms=LIVE_LINGER_MS)
     started = time.monotonic()
     n = 0
     while n < total:
