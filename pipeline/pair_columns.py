@@ -37,7 +37,7 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,31 @@ def _grow(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
     extra = np.full((max(size, 2 * len(array)) - len(array), *array.shape[1:]), fill,
                     dtype=array.dtype)
     return np.concatenate([array, extra])
+
+
+#: windows added since the windows were last sorted that make them sort again
+#: (at least this many, and at least a quarter of the sorted ones)
+MIN_UNSORTED_WINDOWS = 4096
+
+
+def _append(part: _Partition, name: str, more: np.ndarray) -> None:
+    """Set ``part.<name>`` to itself followed by ``more``, in room kept behind
+    it: a batch's appends cost what they add, not what the array holds (the
+    room doubles when it runs out). An array given a new value in between
+    (filtered, loaded) starts a new room; views handed out before keep their
+    values, since appends only write behind them."""
+    current = getattr(part, name)
+    n, k = len(current), len(more)
+    held = part.room.get(name)
+    if held is not None and held[1] is current and len(held[0]) >= n + k:
+        room = held[0]
+    else:
+        room = np.empty((max(2 * (n + k), 1024), *current.shape[1:]), dtype=current.dtype)
+        room[:n] = current
+    room[n:n + k] = more
+    view = room[:n + k]
+    setattr(part, name, view)
+    part.room[name] = (room, view)
 
 
 def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,11 +262,16 @@ class _Partition:
         #: after a load), and the pair-directions given new times since
         self.p_first: np.ndarray | None = _empty(F64)
         self.touched: list[np.ndarray] = []
-        #: windows that can still change, sorted by key
+        #: windows that can still change: sorted by key, then those added
+        #: since (``w_new``: key -> position), sorted again once they are many
+        #: (:data:`MIN_UNSORTED_WINDOWS`), before a snapshot and when some retire
         self.w_key = _empty(I64)
         self.w_counts = _empty(I64, 0, N_KINDS)
         self.w_recip = _empty(I64)
         self.w_snub = _empty(I64)
+        self.w_new: dict[int, int] = {}
+        #: the watermark from which some window may retire (None: unknown)
+        self.w_due: float | None = None
         #: decided delays: (window key, first return - ts)
         self.d_key = _empty(I64)
         self.d_val = _empty(F64)
@@ -261,6 +291,8 @@ class _Partition:
         self.delta_bytes = 0
         self.snapshot_bytes = 0
         self.keys: tuple[set[str], set[str]] = (set(), set())
+        #: the room behind arrays that grow at their end (:func:`_append`)
+        self.room: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def pairs(self) -> int:
@@ -525,12 +557,9 @@ class ColumnarPairStage:
         if not len(ts):
             return ts
         pd = 2 * pid + backward
-        part.p_pd = np.concatenate([part.p_pd, pd])
-        part.p_ts = np.concatenate([part.p_ts, ts])
-        part.p_kind = np.concatenate([part.p_kind, kind])
-        part.p_id = np.concatenate([part.p_id, event_ids])
-        part.t_pd = np.concatenate([part.t_pd, pd])
-        part.t_ts = np.concatenate([part.t_ts, ts])
+        for name, values in (("p_pd", pd), ("p_ts", ts), ("p_kind", kind), ("p_id", event_ids),
+                             ("t_pd", pd), ("t_ts", ts)):
+            _append(part, name, values)
         part.touched.append(pd)
         if len(part.touched) >= 64:  # no decision for a while (no watermark yet)
             part.touched = [np.unique(np.concatenate(part.touched))]
@@ -611,16 +640,56 @@ class ColumnarPairStage:
         kinds = np.tile(kind, len(self.sizes))
         added = np.bincount(inverse * N_KINDS + kinds,
                             minlength=len(unique) * N_KINDS).reshape(-1, N_KINDS)
-        pos, found = _find(part.w_key, unique)
+        pos, found = self._locate(part, unique)
         if not found.all():
-            at, new = pos[~found], unique[~found]
-            part.w_key = np.insert(part.w_key, at, new)
-            part.w_counts = np.insert(part.w_counts, at, 0, axis=0)
-            part.w_recip = np.insert(part.w_recip, at, 0)
-            part.w_snub = np.insert(part.w_snub, at, 0)
-            pos = np.searchsorted(part.w_key, unique)
+            new = unique[~found]
+            first = len(part.w_key)
+            _append(part, "w_key", new)
+            _append(part, "w_counts", np.zeros((len(new), N_KINDS), dtype=I64))
+            _append(part, "w_recip", np.zeros(len(new), dtype=I64))
+            _append(part, "w_snub", np.zeros(len(new), dtype=I64))
+            pos[~found] = np.arange(first, first + len(new))
+            part.w_new.update(zip(new.tolist(), range(first, first + len(new)), strict=True))
+            if part.w_due is not None:
+                part.w_due = min(part.w_due, float(self._window_ends(new).min()))
         part.w_counts[pos] += added
         dirty.append(unique)
+        if len(part.w_new) >= max(MIN_UNSORTED_WINDOWS, (len(part.w_key) - len(part.w_new)) // 4):
+            self._sort_windows(part)
+
+    def _window_ends(self, keys: np.ndarray) -> np.ndarray:
+        """When each window (by key) ends, plus the horizon: from then on the
+        watermark retires it."""
+        size = self.sizes[(keys >> _SLOT_BITS) % len(self.sizes)]
+        return ((keys & _SLOT_MASK) - _SLOT_BIAS + 1) * size + self.params.horizon_s
+
+    @staticmethod
+    def _locate(part: _Partition, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each key's window position and whether it has one: among the sorted
+        windows, else among those added since."""
+        unsorted = len(part.w_new)
+        pos, found = _find(part.w_key[:len(part.w_key) - unsorted], keys)
+        if unsorted and not found.all():
+            missing = np.flatnonzero(~found)
+            at = np.fromiter(map(part.w_new.get, keys[missing].tolist(), repeat(-1)),
+                             dtype=I64, count=len(missing))
+            pos[missing] = at
+            found[missing] = at >= 0
+        return pos, found
+
+    @staticmethod
+    def _sort_windows(part: _Partition) -> None:
+        """The windows added since the last sort among the sorted ones (in
+        place of each window's figures, the same state)."""
+        if not part.w_new:
+            return
+        m = len(part.w_key) - len(part.w_new)
+        order = m + np.argsort(part.w_key[m:], kind="stable")
+        at = np.searchsorted(part.w_key[:m], part.w_key[order])
+        for name in ("w_key", "w_counts", "w_recip", "w_snub"):
+            values = getattr(part, name)
+            setattr(part, name, np.insert(values[:m], at, values[order], axis=0))
+        part.w_new = {}
 
     def _count_days(self, part: _Partition, pd: np.ndarray, ts: np.ndarray) -> None:
         n = self.params.drop_days
@@ -668,11 +737,11 @@ class ColumnarPairStage:
             d_recip = reciprocated[decided]
             delays = (first[decided] - d_ts)[d_recip]
             for keys in self._window_keys(d_pd, d_ts):
-                pos = np.searchsorted(part.w_key, keys)
+                pos, _found = self._locate(part, keys)
                 np.add.at(part.w_recip, pos[d_recip], 1)
                 np.add.at(part.w_snub, pos[~d_recip], 1)
-                part.d_key = np.concatenate([part.d_key, keys[d_recip]])
-                part.d_val = np.concatenate([part.d_val, delays])
+                _append(part, "d_key", keys[d_recip])
+                _append(part, "d_val", delays)
                 dirty.append(keys)
             out.counts.reciprocated += int(d_recip.sum())
             if snubbed.any():
@@ -820,14 +889,16 @@ class ColumnarPairStage:
 
     def _retire(self, part: _Partition, watermark: float) -> None:
         """Drop windows that can no longer change (their last row is written)."""
-        if not len(part.w_key):
+        if not len(part.w_key) or (part.w_due is not None and watermark < part.w_due):
             return
-        index = (part.w_key >> _SLOT_BITS) % len(self.sizes)
-        size = self.sizes[index]
-        end = ((part.w_key & _SLOT_MASK) - _SLOT_BIAS + 1) * size
-        keep = end + self.params.horizon_s > watermark
+        due = self._window_ends(part.w_key)
+        keep = due > watermark
+        part.w_due = float(due[keep].min()) if keep.any() else None
         if keep.all():
             return
+        self._sort_windows(part)
+        due = self._window_ends(part.w_key)
+        keep = due > watermark
         gone = part.w_key[~keep]
         part.w_key, part.w_counts = part.w_key[keep], part.w_counts[keep]
         part.w_recip, part.w_snub = part.w_recip[keep], part.w_snub[keep]
@@ -893,6 +964,7 @@ class ColumnarPairStage:
     def _snapshot(self, part: _Partition) -> bytes:
         """The partition's state as bytes: a JSON line (orgs, event ids, the
         arrays' names, types and shapes), then the arrays' bytes."""
+        self._sort_windows(part)  # the windows sorted by key, as loading expects
         pairs = part.pairs
         # orgs in name order: the same state gives the same bytes whatever the interning
         names = np.array(self._org_names, dtype=object)
@@ -937,7 +1009,7 @@ class ColumnarPairStage:
 
     def _rows(self, part: _Partition, keys: np.ndarray, partition: int, stream: str,
               now: datetime, version: int) -> PairWindowColumns:
-        pos = np.searchsorted(part.w_key, keys)
+        pos, _found = self._locate(part, keys)
         counts = part.w_counts[pos]
         weights = self._weights
         value = counts[:, 0] * weights[0]

@@ -9,15 +9,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
 from pipeline import pair_columns
 from pipeline.ingest import Engagement, Message
 from pipeline.pair_columns import ColumnarOutcome, ColumnarPairStage, partition_prefix
-from pipeline.pairs import PairOutcome, PairStage
+from pipeline.pairs import N_KINDS, PairOutcome, PairStage
 from pipeline.reciprocity import Params
 from pipeline.routing import encode
+from pipeline.watermark import WatermarkTracker
 from schemas.registry import Org, Registry
 
 H = 3600
@@ -101,7 +103,10 @@ def _scenario(seed: int, sources: int, horizon: float) -> list[list[Message]]:
 
 
 @pytest.mark.parametrize("seed", range(60))
-def test_columns_find_what_objects_find(seed: int) -> None:
+def test_columns_find_what_objects_find(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # new windows sorted in after every batch, after a few, or (4096) only
+    # before a snapshot and when some retire
+    monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (1, 3, 8, 4096)[seed % 4])
     sources = 1 + seed % 3
     horizon = 3 * H if seed % 2 else 20 * H
     params = Params(windows=(H, D), horizon_s=horizon, lateness_s=60.0,
@@ -146,6 +151,7 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
     monkeypatch.setattr(pair_columns, "PART_BYTES", 200)
     monkeypatch.setattr(pair_columns, "MIN_SNAPSHOT_BYTES", 1500 if seed % 2 else 0)
     monkeypatch.setattr(pair_columns, "MAX_DELTAS", 1 + seed % 4)
+    monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (2, 4096, 5)[seed % 3])
     sources = 1 + seed % 3
     params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
                     drop_min_baseline=1.0)
@@ -262,3 +268,73 @@ def test_first_returns_kept_between_batches_equal_those_worked_out_anew(seed: in
         assert stage._first_returns(part).tolist() == kept.tolist()
         checked += len(kept)
     assert checked or seed % 2 == 0
+
+
+def test_appends_keep_room_behind_an_array_and_never_change_what_was_handed_out() -> None:
+    """``pair_columns._append``: appends write behind the array in kept room
+    (no copy of what it holds), earlier views keep their values, and an array
+    given a new value in between starts a new room."""
+    part = pair_columns._Partition(WatermarkTracker(1, 60.0), 1)
+    pair_columns._append(part, "p_ts", np.array([1.0, 2.0]))
+    before = part.p_ts
+    room = part.room["p_ts"][0]
+    pair_columns._append(part, "p_ts", np.array([3.0]))
+    assert part.p_ts.tolist() == [1.0, 2.0, 3.0] and before.tolist() == [1.0, 2.0]
+    assert part.room["p_ts"][0] is room and np.shares_memory(part.p_ts, room)
+    part.p_ts = part.p_ts[[True, False, True]]  # filtered: a new array
+    pair_columns._append(part, "p_ts", np.array([4.0]))
+    assert part.p_ts.tolist() == [1.0, 3.0, 4.0] and part.room["p_ts"][0] is not room
+    assert before.tolist() == [1.0, 2.0]
+    pair_columns._append(part, "w_counts", np.ones((3, N_KINDS), dtype=np.int64))
+    big = np.arange(5000.0)
+    pair_columns._append(part, "p_ts", big)  # beyond the room: a larger one
+    assert part.p_ts.tolist() == [1.0, 3.0, 4.0, *big.tolist()]
+    assert part.w_counts.shape == (3, N_KINDS)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_windows_retire_once_the_watermark_passes_their_end_and_horizon(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After every batch the partition holds no window whose end plus the
+    horizon the watermark has passed (the retire check is skipped until the
+    earliest such time, which every new window may bring forward)."""
+    monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (1, 4096)[seed % 2])
+    sources = 1 + seed % 3
+    horizon = 3 * H if seed % 2 else 20 * H
+    params = Params(windows=(H, D), horizon_s=horizon, lateness_s=60.0,
+                    drop_days=3, drop_min_baseline=1.0)
+    stage = ColumnarPairStage(REGISTRY, params, sources)
+    stage.load(2, None)
+    part = stage._partitions[2]
+    retired = 0
+    for batch in _scenario(seed, sources, horizon):
+        before = set(part.w_key.tolist())
+        stage.process(2, batch, "s", NOW)
+        closed = part.tracker.closed
+        if closed is None or not len(part.w_key):
+            continue
+        assert (stage._window_ends(part.w_key) > closed).all()
+        retired += len(before - set(part.w_key.tolist()))
+    assert retired or seed % 2
+
+
+def test_a_new_window_that_retires_before_the_others_retires_in_time() -> None:
+    """A window added for an earlier hour (an engagement within the lateness,
+    across the hour's end) retires before every window held so far: the
+    retire check must not wait for the later ones."""
+    params = Params(windows=(H,), horizon_s=H, lateness_s=600.0, drop_days=3,
+                    drop_min_baseline=1.0)
+    stage = ColumnarPairStage(REGISTRY, params, 1)
+    stage.load(2, None)
+    part = stage._partitions[2]
+    t = DAY0 + 10 * H
+    batches = [
+        [Engagement("a", 0, "uni", "med", t + 300.0, 0)],  # the 10h window, retires at 12h
+        [Engagement("b", 0, "lab", "ext", t - 60.0, 1)],  # the 9h window, retires at 11h
+        [],  # the watermark past 11h, before 12h
+    ]
+    highs = [t + 300.0, t + 300.0, t + H + 900.0]
+    for offset, (records, high) in enumerate(zip(batches, highs, strict=True)):
+        stage.process(2, [Message(2, offset, encode(0, high, False, records))], "s", NOW)
+    assert part.tracker.closed == t + H + 300.0
+    assert [int(k) for k in stage._window_ends(part.w_key)] == [t + 2 * H]
