@@ -137,17 +137,20 @@ MIN_UNSORTED_WINDOWS = 4096
 
 def _append(part: _Partition, name: str, more: np.ndarray) -> None:
     """Set ``part.<name>`` to itself followed by ``more``, in room kept behind
-    it: a batch's appends cost what they add, not what the array holds (the
-    room doubles when it runs out). An array given a new value in between
-    (filtered, loaded) starts a new room; views handed out before keep their
-    values, since appends only write behind them."""
+    it: appends to an array that nothing else changed in between cost what
+    they add, not what the array holds (its room doubles when it runs out).
+    An array given a new value since its last append (filtered, loaded) gets
+    exactly the room it needs: where batches filter it anyway (a backlog's
+    decisions and retired windows), spare room would only cost memory.
+    Views handed out before keep their values: appends only write behind them."""
     current = getattr(part, name)
     n, k = len(current), len(more)
     held = part.room.get(name)
     if held is not None and held[1] is current and len(held[0]) >= n + k:
         room = held[0]
     else:
-        room = np.empty((max(2 * (n + k), 1024), *current.shape[1:]), dtype=current.dtype)
+        size = 2 * (n + k) if held is not None and held[1] is current else n + k
+        room = np.empty((size, *current.shape[1:]), dtype=current.dtype)
         room[:n] = current
     room[n:n + k] = more
     view = room[:n + k]

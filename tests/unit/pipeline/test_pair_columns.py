@@ -271,25 +271,29 @@ def test_first_returns_kept_between_batches_equal_those_worked_out_anew(seed: in
 
 
 def test_appends_keep_room_behind_an_array_and_never_change_what_was_handed_out() -> None:
-    """``pair_columns._append``: appends write behind the array in kept room
-    (no copy of what it holds), earlier views keep their values, and an array
-    given a new value in between starts a new room."""
+    """``pair_columns._append``: appends to an array appended to before write
+    behind it in kept room (no copy of what it holds), earlier views keep
+    their values, and an array given a new value in between gets exactly
+    the room it needs."""
     part = pair_columns._Partition(WatermarkTracker(1, 60.0), 1)
     pair_columns._append(part, "p_ts", np.array([1.0, 2.0]))
-    before = part.p_ts
-    room = part.room["p_ts"][0]
+    assert len(part.room["p_ts"][0]) == 2  # new: no spare room
     pair_columns._append(part, "p_ts", np.array([3.0]))
-    assert part.p_ts.tolist() == [1.0, 2.0, 3.0] and before.tolist() == [1.0, 2.0]
-    assert part.room["p_ts"][0] is room and np.shares_memory(part.p_ts, room)
-    part.p_ts = part.p_ts[[True, False, True]]  # filtered: a new array
+    room = part.room["p_ts"][0]
+    assert len(room) == 6  # appended again: the room doubles
+    before = part.p_ts
     pair_columns._append(part, "p_ts", np.array([4.0]))
-    assert part.p_ts.tolist() == [1.0, 3.0, 4.0] and part.room["p_ts"][0] is not room
-    assert before.tolist() == [1.0, 2.0]
+    assert part.p_ts.tolist() == [1.0, 2.0, 3.0, 4.0] and before.tolist() == [1.0, 2.0, 3.0]
+    assert part.room["p_ts"][0] is room and np.shares_memory(part.p_ts, room)
+    part.p_ts = part.p_ts[[True, False, True, True]]  # filtered: a new array
+    pair_columns._append(part, "p_ts", np.array([5.0]))
+    assert part.p_ts.tolist() == [1.0, 3.0, 4.0, 5.0] and part.room["p_ts"][0] is not room
+    assert len(part.room["p_ts"][0]) == 4 and before.tolist() == [1.0, 2.0, 3.0]
     pair_columns._append(part, "w_counts", np.ones((3, N_KINDS), dtype=np.int64))
     big = np.arange(5000.0)
     pair_columns._append(part, "p_ts", big)  # beyond the room: a larger one
-    assert part.p_ts.tolist() == [1.0, 3.0, 4.0, *big.tolist()]
-    assert part.w_counts.shape == (3, N_KINDS)
+    assert part.p_ts.tolist() == [1.0, 3.0, 4.0, 5.0, *big.tolist()]
+    assert part.w_counts.shape == (3, N_KINDS) and part.w_counts.sum() == 3 * N_KINDS
 
 
 @pytest.mark.parametrize("seed", range(30))
