@@ -138,7 +138,8 @@ MIN_UNSORTED_WINDOWS = 4096
 def _append(part: _Partition, name: str, more: np.ndarray) -> None:
     """Set ``part.<name>`` to itself followed by ``more``, in room kept behind
     it: appends to an array that nothing else changed in between cost what
-    they add, not what the array holds (its room doubles when it runs out).
+    they add, not what the array holds (its room grows by a quarter when it
+    runs out).
     An array given a new value since its last append (filtered, loaded) gets
     exactly the room it needs: where batches filter it anyway (a backlog's
     decisions and retired windows), spare room would only cost memory.
@@ -149,7 +150,9 @@ def _append(part: _Partition, name: str, more: np.ndarray) -> None:
     if held is not None and held[1] is current and len(held[0]) >= n + k:
         room = held[0]
     else:
-        size = 2 * (n + k) if held is not None and held[1] is current else n + k
+        size = n + k
+        if held is not None and held[1] is current:
+            size += max(size // 4, 1024)
         room = np.empty((size, *current.shape[1:]), dtype=current.dtype)
         room[:n] = current
     room[n:n + k] = more

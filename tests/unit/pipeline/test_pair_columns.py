@@ -280,7 +280,7 @@ def test_appends_keep_room_behind_an_array_and_never_change_what_was_handed_out(
     assert len(part.room["p_ts"][0]) == 2  # new: no spare room
     pair_columns._append(part, "p_ts", np.array([3.0]))
     room = part.room["p_ts"][0]
-    assert len(room) == 6  # appended again: the room doubles
+    assert len(room) == 3 + 1024  # appended again: room behind it
     before = part.p_ts
     pair_columns._append(part, "p_ts", np.array([4.0]))
     assert part.p_ts.tolist() == [1.0, 2.0, 3.0, 4.0] and before.tolist() == [1.0, 2.0, 3.0]
