@@ -133,6 +133,9 @@ def _grow(array: np.ndarray, size: int, fill: Any) -> np.ndarray:
 #: windows added since the windows were last sorted that make them sort again
 #: (at least this many, and at least a quarter of the sorted ones)
 MIN_UNSORTED_WINDOWS = 4096
+#: a batch touching at least 1/this of the windows sorts them first and after:
+#: for a backlog's large batches sorted lookups are cheaper than the dict's
+LARGE_BATCH_SHARE = 8
 
 
 def _append(part: _Partition, name: str, more: np.ndarray) -> None:
@@ -646,6 +649,9 @@ class ColumnarPairStage:
         kinds = np.tile(kind, len(self.sizes))
         added = np.bincount(inverse * N_KINDS + kinds,
                             minlength=len(unique) * N_KINDS).reshape(-1, N_KINDS)
+        large = len(unique) * LARGE_BATCH_SHARE >= len(part.w_key)
+        if large:
+            self._sort_windows(part)
         pos, found = self._locate(part, unique)
         if not found.all():
             new = unique[~found]
@@ -660,7 +666,8 @@ class ColumnarPairStage:
                 part.w_due = min(part.w_due, float(self._window_ends(new).min()))
         part.w_counts[pos] += added
         dirty.append(unique)
-        if len(part.w_new) >= max(MIN_UNSORTED_WINDOWS, (len(part.w_key) - len(part.w_new)) // 4):
+        if large or len(part.w_new) >= max(MIN_UNSORTED_WINDOWS,
+                                           (len(part.w_key) - len(part.w_new)) // 4):
             self._sort_windows(part)
 
     def _window_ends(self, keys: np.ndarray) -> np.ndarray:

@@ -107,6 +107,7 @@ def test_columns_find_what_objects_find(seed: int, monkeypatch: pytest.MonkeyPat
     # new windows sorted in after every batch, after a few, or (4096) only
     # before a snapshot and when some retire
     monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (1, 3, 8, 4096)[seed % 4])
+    monkeypatch.setattr(pair_columns, "LARGE_BATCH_SHARE", (8, 1 << 40)[seed % 3 == 0])
     sources = 1 + seed % 3
     horizon = 3 * H if seed % 2 else 20 * H
     params = Params(windows=(H, D), horizon_s=horizon, lateness_s=60.0,
@@ -152,6 +153,7 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
     monkeypatch.setattr(pair_columns, "MIN_SNAPSHOT_BYTES", 1500 if seed % 2 else 0)
     monkeypatch.setattr(pair_columns, "MAX_DELTAS", 1 + seed % 4)
     monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (2, 4096, 5)[seed % 3])
+    monkeypatch.setattr(pair_columns, "LARGE_BATCH_SHARE", (8, 1 << 40)[seed % 2])
     sources = 1 + seed % 3
     params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
                     drop_min_baseline=1.0)
@@ -303,6 +305,7 @@ def test_windows_retire_once_the_watermark_passes_their_end_and_horizon(
     horizon the watermark has passed (the retire check is skipped until the
     earliest such time, which every new window may bring forward)."""
     monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (1, 4096)[seed % 2])
+    monkeypatch.setattr(pair_columns, "LARGE_BATCH_SHARE", 1 << 40)
     sources = 1 + seed % 3
     horizon = 3 * H if seed % 2 else 20 * H
     params = Params(windows=(H, D), horizon_s=horizon, lateness_s=60.0,
