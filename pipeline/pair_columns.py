@@ -164,6 +164,14 @@ def _append(part: _Partition, name: str, more: np.ndarray) -> None:
     part.room[name] = (room, view)
 
 
+def _drop_stale_rooms(part: _Partition) -> None:
+    """Let go of the room of arrays given a new value since their last append
+    (it would hold their old values as long as the partition lives)."""
+    for name in [name for name, (_, view) in part.room.items()
+                 if getattr(part, name) is not view]:
+        del part.room[name]
+
+
 def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``wanted`` in sorted ``keys`` and whether each is there."""
     pos = np.searchsorted(keys, wanted)
@@ -459,6 +467,7 @@ class ColumnarPairStage:
         if kept is not None or decided_at is not None:
             self._persist(part, partition, {"r": kept, "at": decided_at}, out)
         out.tracker = part.tracker.to_json()
+        _drop_stale_rooms(part)
         return out
 
     def _interned(self, names: Sequence[str]) -> np.ndarray:

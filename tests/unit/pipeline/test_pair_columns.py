@@ -291,10 +291,14 @@ def test_appends_keep_room_behind_an_array_and_never_change_what_was_handed_out(
     pair_columns._append(part, "p_ts", np.array([5.0]))
     assert part.p_ts.tolist() == [1.0, 3.0, 4.0, 5.0] and part.room["p_ts"][0] is not room
     assert len(part.room["p_ts"][0]) == 4 and before.tolist() == [1.0, 2.0, 3.0]
+    part.p_ts = part.p_ts[:2]  # replaced after its last append: its room is let go
+    pair_columns._drop_stale_rooms(part)
+    assert "p_ts" not in part.room
+    pair_columns._append(part, "p_ts", np.array([5.0]))
     pair_columns._append(part, "w_counts", np.ones((3, N_KINDS), dtype=np.int64))
     big = np.arange(5000.0)
     pair_columns._append(part, "p_ts", big)  # beyond the room: a larger one
-    assert part.p_ts.tolist() == [1.0, 3.0, 4.0, 5.0, *big.tolist()]
+    assert part.p_ts.tolist() == [1.0, 3.0, 5.0, *big.tolist()]
     assert part.w_counts.shape == (3, N_KINDS) and part.w_counts.sum() == 3 * N_KINDS
 
 
