@@ -33,6 +33,7 @@ through the same code on load (:meth:`ColumnarPairStage._persist`).
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -298,6 +299,9 @@ class _Partition:
         self.day_count = _empty(I64)
         self.s_start = _empty(I64)
         self.s_next = _empty(I64)
+        #: the watermark before which no series has a day to evaluate: at most
+        #: the earliest next day's end (None: unknown, inf: none has one)
+        self.s_due: float | None = None
         self.s_floor = _empty(I64)
         #: how the state is in the table: the snapshot's generation and slot
         #: (0 or 1), the deltas on top of it and their bytes, the snapshot's
@@ -741,6 +745,10 @@ class ColumnarPairStage:
         nxt = np.where(fresh, low + n, np.where(earlier, np.minimum(next1, low + n), next1))
         part.s_start[series] = start
         part.s_next[series] = nxt
+        if part.s_due is not None:
+            live = nxt[nxt != NONE]
+            if len(live):
+                part.s_due = min(part.s_due, float((live.min() + 1) * DAY))
 
     def _decide(self, part: _Partition, watermark: float, dirty: list[np.ndarray],
                 out: ColumnarOutcome) -> None:
@@ -860,16 +868,20 @@ class ColumnarPairStage:
     def _evaluate_days(self, part: _Partition, watermark: float, out: ColumnarOutcome) -> None:
         """Every day the watermark closes, for every day series at once
         (``pipeline.days.DaySeries.evaluate``)."""
+        if part.s_due is not None and watermark < part.s_due:
+            return  # no series has a day to evaluate yet
         params = self.params
         n = params.drop_days
         keys, day_counts = part.day_key, part.day_count
-        totals = np.concatenate([[0], np.cumsum(day_counts)])
+        totals = _empty(I64)
         evaluated = False
         while True:
             nxt = part.s_next
             series = np.flatnonzero((nxt != NONE) & ((nxt + 1) * float(DAY) <= watermark))
             if not len(series):
                 break
+            if not evaluated:
+                totals = np.concatenate([[0], np.cumsum(day_counts)])
             evaluated = True
             day = nxt[series]
             base = series << _DAY_BITS
@@ -894,6 +906,8 @@ class ColumnarPairStage:
             owner = keys >> _DAY_BITS
             keep = (keys & _DAY_MASK) - _DAY_BIAS >= part.s_floor[owner]
             part.day_key, part.day_count = keys[keep], day_counts[keep]
+        live = part.s_next[part.s_next != NONE]
+        part.s_due = float((live.min() + 1) * DAY) if len(live) else math.inf
 
     def _drops(self, part: _Partition, series: np.ndarray, day: np.ndarray, count: np.ndarray,
                baseline: np.ndarray, out: ColumnarOutcome) -> None:

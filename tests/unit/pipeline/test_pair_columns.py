@@ -349,3 +349,30 @@ def test_a_new_window_that_retires_before_the_others_retires_in_time() -> None:
         stage.process(2, [Message(2, offset, encode(0, high, False, records))], "s", NOW)
     assert part.tracker.closed == t + H + 300.0
     assert [int(k) for k in stage._window_ends(part.w_key)] == [t + 2 * H]
+
+
+def test_a_day_series_begun_after_every_other_went_dormant_is_evaluated() -> None:
+    """Day series are evaluated only once the watermark reaches the earliest
+    next day of any (``s_due``); a series begun after every earlier one went
+    dormant brings that day forward, and its drop is found."""
+    params = Params(windows=(H,), horizon_s=H, lateness_s=60.0, drop_days=3,
+                    drop_min_baseline=1.0, watched_orgs=frozenset())
+    old, new = PairStage(REGISTRY, params, 1), ColumnarPairStage(REGISTRY, params, 1)
+    old.load(2, None, [])
+    new.load(2, None)
+    plan = [(0, ("uni", "med")), (5, ("lab", "ext")), (6, ("lab", "ext")), (7, ("lab", "ext"))]
+    messages = []
+    for i, (day, (src, dst)) in enumerate(plan):
+        at = DAY0 + day * D + 12 * H
+        messages.append(encode(0, at, False, [Engagement(f"e{i}", 0, src, dst, float(at), i)]))
+    messages.append(encode(0, DAY0 + 4 * D + 12 * H, False))  # uni -> med's series evaluated
+    messages.sort(key=lambda value: orjson.loads(value)["max"])
+    messages.append(encode(0, DAY0 + 10 * D, False))  # past lab -> ext's empty day 8
+    drops = 0
+    for offset, value in enumerate(messages):
+        batch = [Message(2, offset, value)]
+        expected = old.process(2, batch, "s", NOW)
+        got = new.process(2, batch, "s", NOW)
+        _same(expected, got)
+        drops += got.counts.drops
+    assert drops == 1
