@@ -349,18 +349,18 @@ class Pipeline:
                 log.exception("batch failed; stopping the worker")
                 self.stats.fatal = exc
                 self.stats.progress.set()
-                in_flight = self._landed()  # no longer in flight: never resumed
+                in_flight = False  # never resumed: no longer in flight
+                self._landed()
                 await asyncio.Event().wait()
             finally:
                 if in_flight:
                     self._landed()
 
-    def _landed(self) -> bool:
-        """A batch is no longer in flight (returns False, for the caller's flag)."""
+    def _landed(self) -> None:
+        """A batch is no longer in flight."""
         self._busy -= 1
         if not self._busy:
             self._no_batch.set()
-        return False
 
     async def _settle(self) -> None:
         """Wait for the batches in flight to finish, at most ``REVOKE_WAIT_SHARE``

@@ -143,11 +143,11 @@ def _append(part: _Partition, name: str, more: np.ndarray) -> None:
     """Set ``part.<name>`` to itself followed by ``more``, in room kept behind
     it: appends to an array that nothing else changed in between cost what
     they add, not what the array holds (its room grows by a quarter when it
-    runs out).
-    An array given a new value since its last append (filtered, loaded) gets
-    exactly the room it needs: where batches filter it anyway (a backlog's
-    decisions and retired windows), spare room would only cost memory.
-    Views handed out before keep their values: appends only write behind them."""
+    runs out). An array given a new value since its last append (filtered,
+    loaded) gets exactly the room it needs: where batches filter it anyway
+    (a backlog's decisions and retired windows), spare room would only cost
+    memory. Views handed out before keep their values: appends only write
+    behind them."""
     current = getattr(part, name)
     n, k = len(current), len(more)
     held = part.room.get(name)
@@ -288,7 +288,8 @@ class _Partition:
         self.w_recip = _empty(I64)
         self.w_snub = _empty(I64)
         self.w_new: dict[int, int] = {}
-        #: the watermark from which some window may retire (None: unknown)
+        #: the watermark before which no window retires: at most the earliest
+        #: :meth:`ColumnarPairStage._retires_at` (None: unknown, inf: no window)
         self.w_due: float | None = None
         #: decided delays: (window key, first return - ts)
         self.d_key = _empty(I64)
@@ -676,16 +677,16 @@ class ColumnarPairStage:
             pos[~found] = np.arange(first, first + len(new))
             part.w_new.update(zip(new.tolist(), range(first, first + len(new)), strict=True))
             if part.w_due is not None:
-                part.w_due = min(part.w_due, float(self._window_ends(new).min()))
+                part.w_due = min(part.w_due, float(self._retires_at(new).min()))
         part.w_counts[pos] += added
         dirty.append(unique)
         if large or len(part.w_new) >= max(MIN_UNSORTED_WINDOWS,
                                            (len(part.w_key) - len(part.w_new)) // 4):
             self._sort_windows(part)
 
-    def _window_ends(self, keys: np.ndarray) -> np.ndarray:
-        """When each window (by key) ends, plus the horizon: from then on the
-        watermark retires it."""
+    def _retires_at(self, keys: np.ndarray) -> np.ndarray:
+        """The watermark from which each window (by key) can no longer change
+        and retires: its end plus the horizon."""
         size = self.sizes[(keys >> _SLOT_BITS) % len(self.sizes)]
         return ((keys & _SLOT_MASK) - _SLOT_BIAS + 1) * size + self.params.horizon_s
 
@@ -927,13 +928,13 @@ class ColumnarPairStage:
         """Drop windows that can no longer change (their last row is written)."""
         if not len(part.w_key) or (part.w_due is not None and watermark < part.w_due):
             return
-        due = self._window_ends(part.w_key)
+        due = self._retires_at(part.w_key)
         keep = due > watermark
-        part.w_due = float(due[keep].min()) if keep.any() else None
+        part.w_due = float(due[keep].min()) if keep.any() else math.inf
         if keep.all():
             return
         self._sort_windows(part)
-        due = self._window_ends(part.w_key)
+        due = self._retires_at(part.w_key)
         keep = due > watermark
         gone = part.w_key[~keep]
         part.w_key, part.w_counts = part.w_key[keep], part.w_counts[keep]

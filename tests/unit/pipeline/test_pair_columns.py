@@ -324,7 +324,7 @@ def test_windows_retire_once_the_watermark_passes_their_end_and_horizon(
         closed = part.tracker.closed
         if closed is None or not len(part.w_key):
             continue
-        assert (stage._window_ends(part.w_key) > closed).all()
+        assert (stage._retires_at(part.w_key) > closed).all()
         retired += len(before - set(part.w_key.tolist()))
     assert retired or seed % 2
 
@@ -348,7 +348,7 @@ def test_a_new_window_that_retires_before_the_others_retires_in_time() -> None:
     for offset, (records, high) in enumerate(zip(batches, highs, strict=True)):
         stage.process(2, [Message(2, offset, encode(0, high, False, records))], "s", NOW)
     assert part.tracker.closed == t + H + 300.0
-    assert [int(k) for k in stage._window_ends(part.w_key)] == [t + 2 * H]
+    assert [int(k) for k in stage._retires_at(part.w_key)] == [t + 2 * H]
 
 
 def test_a_day_series_begun_after_every_other_went_dormant_is_evaluated() -> None:
