@@ -163,16 +163,15 @@ class ChdbBackend(Backend):
         if text is None:
             self._insert(table, arrow_columns(table, block))
             return
-        cols = ", ".join(table.column_names)
-        self._session.query(
-            f"INSERT INTO {self.database}.{table.name} ({cols}) FORMAT JSONColumns {text}")
+        self._session.query(f"{self._into(table)} FORMAT JSONColumns {text}")
 
     def _insert(self, table: Table, data: pa.Table) -> None:  # data: read by name by Python()
         cols = ", ".join(table.column_names)
-        target = f"{self.database}.{table.name}"  # validated identifier
-        self._session.query(
-            f"INSERT INTO {target} ({cols}) SELECT {cols} FROM Python(data)"  # noqa: S608
-        )
+        self._session.query(f"{self._into(table)} SELECT {cols} FROM Python(data)")  # noqa: S608
+
+    def _into(self, table: Table) -> str:
+        """``INSERT INTO`` the table's columns (validated identifiers)."""
+        return f"INSERT INTO {self.database}.{table.name} ({', '.join(table.column_names)})"
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         result = self._session.query(
