@@ -173,6 +173,55 @@ def _drop_stale_rooms(part: _Partition) -> None:
         del part.room[name]
 
 
+def _after(keys: np.ndarray, times: np.ndarray, key: np.ndarray,
+           ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For arrays sorted by (``keys``, ``times``): the position of the first
+    entry after each (``key``, ``ts``), and the end of ``key``'s run. The
+    position is in the run (``< end``) when the run holds a time after
+    ``ts``. Costs about the log of the run length in numpy steps over the
+    queries, whatever the arrays hold (a bisection within each run)."""
+    lo = np.searchsorted(keys, key, side="left")
+    end = np.searchsorted(keys, key, side="right")
+    hi = end.copy()
+    active = np.flatnonzero(lo < hi)
+    while len(active):
+        low, high = lo[active], hi[active]
+        mid = (low + high) >> 1
+        later = times[mid] > ts[active]
+        lo[active] = np.where(later, low, mid + 1)
+        hi[active] = np.where(later, mid, high)
+        active = active[lo[active] < hi[active]]
+    return lo, end
+
+
+def _sort_times(part: _Partition) -> None:
+    """Merge the return times added since the last merge into the sorted ones
+    (all sorted again when they are more than those): a batch costs a copy
+    of the times plus a sort of its own, not a sort of every time."""
+    n, done = len(part.t_pd), part.t_sorted
+    if done == n:
+        return
+    t_pd, t_ts = part.t_pd, part.t_ts
+    if done < n - done:
+        order = np.lexsort((t_ts, t_pd))
+        part.t_pd, part.t_ts = t_pd[order], t_ts[order]
+    else:
+        new_pd, new_ts = t_pd[done:], t_ts[done:]
+        order = np.lexsort((new_ts, new_pd))
+        new_pd, new_ts = new_pd[order], new_ts[order]
+        at, _end = _after(t_pd[:done], t_ts[:done], new_pd, new_ts)
+        part.t_pd = np.insert(t_pd[:done], at, new_pd)
+        part.t_ts = np.insert(t_ts[:done], at, new_ts)
+    part.t_sorted = n
+
+
+def _joined(pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of arrays as one pair: each side concatenated."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return np.concatenate([a for a, _ in pieces]), np.concatenate([b for _, b in pieces])
+
+
 def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``wanted`` in sorted ``keys`` and whether each is there."""
     pos = np.searchsorted(keys, wanted)
@@ -272,14 +321,17 @@ class _Partition:
         self.p_ts = _empty(F64)
         self.p_kind = _empty(I64)
         self.p_id = _empty(object)
-        #: engagement times that may still return a pending one
+        #: engagement times that may still return a pending one: the first
+        #: ``t_sorted`` sorted by (pd, ts), then those added since
+        #: (:func:`_sort_times`)
         self.t_pd = _empty(I64)
         self.t_ts = _empty(F64)
+        self.t_sorted = 0
         #: derived, not stored: the first return (inf: none within the horizon)
         #: of the pending engagements as of the last decision (None: unknown,
-        #: after a load), and the pair-directions given new times since
+        #: after a load), and the return times (pd, ts) added since
         self.p_first: np.ndarray | None = _empty(F64)
-        self.touched: list[np.ndarray] = []
+        self.fresh: list[tuple[np.ndarray, np.ndarray]] = []
         #: windows that can still change: sorted by key, then those added
         #: since (``w_new``: key -> position), sorted again once they are many
         #: (:data:`MIN_UNSORTED_WINDOWS`), before a snapshot and when some retire
@@ -583,9 +635,11 @@ class ColumnarPairStage:
         for name, values in (("p_pd", pd), ("p_ts", ts), ("p_kind", kind), ("p_id", event_ids),
                              ("t_pd", pd), ("t_ts", ts)):
             _append(part, name, values)
-        part.touched.append(pd)
-        if len(part.touched) >= 64:  # no decision for a while (no watermark yet)
-            part.touched = [np.unique(np.concatenate(part.touched))]
+        part.fresh.append((pd, ts))
+        if len(part.fresh) >= 64:  # no decision for a while (no watermark yet)
+            part.fresh = [_joined(part.fresh)]
+            if len(part.fresh[0][0]) > len(part.p_pd):  # more than working all out again
+                part.p_first, part.fresh = None, []
         self._count_windows(part, pd, ts, kind, dirty)
         self._count_days(part, pd, ts)
         return ts
@@ -754,7 +808,7 @@ class ColumnarPairStage:
     def _decide(self, part: _Partition, watermark: float, dirty: list[np.ndarray],
                 out: ColumnarOutcome) -> None:
         if not len(part.p_pd):
-            part.p_first, part.touched = _empty(F64), []
+            part.p_first, part.fresh = _empty(F64), []
             self._prune_times(part, watermark)
             return
         horizon = self.params.horizon_s
@@ -787,54 +841,53 @@ class ColumnarPairStage:
     def _first_returns(self, part: _Partition) -> np.ndarray:
         """Each pending engagement's first return: the earliest time of the
         other direction strictly after it and within the horizon (inf: none).
-        Worked out again only for the engagements new since the last decision
-        and those whose other direction got new times since: a batch costs
-        what it touches, not the whole pending state (times that could return
-        a pending engagement are never pruned, so the others' stay right)."""
+        Times that could return a pending engagement are never pruned, so an
+        engagement's first return as of the last decision changes only by the
+        times added since: the engagements new since then are looked up in
+        every time (kept sorted, :func:`_sort_times`), the others only in the
+        new times, and only those whose other direction got a new time after
+        it and before its first return. A batch costs what it adds, not what
+        the state holds."""
         p_pd, p_ts = part.p_pd, part.p_ts
         known = part.p_first
-        flags = 2 * len(part.lo) + 2
+        fresh, part.fresh = part.fresh, []
+        _sort_times(part)
         if known is None:  # loaded: work out all
-            first = np.full(len(p_pd), np.inf)
-            affected = np.ones(len(p_pd), dtype=bool)
-        else:
-            first = np.concatenate([known, np.full(len(p_pd) - len(known), np.inf)])
-            affected = np.zeros(len(p_pd), dtype=bool)
-            affected[len(known):] = True
-            if part.touched:
-                touched = np.zeros(flags, dtype=bool)
-                touched[np.concatenate(part.touched)] = True
-                affected |= touched[p_pd ^ 1]
-        part.touched = []
-        which = np.flatnonzero(affected)
-        if not len(which):
+            return self._returns(part.t_pd, part.t_ts, p_pd, p_ts)
+        old = len(known)
+        first = np.concatenate([known, self._returns(part.t_pd, part.t_ts, p_pd[old:],
+                                                     p_ts[old:])])
+        if not fresh or not old:
             return first
-        a_pd, a_ts = p_pd[which], p_ts[which]
-        other = a_pd ^ 1
-        wanted = np.zeros(flags, dtype=bool)
-        wanted[other] = True
-        chosen = wanted[part.t_pd]
-        t_pd, t_ts = part.t_pd[chosen], part.t_ts[chosen]
-        if not len(t_pd):
-            first[which] = np.inf
-            return first
-        order = np.lexsort((t_ts, t_pd))
-        t_pd, t_ts = t_pd[order], t_ts[order]
-        # ranks order the floats exactly
-        values = np.unique(np.concatenate([t_ts, a_ts]))
-        scale = len(values) + 1
-        t_key = t_pd * scale + np.searchsorted(values, t_ts)
-        at = np.searchsorted(t_key, other * scale + np.searchsorted(values, a_ts), side="right")
-        has = at < len(t_key)
-        at = np.minimum(at, len(t_key) - 1)
-        returned = t_ts[at]
-        has &= (t_pd[at] == other) & (returned <= a_ts + self.params.horizon_s)
-        first[which] = np.where(has, returned, np.inf)
+        new_pd, new_ts = _joined(fresh)
+        # per pair-direction, its earliest and latest new time
+        size = 2 * len(part.lo) + 2
+        low, high = np.full(size, np.inf), np.full(size, -np.inf)
+        np.minimum.at(low, new_pd, new_ts)
+        np.maximum.at(high, new_pd, new_ts)
+        other = p_pd[:old] ^ 1
+        which = np.flatnonzero((high[other] > p_ts[:old]) & (low[other] < known))
+        if len(which):
+            order = np.lexsort((new_ts, new_pd))
+            found = self._returns(new_pd[order], new_ts[order], p_pd[which], p_ts[which])
+            first[which] = np.minimum(first[which], found)
         return first
+
+    def _returns(self, t_pd: np.ndarray, t_ts: np.ndarray, pd: np.ndarray,
+                 ts: np.ndarray) -> np.ndarray:
+        """The first return of each engagement (``pd``, ``ts``) among the
+        times ``t_pd``, ``t_ts`` (sorted by pd, then time); inf: none."""
+        if not len(pd) or not len(t_pd):
+            return np.full(len(pd), np.inf)
+        at, end = _after(t_pd, t_ts, pd ^ 1, ts)
+        returned = t_ts[np.minimum(at, len(t_ts) - 1)]
+        has = (at < end) & (returned <= ts + self.params.horizon_s)
+        return np.where(has, returned, np.inf)
 
     def _prune_times(self, part: _Partition, watermark: float) -> None:
         keep = part.t_ts > watermark - self.params.horizon_s
         if not keep.all():
+            part.t_sorted = int(np.count_nonzero(keep[:part.t_sorted]))
             part.t_pd, part.t_ts = part.t_pd[keep], part.t_ts[keep]
 
     def _snubs(self, part: _Partition, snubbed: np.ndarray, out: ColumnarOutcome) -> None:
@@ -1002,6 +1055,7 @@ class ColumnarPairStage:
         """The partition's state as bytes: a JSON line (orgs, event ids, the
         arrays' names, types and shapes), then the arrays' bytes."""
         self._sort_windows(part)  # the windows sorted by key, as loading expects
+        _sort_times(part)  # the same state, the same bytes
         pairs = part.pairs
         # orgs in name order: the same state gives the same bytes whatever the interning
         names = np.array(self._org_names, dtype=object)
@@ -1038,9 +1092,10 @@ class ColumnarPairStage:
                                f"{len(part.pids)} found")
         part.applied = arrays.pop("applied")
         part.p_id = np.array(header["ids"], dtype=object)
-        part.p_first, part.touched = None, []  # worked out again at the next decision
+        part.p_first, part.fresh = None, []  # worked out again at the next decision
         for name, array in arrays.items():
             setattr(part, name, array)
+        part.t_sorted = 0  # sorted at the first decision (older snapshots: in any order)
 
     # -- rows -------------------------------------------------------------------
 

@@ -263,13 +263,60 @@ def test_first_returns_kept_between_batches_equal_those_worked_out_anew(seed: in
     checked = 0
     for batch in _scenario(seed, sources, horizon):
         stage.process(2, batch, "s", NOW)
-        if part.p_first is None or part.touched:
+        if part.p_first is None or part.fresh:
             continue  # not decided since the last load or since new times came
         kept = part.p_first.copy()
         part.p_first = None
         assert stage._first_returns(part).tolist() == kept.tolist()
         checked += len(kept)
     assert checked or seed % 2 == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_after_finds_the_first_later_time_of_the_same_key(seed: int) -> None:
+    """``pair_columns._after`` on arrays sorted by (key, time), with runs of
+    every length and equal times: the first entry after each query, and the
+    end of the query's run, as a scan finds them."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 300))
+    keys = rng.integers(0, 12, n) if seed % 2 else rng.integers(0, 3, n)
+    times = rng.integers(0, 40, n).astype(np.float64) / 4
+    order = np.lexsort((times, keys))
+    keys, times = keys[order], times[order]
+    q_key = rng.integers(-1, 14, 200)
+    q_ts = rng.integers(-4, 44, 200).astype(np.float64) / 4
+    at, end = pair_columns._after(keys, times, q_key, q_ts)
+    entries = list(zip(keys.tolist(), times.tolist(), strict=True))
+    for i, (key, ts) in enumerate(zip(q_key.tolist(), q_ts.tolist(), strict=True)):
+        expected = next((j for j, e in enumerate(entries) if e > (key, ts)), n)
+        assert at[i] == expected
+        assert end[i] == next((j for j, e in enumerate(entries) if e[0] > key), n)
+
+
+def test_return_times_stay_sorted_through_merges_and_pruning() -> None:
+    """``pair_columns._sort_times``: times appended in any order are merged
+    into the sorted ones (or all sorted again when they are more), and
+    pruning keeps the count of sorted ones right."""
+    rng = np.random.default_rng(7)
+    stage = ColumnarPairStage(REGISTRY, Params(windows=(H,), horizon_s=H, lateness_s=60.0), 1)
+    part = pair_columns._Partition(WatermarkTracker(1, 60.0), 1)
+    held: list[tuple[int, float]] = []
+    for step in range(60):
+        k = int(rng.integers(0, 50)) if step % 7 else int(rng.integers(100, 400))
+        pd, ts = rng.integers(0, 30, k), rng.integers(0, 500, k).astype(np.float64)
+        pair_columns._append(part, "t_pd", pd)
+        pair_columns._append(part, "t_ts", ts)
+        held += zip(pd.tolist(), ts.tolist(), strict=True)
+        if step % 3 == 0:
+            pair_columns._sort_times(part)
+            assert part.t_sorted == len(part.t_pd)
+            assert list(zip(part.t_pd.tolist(), part.t_ts.tolist(), strict=True)) == sorted(held)
+        if step % 5 == 0:
+            cut = float(rng.integers(0, 100))
+            stage._prune_times(part, cut + H)  # keeps the times after the cut
+            held = [(pd_, ts_) for pd_, ts_ in held if ts_ > cut]
+    pair_columns._sort_times(part)
+    assert list(zip(part.t_pd.tolist(), part.t_ts.tolist(), strict=True)) == sorted(held)
 
 
 def test_appends_keep_room_behind_an_array_and_never_change_what_was_handed_out() -> None:
