@@ -431,6 +431,11 @@ def split_message(value: bytes) -> list[tuple[Event | Invalid, RawItem]] | Inval
     return [(event_from_obj(doc), value)]
 
 
+_VALUE = operator.attrgetter("value")
+_PARTITION = operator.attrgetter("partition")
+_OFFSET = operator.attrgetter("offset")
+
+
 class Ingest:
     """Stage 1 logic. Holds no state between batches: callers pass read-only
     views of the dedup index and of each partition's largest event time."""
@@ -466,25 +471,29 @@ class Ingest:
         before nor twice in the batch) and in time. None for any other batch
         (a duplicate, a replay, a late or an invalid event), which
         :meth:`_events` then takes event by event."""
-        objs: list[Any] = []
+        try:
+            docs = list(map(orjson.loads, map(_VALUE, messages)))
+        except orjson.JSONDecodeError:
+            return None
         #: per event: its message's index, and its item index (-1: a single event)
-        of_message: list[int] = []
-        items: list[int] = []
-        for index, message in enumerate(messages):
-            try:
-                doc = orjson.loads(message.value)
-            except orjson.JSONDecodeError:
-                return None
-            if type(doc) is dict:
-                objs.append(doc)
-                of_message.append(index)
-                items.append(-1)
-            elif type(doc) is list and doc:
-                objs.extend(doc)
-                of_message.extend(itertools.repeat(index, len(doc)))
-                items.extend(range(len(doc)))
-            else:
-                return None
+        of_message: Sequence[int]
+        items: Sequence[int]
+        if set(map(type, docs)) == {dict}:  # single events only
+            objs: list[Any] = docs
+            of_message, items = range(len(docs)), [-1] * len(docs)
+        else:
+            objs, of_message, items = [], [], []
+            for index, doc in enumerate(docs):
+                if type(doc) is dict:
+                    objs.append(doc)
+                    of_message.append(index)
+                    items.append(-1)
+                elif type(doc) is list and doc:
+                    objs.extend(doc)
+                    of_message.extend(itertools.repeat(index, len(doc)))
+                    items.extend(range(len(doc)))
+                else:
+                    return None
         columns = events_from_objs(objs)
         if columns is None:
             return None
@@ -493,8 +502,9 @@ class Ingest:
         known = first_seen._packed if isinstance(first_seen, SeenIndex) else first_seen
         if len(unique) != n or any(map(known.__contains__, unique)):
             return None
-        message_index = np.array(of_message, dtype=np.int64)
-        partition_of = np.array([m.partition for m in messages], dtype=np.int64)
+        message_index = np.asarray(of_message, dtype=np.int64)
+        partition_of = np.fromiter(map(_PARTITION, messages), dtype=np.int64,
+                                   count=len(messages))
         partition = partition_of[message_index]
         ts = np.array(columns.ts, dtype=np.float64)
         out = IngestOutcome()
@@ -510,15 +520,13 @@ class Ingest:
             out.batch_max_ts[p] = top
             if high is None or top > high:
                 out.max_ts[p] = top
-        for message in messages:
-            counts = out.partition_counts.get(message.partition)
-            if counts is None:
-                counts = out.partition_counts[message.partition] = Counts()
-                out.first_offsets[message.partition] = message.offset
-            counts.messages += 1
-            out.last_offsets[message.partition] = message.offset
-        offsets = [m.offset for m in messages]
-        offset = [offsets[i] for i in of_message]
+        offsets = list(map(_OFFSET, messages))
+        for p in dict.fromkeys(partition_of.tolist()):
+            sent = np.flatnonzero(partition_of == p)
+            out.partition_counts[p] = Counts(messages=len(sent))
+            out.first_offsets[p] = offsets[sent[0]]
+            out.last_offsets[p] = offsets[sent[-1]]
+        offset = offsets if isinstance(of_message, range) else [offsets[i] for i in of_message]
         parts = partition.tolist()
         id_of, offset_of = np.array(ids, dtype=object), np.array(offset, dtype=np.int64)
         item_of = np.maximum(np.array(items, dtype=np.int64), 0)
