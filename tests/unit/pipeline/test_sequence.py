@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline.app import _in_order
 from pipeline.sequence import SequenceGuard, Verdict
 
 A, S, H = Verdict.APPLY, Verdict.STALE, Verdict.HOLE
@@ -51,3 +57,28 @@ def test_start_reveals_a_hole_at_the_head() -> None:
     guard.start(0, 5)  # already known: a later start does not rewind it
     assert guard.check(0, 101) is Verdict.APPLY
     assert guard.check(0, 50) is Verdict.STALE
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_a_batch_checked_in_columns_is_what_message_by_message_finds(seed: int) -> None:
+    """``pipeline.app._in_order``, the worker's check of a whole batch: true
+    exactly when the guard would apply every message, and then it expects
+    what the guard would; false leaves the expectations as they were."""
+    rng = random.Random(seed)
+    expected = {p: rng.randrange(5) for p in range(3) if rng.random() < 0.7}
+    messages = []
+    for p in rng.sample(range(3), rng.randrange(4)):
+        start = expected.get(p, rng.randrange(5)) + rng.choice((0, 0, 0, -1, 1))
+        offsets = list(range(start, start + rng.randrange(1, 5)))
+        if rng.random() < 0.2:
+            offsets[rng.randrange(len(offsets))] += rng.choice((-1, 1))
+        messages += [SimpleNamespace(partition=p, offset=o) for o in offsets]
+    guard = SequenceGuard(dict(expected))
+    verdicts = [guard.check(m.partition, m.offset) for m in messages]
+    columns = dict(expected)
+    if _in_order(columns, messages):
+        assert all(v is A for v in verdicts)
+        assert columns == guard.expected
+    else:
+        assert any(v is not A for v in verdicts)
+        assert columns == expected
