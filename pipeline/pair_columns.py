@@ -11,8 +11,9 @@ computed per batch on arrays instead of per engagement on objects:
 - a batch's engagements are decoded into columns, checked for replays and
   lateness, and added to the windows and day series with a few sorted merges;
 - at the batch's watermark every pending engagement is decided at once: its
-  first return is a ``searchsorted`` over the return times of the other
-  direction; day series are evaluated day by day for every series at once;
+  first return is looked up among the return times of the other direction,
+  kept sorted (:meth:`ColumnarPairStage._first_returns`); day series are
+  evaluated day by day for every series at once;
 - rows come out as columns (:class:`PairWindowColumns`).
 
 A row's ``version`` is the batch's last internal offset + 1: a window's rows
