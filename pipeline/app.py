@@ -34,7 +34,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,8 @@ from pipeline.batches import Lane
 from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
+    MESSAGE_OFFSET,
+    MESSAGE_PARTITION,
     Counts,
     DeadLetter,
     EngagementColumns,
@@ -455,8 +456,9 @@ class Pipeline:
     def _done(self, topic: str, messages: Sequence[Any]) -> None:
         stats = self.stats
         # each partition's messages in offset order: its last one wins
-        stats.flushed.update(zip(zip(itertools.repeat(topic), map(_PARTITION, messages)),
-                                 map(_OFFSET, messages), strict=True))
+        partitions = map(MESSAGE_PARTITION, messages)
+        stats.flushed.update(zip(zip(itertools.repeat(topic), partitions),
+                                 map(MESSAGE_OFFSET, messages), strict=True))
         stats.batches += 1
         stats.progress.set()
 
@@ -1014,10 +1016,6 @@ def _key_of_org(org: str) -> str:
     return orjson.dumps(org).decode()
 
 
-_PARTITION = operator.attrgetter("partition")
-_OFFSET = operator.attrgetter("offset")
-
-
 def _in_order(expected: dict[int, int], messages: Sequence[Any]) -> bool:
     """Whether every partition's messages in a batch are the next offsets
     expected, one after another (or its first ones since it was assigned),
@@ -1026,8 +1024,9 @@ def _in_order(expected: dict[int, int], messages: Sequence[Any]) -> bool:
     message, the expectations untouched)."""
     if not messages:
         return True
-    partition = np.fromiter(map(_PARTITION, messages), dtype=np.int64, count=len(messages))
-    offset = np.fromiter(map(_OFFSET, messages), dtype=np.int64, count=len(messages))
+    n = len(messages)
+    partition = np.fromiter(map(MESSAGE_PARTITION, messages), dtype=np.int64, count=n)
+    offset = np.fromiter(map(MESSAGE_OFFSET, messages), dtype=np.int64, count=n)
     ends = {}
     for p in dict.fromkeys(partition.tolist()):
         mine = offset[partition == p]

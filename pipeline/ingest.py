@@ -431,9 +431,10 @@ def split_message(value: bytes) -> list[tuple[Event | Invalid, RawItem]] | Inval
     return [(event_from_obj(doc), value)]
 
 
-_VALUE = operator.attrgetter("value")
-_PARTITION = operator.attrgetter("partition")
-_OFFSET = operator.attrgetter("offset")
+#: a :class:`Message`'s (or aiokafka record's) fields, for C loops over a batch
+MESSAGE_VALUE = operator.attrgetter("value")
+MESSAGE_PARTITION = operator.attrgetter("partition")
+MESSAGE_OFFSET = operator.attrgetter("offset")
 
 
 class Ingest:
@@ -472,7 +473,7 @@ class Ingest:
         (a duplicate, a replay, a late or an invalid event), which
         :meth:`_events` then takes event by event."""
         try:
-            docs = list(map(orjson.loads, map(_VALUE, messages)))
+            docs = list(map(orjson.loads, map(MESSAGE_VALUE, messages)))
         except orjson.JSONDecodeError:
             return None
         #: per event: its message's index, and its item index (-1: a single event)
@@ -503,7 +504,7 @@ class Ingest:
         if len(unique) != n or any(map(known.__contains__, unique)):
             return None
         message_index = np.asarray(of_message, dtype=np.int64)
-        partition_of = np.fromiter(map(_PARTITION, messages), dtype=np.int64,
+        partition_of = np.fromiter(map(MESSAGE_PARTITION, messages), dtype=np.int64,
                                    count=len(messages))
         partition = partition_of[message_index]
         ts = np.array(columns.ts, dtype=np.float64)
@@ -520,7 +521,7 @@ class Ingest:
             out.batch_max_ts[p] = top
             if high is None or top > high:
                 out.max_ts[p] = top
-        offsets = list(map(_OFFSET, messages))
+        offsets = list(map(MESSAGE_OFFSET, messages))
         for p in dict.fromkeys(partition_of.tolist()):
             sent = np.flatnonzero(partition_of == p)
             out.partition_counts[p] = Counts(messages=len(sent))
