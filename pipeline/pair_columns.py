@@ -216,13 +216,6 @@ def _sort_times(part: _Partition) -> None:
     part.t_sorted = n
 
 
-def _joined(pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of arrays as one pair: each side concatenated."""
-    if len(pieces) == 1:
-        return pieces[0]
-    return np.concatenate([a for a, _ in pieces]), np.concatenate([b for _, b in pieces])
-
-
 def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``wanted`` in sorted ``keys`` and whether each is there."""
     pos = np.searchsorted(keys, wanted)
@@ -323,16 +316,15 @@ class _Partition:
         self.p_kind = _empty(I64)
         self.p_id = _empty(object)
         #: engagement times that may still return a pending one: the first
-        #: ``t_sorted`` sorted by (pd, ts), then those added since
-        #: (:func:`_sort_times`)
+        #: ``t_sorted`` sorted by (pd, ts), then those added since the last
+        #: decision (:func:`_sort_times`)
         self.t_pd = _empty(I64)
         self.t_ts = _empty(F64)
         self.t_sorted = 0
         #: derived, not stored: the first return (inf: none within the horizon)
         #: of the pending engagements as of the last decision (None: unknown,
-        #: after a load), and the return times (pd, ts) added since
+        #: after a load)
         self.p_first: np.ndarray | None = _empty(F64)
-        self.fresh: list[tuple[np.ndarray, np.ndarray]] = []
         #: windows that can still change: sorted by key, then those added
         #: since (``w_new``: key -> position), sorted again once they are many
         #: (:data:`MIN_UNSORTED_WINDOWS`), before a snapshot and when some retire
@@ -636,11 +628,6 @@ class ColumnarPairStage:
         for name, values in (("p_pd", pd), ("p_ts", ts), ("p_kind", kind), ("p_id", event_ids),
                              ("t_pd", pd), ("t_ts", ts)):
             _append(part, name, values)
-        part.fresh.append((pd, ts))
-        if len(part.fresh) >= 64:  # no decision for a while (no watermark yet)
-            part.fresh = [_joined(part.fresh)]
-            if len(part.fresh[0][0]) > len(part.p_pd):  # more than working all out again
-                part.p_first, part.fresh = None, []
         self._count_windows(part, pd, ts, kind, dirty)
         self._count_days(part, pd, ts)
         return ts
@@ -809,7 +796,7 @@ class ColumnarPairStage:
     def _decide(self, part: _Partition, watermark: float, dirty: list[np.ndarray],
                 out: ColumnarOutcome) -> None:
         if not len(part.p_pd):
-            part.p_first, part.fresh = _empty(F64), []
+            part.p_first = _empty(F64)
             self._prune_times(part, watermark)
             return
         horizon = self.params.horizon_s
@@ -851,16 +838,16 @@ class ColumnarPairStage:
         the state holds."""
         p_pd, p_ts = part.p_pd, part.p_ts
         known = part.p_first
-        fresh, part.fresh = part.fresh, []
+        # the times added since the last decision: those not sorted in yet
+        new_pd, new_ts = part.t_pd[part.t_sorted:], part.t_ts[part.t_sorted:]
         _sort_times(part)
         if known is None:  # loaded: work out all
             return self._returns(part.t_pd, part.t_ts, p_pd, p_ts)
         old = len(known)
         first = np.concatenate([known, self._returns(part.t_pd, part.t_ts, p_pd[old:],
                                                      p_ts[old:])])
-        if not fresh or not old:
+        if not len(new_pd) or not old:
             return first
-        new_pd, new_ts = _joined(fresh)
         # per pair-direction, its earliest and latest new time
         size = 2 * len(part.lo) + 2
         low, high = np.full(size, np.inf), np.full(size, -np.inf)
@@ -1056,7 +1043,6 @@ class ColumnarPairStage:
         """The partition's state as bytes: a JSON line (orgs, event ids, the
         arrays' names, types and shapes), then the arrays' bytes."""
         self._sort_windows(part)  # the windows sorted by key, as loading expects
-        _sort_times(part)  # the same state, the same bytes
         pairs = part.pairs
         # orgs in name order: the same state gives the same bytes whatever the interning
         names = np.array(self._org_names, dtype=object)
@@ -1066,6 +1052,10 @@ class ColumnarPairStage:
                   "s_start": part.s_start[:2 * pairs], "s_next": part.s_next[:2 * pairs],
                   "s_floor": part.s_floor[:2 * pairs],
                   **{name: getattr(part, name) for name in _ARRAYS}}
+        # the times sorted (the same state, the same bytes), the state's own
+        # left as they are: those not sorted in yet are the next decision's new ones
+        order = np.lexsort((part.t_ts, part.t_pd))
+        arrays["t_pd"], arrays["t_ts"] = part.t_pd[order], part.t_ts[order]
         header = {"orgs": orgs.tolist(), "pairs": pairs,
                   "ids": part.p_id.tolist(),
                   "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
@@ -1093,7 +1083,7 @@ class ColumnarPairStage:
                                f"{len(part.pids)} found")
         part.applied = arrays.pop("applied")
         part.p_id = np.array(header["ids"], dtype=object)
-        part.p_first, part.fresh = None, []  # worked out again at the next decision
+        part.p_first = None  # worked out again at the next decision
         for name, array in arrays.items():
             setattr(part, name, array)
         part.t_sorted = 0  # sorted at the first decision (older snapshots: in any order)
