@@ -195,25 +195,49 @@ def _after(keys: np.ndarray, times: np.ndarray, key: np.ndarray,
     return lo, end
 
 
-def _sort_times(part: _Partition) -> None:
-    """Merge the return times added since the last merge into the sorted ones
-    (all sorted again when they are more than those): a batch costs a copy
-    of the times plus a sort of its own, not a sort of every time."""
-    n, done = len(part.t_pd), part.t_sorted
+def _sorted_in(keys: np.ndarray, values: np.ndarray,
+               done: int) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` and ``values`` sorted by (key, value), of which the first
+    ``done`` already are: the rest merged in (all sorted again when they are
+    more than those), so a batch costs a copy plus a sort of what it added,
+    not a sort of everything. The same arrays when all are sorted."""
+    n = len(keys)
     if done == n:
-        return
-    t_pd, t_ts = part.t_pd, part.t_ts
+        return keys, values
     if done < n - done:
-        order = np.lexsort((t_ts, t_pd))
-        part.t_pd, part.t_ts = t_pd[order], t_ts[order]
-    else:
-        new_pd, new_ts = t_pd[done:], t_ts[done:]
-        order = np.lexsort((new_ts, new_pd))
-        new_pd, new_ts = new_pd[order], new_ts[order]
-        at, _end = _after(t_pd[:done], t_ts[:done], new_pd, new_ts)
-        part.t_pd = np.insert(t_pd[:done], at, new_pd)
-        part.t_ts = np.insert(t_ts[:done], at, new_ts)
-    part.t_sorted = n
+        order = np.lexsort((values, keys))
+        return keys[order], values[order]
+    new_keys, new_values = keys[done:], values[done:]
+    order = np.lexsort((new_values, new_keys))
+    new_keys, new_values = new_keys[order], new_values[order]
+    at, _end = _after(keys[:done], values[:done], new_keys, new_values)
+    return np.insert(keys[:done], at, new_keys), np.insert(values[:done], at, new_values)
+
+
+def _sort_times(part: _Partition) -> None:
+    """The return times added since the last decision merged into the sorted
+    ones (:func:`_sorted_in`)."""
+    part.t_pd, part.t_ts = _sorted_in(part.t_pd, part.t_ts, part.t_sorted)
+    part.t_sorted = len(part.t_pd)
+
+
+def _sort_delays(part: _Partition) -> None:
+    """The decided delays added since they were last needed merged into the
+    sorted ones (:func:`_sorted_in`)."""
+    part.d_key, part.d_val = _sorted_in(part.d_key, part.d_val, part.d_sorted)
+    part.d_sorted = len(part.d_key)
+
+
+def _outside(keys: np.ndarray, gone: np.ndarray) -> np.ndarray:
+    """For sorted ``keys``: whether each is none of ``gone`` (unique), found
+    by two binary searches per gone key instead of a sort of all keys."""
+    starts = np.searchsorted(keys, gone, side="left")
+    ends = np.searchsorted(keys, gone, side="right")
+    held = ends > starts
+    edges = np.zeros(len(keys) + 1, dtype=I64)
+    edges[starts[held]] += 1  # the runs are disjoint: no index twice in one step
+    edges[ends[held]] -= 1
+    return np.cumsum(edges[:-1]) == 0
 
 
 def _find(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -336,9 +360,12 @@ class _Partition:
         #: the watermark before which no window retires: at most the earliest
         #: :meth:`ColumnarPairStage._retires_at` (None: unknown, inf: no window)
         self.w_due: float | None = None
-        #: decided delays: (window key, first return - ts)
+        #: decided delays: (window key, first return - ts), the first
+        #: ``d_sorted`` sorted by (key, delay), then those decided since
+        #: (:func:`_sort_delays`)
         self.d_key = _empty(I64)
         self.d_val = _empty(F64)
+        self.d_sorted = 0
         #: daily counts, sorted by day key; per pd: the series' first day, next
         #: day to evaluate (NONE: dormant) and the first day still needed
         self.day_key = _empty(I64)
@@ -473,6 +500,7 @@ class ColumnarPairStage:
         if delays:
             d_key, d_val = zip(*delays, strict=True)
             part.d_key, part.d_val = np.array(d_key, dtype=I64), np.array(d_val, dtype=F64)
+            part.d_sorted = 0
         days.sort()
         if days:
             day_key, day_count = zip(*days, strict=True)
@@ -981,8 +1009,10 @@ class ColumnarPairStage:
         part.w_key, part.w_counts = part.w_key[keep], part.w_counts[keep]
         part.w_recip, part.w_snub = part.w_recip[keep], part.w_snub[keep]
         if len(part.d_key):
-            live = ~np.isin(part.d_key, gone)
+            _sort_delays(part)
+            live = _outside(part.d_key, gone)
             part.d_key, part.d_val = part.d_key[live], part.d_val[live]
+            part.d_sorted = len(part.d_key)
 
     # -- the state in the table -------------------------------------------------
 
@@ -1087,6 +1117,7 @@ class ColumnarPairStage:
         for name, array in arrays.items():
             setattr(part, name, array)
         part.t_sorted = 0  # sorted at the first decision (older snapshots: in any order)
+        part.d_sorted = 0  # sorted when first needed (likewise)
 
     # -- rows -------------------------------------------------------------------
 
@@ -1116,22 +1147,23 @@ class ColumnarPairStage:
 
     @staticmethod
     def _medians(part: _Partition, keys: np.ndarray) -> list[float | None]:
-        """The median decided delay of each window (None without any)."""
+        """The median decided delay of each window (None without any): the
+        delays sorted by (window, delay), each window's run found by two
+        binary searches."""
         medians: list[float | None] = [None] * len(keys)
         if not len(part.d_key):
             return medians
-        mask = np.isin(part.d_key, keys)
-        if not mask.any():
+        _sort_delays(part)
+        d_key, d_val = part.d_key, part.d_val
+        starts = np.searchsorted(d_key, keys, side="left")
+        sizes = np.searchsorted(d_key, keys, side="right") - starts
+        where = np.flatnonzero(sizes)
+        if not len(where):
             return medians
-        d_key, d_val = part.d_key[mask], part.d_val[mask]
-        order = np.lexsort((d_val, d_key))
-        d_key, d_val = d_key[order], d_val[order]
-        starts = np.flatnonzero(np.r_[True, d_key[1:] != d_key[:-1]])
-        sizes = np.diff(np.r_[starts, len(d_key)])
+        starts, sizes = starts[where], sizes[where]
         mid = starts + sizes // 2
         odd = sizes % 2 == 1
         median = np.where(odd, d_val[mid], (d_val[mid - 1 + odd] + d_val[mid]) / 2)
-        where = np.searchsorted(keys, d_key[starts])
         for i, m in zip(where.tolist(), median.tolist(), strict=True):
             medians[i] = m
         return medians

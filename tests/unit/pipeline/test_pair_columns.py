@@ -5,6 +5,7 @@ same rows (but their version), snubs, alerts, dead letters and counts."""
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -346,6 +347,39 @@ def test_return_times_stay_sorted_through_merges_and_pruning() -> None:
     assert list(zip(part.t_pd.tolist(), part.t_ts.tolist(), strict=True)) == sorted(held)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_outside_equals_isin(seed: int) -> None:
+    """``pair_columns._outside`` on sorted keys with runs of every length:
+    whatever ``np.isin`` says of the same keys, negated."""
+    rng = np.random.default_rng(seed)
+    keys = np.sort(rng.integers(0, 3 + seed * 5, int(rng.integers(0, 300))))
+    gone = np.unique(rng.integers(-2, 6 + seed * 5, int(rng.integers(0, 40))))
+    assert (pair_columns._outside(keys, gone) == ~np.isin(keys, gone)).all()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_medians_are_those_of_each_windows_delays(seed: int) -> None:
+    """``ColumnarPairStage._medians``: the median of each asked window's
+    delays, as ``statistics.median`` finds it, None without any, with the
+    delays decided since the last call merged in first (some sorted, some
+    not yet, some equal)."""
+    rng = np.random.default_rng(seed)
+    part = pair_columns._Partition(WatermarkTracker(1, 60.0), 1)
+    held: list[tuple[int, float]] = []
+    for _step in range(4):
+        k = int(rng.integers(0, 80))
+        key, val = rng.integers(0, 15, k), rng.integers(0, 30, k).astype(np.float64) / 2
+        pair_columns._append(part, "d_key", key)
+        pair_columns._append(part, "d_val", val)
+        held += zip(key.tolist(), val.tolist(), strict=True)
+        asked = np.unique(rng.integers(-1, 17, 10))
+        got = ColumnarPairStage._medians(part, asked)
+        assert part.d_sorted == len(part.d_key)
+        for window, median in zip(asked.tolist(), got, strict=True):
+            delays = [v for w, v in held if w == window]
+            assert median == (statistics.median(delays) if delays else None)
+
+
 def test_appends_keep_room_behind_an_array_and_never_change_what_was_handed_out() -> None:
     """``pair_columns._append``: appends to an array appended to before write
     behind it in kept room (no copy of what it holds), earlier views keep
@@ -399,6 +433,7 @@ def test_windows_retire_once_the_watermark_passes_their_end_and_horizon(
         if closed is None or not len(part.w_key):
             continue
         assert (stage._retires_at(part.w_key) > closed).all()
+        assert set(part.d_key.tolist()) <= set(part.w_key.tolist())  # delays retire too
         retired += len(before - set(part.w_key.tolist()))
     assert retired or seed % 2
 
