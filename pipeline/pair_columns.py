@@ -500,7 +500,6 @@ class ColumnarPairStage:
         if delays:
             d_key, d_val = zip(*delays, strict=True)
             part.d_key, part.d_val = np.array(d_key, dtype=I64), np.array(d_val, dtype=F64)
-            part.d_sorted = 0
         days.sort()
         if days:
             day_key, day_count = zip(*days, strict=True)
