@@ -1083,8 +1083,7 @@ class ColumnarPairStage:
                   **{name: getattr(part, name) for name in _ARRAYS}}
         # the times sorted (the same state, the same bytes), the state's own
         # left as they are: those not sorted in yet are the next decision's new ones
-        order = np.lexsort((part.t_ts, part.t_pd))
-        arrays["t_pd"], arrays["t_ts"] = part.t_pd[order], part.t_ts[order]
+        arrays["t_pd"], arrays["t_ts"] = _sorted_in(part.t_pd, part.t_ts, part.t_sorted)
         header = {"orgs": orgs.tolist(), "pairs": pairs,
                   "ids": part.p_id.tolist(),
                   "arrays": [[name, a.dtype.str, list(a.shape)] for name, a in arrays.items()]}
