@@ -43,7 +43,7 @@ from schemas.event import (
     EventColumns,
     Invalid,
     event_from_obj,
-    events_from_objs,
+    events_from_values,
 )
 from schemas.registry import Registry
 
@@ -468,37 +468,15 @@ class Ingest:
         max_ts: Mapping[int, float],
     ) -> IngestOutcome | None:
         """A plain batch in columns: every event valid in the producers' form
-        (:func:`schemas.event.events_from_objs`), new (its id neither seen
+        (:func:`schemas.event.events_from_values`), new (its id neither seen
         before nor twice in the batch) and in time. None for any other batch
         (a duplicate, a replay, a late or an invalid event), which
         :meth:`_events` then takes event by event."""
-        try:
-            docs = list(map(orjson.loads, map(MESSAGE_VALUE, messages)))
-        except orjson.JSONDecodeError:
+        decoded = events_from_values(list(map(MESSAGE_VALUE, messages)))
+        if decoded is None:
             return None
-        #: per event: its message's index, and its item index (-1: a single event)
-        of_message: Sequence[int]
-        items: Sequence[int]
-        if set(map(type, docs)) == {dict}:  # single events only
-            objs: list[Any] = docs
-            of_message, items = range(len(docs)), [-1] * len(docs)
-        else:
-            objs, of_message, items = [], [], []
-            for index, doc in enumerate(docs):
-                if type(doc) is dict:
-                    objs.append(doc)
-                    of_message.append(index)
-                    items.append(-1)
-                elif type(doc) is list and doc:
-                    objs.extend(doc)
-                    of_message.extend(itertools.repeat(index, len(doc)))
-                    items.extend(range(len(doc)))
-                else:
-                    return None
-        columns = events_from_objs(objs)
-        if columns is None:
-            return None
-        ids, n = columns.id, len(objs)
+        columns, of_message, items = decoded.columns, decoded.message, decoded.item
+        ids, n = columns.id, len(columns.id)
         unique = set(ids)
         known = first_seen._packed if isinstance(first_seen, SeenIndex) else first_seen
         if len(unique) != n or any(map(known.__contains__, unique)):

@@ -4,7 +4,10 @@ One UTF-8 JSON object per Kafka message (see ``event.v1.schema.json`` beside
 this file, which says the same thing for non-Python clients). The decoder is
 hand-written rather than generated from the schema because it runs on every
 message: ``tests/unit/schemas/test_event.py`` checks that it accepts and
-rejects exactly what the JSON Schema does on a corpus of cases.
+rejects exactly what the JSON Schema does on a corpus of cases. Batches of
+input are decoded at once by :func:`events_from_values` (msgspec for values
+of the contract's fields only, else orjson), which gives the same events for
+what it accepts and None for anything else.
 
 Bad input is data, never an exception that escapes: :func:`decode_event`
 returns either an :class:`Event` or an :class:`Invalid` carrying the reason.
@@ -20,8 +23,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -300,6 +304,107 @@ def events_from_objs(objs: Sequence[Any]) -> EventColumns | None:
 
 
 _REQUIRED = tuple(map(operator.itemgetter, ("id", "ts", "kind", "actor")))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedValues:
+    """The events of many message values (:func:`events_from_values`): their
+    columns, and per event its value's index and its index in a packed value
+    (-1 for a value holding one event)."""
+
+    columns: EventColumns
+    message: Sequence[int]
+    item: Sequence[int]
+
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_ID_LEN)]
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Plain(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """Contract v1 as a msgspec type, for :func:`events_from_values`.
+
+    It accepts a subset of what :func:`event_from_obj` accepts: an unknown
+    field is refused (msgspec would skip its value without checking it is
+    valid JSON, which orjson refuses), ``ts`` is only typed here (checked by
+    :func:`_utc_times`), and "a target unless a post" is checked in columns."""
+
+    id: _Id
+    ts: int | float | str
+    kind: Literal["follow", "unfollow", "like", "share", "reply", "mention", "thanks", "post"]
+    actor: _Id
+    target: _Text | None = None
+    mentions: list[_Text] | None = None
+    features: list[_Text] | None = None
+    subject: _Text | None = None
+    platform: _Text | None = None
+
+
+_PLAIN_DECODER = msgspec.json.Decoder(list[_Plain] | _Plain)
+_PLAIN_FIELDS = tuple(map(operator.attrgetter, (
+    "id", "ts", "kind", "actor", "target", "mentions", "features")))
+
+
+def events_from_values(values: Sequence[bytes]) -> DecodedValues | None:
+    """Decode and validate many message values at once, for a batch of input:
+    each a contract-v1 event (a JSON object) or the packed form (a non-empty
+    JSON array of them).
+
+    Returns their events when every value's every event is valid and its
+    ``ts`` is as :func:`events_from_objs` takes it; otherwise None, and
+    :func:`decode_event` / :func:`split_message` take each value on its own.
+    For the values it accepts it gives exactly what orjson and
+    :func:`events_from_objs` give. Values of only the contract's fields are
+    decoded and validated in one C pass by msgspec (:class:`_Plain`), about
+    three times faster than orjson's dicts checked field by field; a value
+    with other fields (which the contract ignores) goes the orjson way."""
+    docs: list[Any] | None
+    try:
+        docs = list(map(_PLAIN_DECODER.decode, values))
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        docs = None  # invalid, not UTF-8 (ValueError), another field, ...: orjson's way
+    if docs is None:
+        try:
+            docs = list(map(orjson.loads, values))
+        except orjson.JSONDecodeError:
+            return None
+        event_type: type = dict
+    else:
+        event_type = _Plain
+    message: Sequence[int]
+    item: Sequence[int]
+    if set(map(type, docs)) == {event_type}:  # single events only
+        objs: list[Any] = docs
+        message, item = range(len(docs)), [-1] * len(docs)
+    else:
+        objs, message, item = [], [], []
+        for index, doc in enumerate(docs):
+            if type(doc) is event_type:
+                objs.append(doc)
+                message.append(index)
+                item.append(-1)
+            elif type(doc) is list and doc:
+                objs.extend(doc)
+                message.extend(itertools.repeat(index, len(doc)))
+                item.extend(range(len(doc)))
+            else:
+                return None
+    columns = events_from_objs(objs) if event_type is dict else _plain_columns(objs)
+    return None if columns is None else DecodedValues(columns, message, item)
+
+
+def _plain_columns(objs: list[_Plain]) -> EventColumns | None:
+    """The columns of events msgspec validated: what is left to check is
+    the target (only a post may lack one) and the times."""
+    ids, stamps, kinds, actors, targets, mentions, features = (
+        list(map(get, objs)) for get in _PLAIN_FIELDS)
+    if not set(itertools.compress(kinds, map(operator.is_, targets,
+                                             itertools.repeat(None)))) <= {"post"}:
+        return None
+    times = _utc_times(stamps)
+    if times is None:
+        return None
+    return EventColumns(ids, times, kinds, actors, targets, mentions, features)
 
 
 def _present(values: list[Any]) -> list[Any]:

@@ -8,12 +8,16 @@ import math
 import random
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import msgspec
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from schemas import event as event_module
 from schemas.event import (
     ENGAGEMENT_KINDS,
     KINDS,
@@ -26,6 +30,7 @@ from schemas.event import (
     encode_event,
     event_from_obj,
     events_from_objs,
+    events_from_values,
     format_many,
     format_ts,
     parse_ts,
@@ -501,6 +506,170 @@ def test_columns_times_equal_the_decoders_on_many_random_times() -> None:
     columns = events_from_objs([ev(ts=ts) for ts in stamps])
     assert columns is not None
     assert columns.ts == [parse_ts(ts) for ts in stamps]
+
+
+# --------------------------------------------------------------------------- from message values
+
+
+def _one_by_one(values: list[bytes]) -> list[Event] | None:
+    """Each value decoded by orjson and each event validated on its own, as
+    the worker's per-event path does: the events (without subject and
+    platform, which the columns do not keep), or None if any is invalid."""
+    events: list[Event] = []
+    for value in values:
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(doc, list) and (not doc or not all(isinstance(i, dict) for i in doc)):
+            return None
+        for obj in doc if isinstance(doc, list) else [doc]:
+            event = event_from_obj(obj)
+            if not isinstance(event, Event):
+                return None
+            events.append(dataclasses.replace(event, subject=None, platform=None))
+    return events
+
+
+def _same_values(values: list[bytes]) -> bool:
+    """events_from_values gives the per-event path's events, or None; True when
+    it gave them."""
+    decoded = events_from_values(values)
+    expected = _one_by_one(values)
+    if decoded is None:
+        return False
+    assert expected is not None, values
+    columns = decoded.columns
+    assert [columns.event(i) for i in range(len(columns.id))] == expected
+    assert all(type(t) is float for t in columns.ts)
+    positions = []
+    for index, value in enumerate(values):
+        doc = orjson.loads(value)
+        positions += ([(index, i) for i in range(len(doc))] if isinstance(doc, list)
+                      else [(index, -1)])
+    assert list(zip(decoded.message, decoded.item, strict=True)) == positions
+    return True
+
+
+def test_values_decoder_kinds_are_the_contracts() -> None:
+    kind = {f.name: f.type for f in msgspec.structs.fields(event_module._Plain)}["kind"]
+    assert get_args(kind) == KINDS
+
+
+@pytest.mark.parametrize(("name", "obj"), CORPUS + DISAGREEMENTS,
+                         ids=[name for name, _ in CORPUS + DISAGREEMENTS])
+def test_values_accept_only_what_the_decoder_accepts(name: str, obj: Any) -> None:
+    value = orjson.dumps(obj)
+    _same_values([value])
+    _same_values([orjson.dumps(ev()), value])
+    _same_values([orjson.dumps([ev(id="p1"), obj, post(id="p2")])])
+
+
+@pytest.mark.parametrize("ts", TS_CASES + NUMBER_TS_CASES)
+def test_values_parse_times_as_the_decoder_does(ts: Any) -> None:
+    _same_values([orjson.dumps(ev(ts=ts))])
+    _same_values([orjson.dumps([ev(), ev(ts=ts)])])
+
+
+def test_values_take_what_producers_send_through_msgspec(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain values (the contract's fields only) never reach orjson."""
+    values = [encode_event(Event("e1", T0, "like", "a1", "a2")),
+              orjson.dumps([ev(id="e2"), post(id="e3", features=["f"], mentions=["m", "m"],
+                                              subject="s", platform="bluesky")]),
+              orjson.dumps(ev(id="e4", kind="reply", ts="2026-03-02T10:00:00.25Z",
+                              mentions=[], subject=None)),
+              orjson.dumps(ev(id="e5", ts=1772445600.5))]
+    expected = _one_by_one(values)
+
+    def refuse(value: bytes) -> Any:
+        raise AssertionError("orjson was used")
+
+    monkeypatch.setattr(event_module.orjson, "loads", refuse)
+    decoded = events_from_values(values)
+    monkeypatch.undo()
+    assert decoded is not None and expected is not None
+    assert [decoded.columns.event(i) for i in range(5)] == expected
+    assert list(zip(decoded.message, decoded.item, strict=True)) == [
+        (0, -1), (1, 0), (1, 1), (2, -1), (3, -1)]
+    assert _same_values(values)
+
+
+def test_values_with_unknown_fields_go_the_orjson_way() -> None:
+    assert _same_values([orjson.dumps(ev(extra={"a": [1, None]})), orjson.dumps(ev(id="e2"))])
+    assert _same_values([orjson.dumps([ev(id="e1"), ev(id="e2", tags=["x"])])])
+
+
+#: byte-level cases where JSON decoders are known to differ; each must be
+#: refused, or decoded as orjson and the per-event decoder do
+_BASE = b'"ts":"2026-03-02T10:00:00Z","kind":"like","actor":"a","target":"b"'
+RAW_CASES: list[bytes] = [
+    b'{"id":"x","id":"y",' + _BASE + b"}",  # a duplicate key: the last wins
+    b'{"id":"x",' + _BASE + b',"kind":"post"}',
+    b'{"\\u0069d":"x",' + _BASE + b"}",  # an escaped key
+    b'{"id":"\\ud83d\\ude00",' + _BASE + b"}",  # a surrogate pair
+    b'{"id":"\\ud800",' + _BASE + b"}",  # a lone surrogate
+    b'{"id":"\\u0000",' + _BASE + b"}",
+    b'{"id":"\xff",' + _BASE + b"}",  # not UTF-8
+    b'{"id":"x",' + _BASE + b',"extra":"\xff"}',
+    b'{"id":"x",' + _BASE + b',"extra":"\\ud800"}',
+    b'{"id":"x",' + _BASE + b',"extra":1e999}',
+    b'{"id":"x",' + _BASE + b',"extra":[1,}',
+    b'{"id":"x",' + _BASE + b',"extra":' + b"[" * 2000 + b"]" * 2000 + b"}",
+    b'\xef\xbb\xbf{"id":"x",' + _BASE + b"}",  # a byte order mark
+    b' {"id":"x",' + _BASE + b"}\n",
+    b'{"id":"x",' + _BASE + b"} x",
+    b'{"id":"x",' + _BASE + b"}{}",
+    b'{"id":"x","ts":99999999999999999999999,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":12345678901234567890,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":1e400,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":NaN,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":-0.0,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":1772445600.000000000001,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":0.17724456e10,"kind":"like","actor":"a","target":"b"}',
+    b'{"id":"x","ts":"2026-03-02T10:00:00Z","kind":"\\u006cike","actor":"a","target":"b"}',
+    b'{"id":"x","ts":"2026-03-02T10:00:00Z","kind":"Like","actor":"a","target":"b"}',
+    b'{"id":"' + b"\\u00e9" * 512 + b'",' + _BASE + b"}",  # 512 characters
+    b'{"id":"' + b"\\u00e9" * 513 + b'",' + _BASE + b"}",
+    b'{"id":"' + "é".encode() * 512 + b'",' + _BASE + b"}",
+    b'{"id":"' + "😀".encode() * 512 + b'",' + _BASE + b"}",
+    b'{"id":"' + "😀".encode() * 513 + b'",' + _BASE + b"}",
+    b'{"id":"x","ts":"2026-03-02T10:00:00Z","kind":"post","actor":"a","mentions":["m",""]}',
+    b'{"id":"x","ts":"2026-03-02T10:00:00Z","kind":"post","actor":"a","features":[]}',
+    b'{"id":"x","ts":"2026-03-02T10:00:00Z","kind":"post","actor":"a","target":null}',
+    b'{"id":"x","ts":"2026-03-02T10:00:00Z","kind":"like","actor":"a","target":null}',
+    b"[]", b"[[]]", b"[{}]", b"{}", b"null", b"1", b'"x"', b"", b"[", b"[1]",
+    b'[{"id":"x",' + _BASE + b"},null]",
+    b'[{"id":"x",' + _BASE + b"},[]]",
+]
+
+
+@pytest.mark.parametrize("raw", RAW_CASES, ids=range(len(RAW_CASES)))
+def test_values_judge_raw_bytes_as_orjson_and_the_decoder_do(raw: bytes) -> None:
+    _same_values([raw])
+    _same_values([orjson.dumps(ev(id="first")), raw])
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4),
+    st.sampled_from(["", "a", "x" * 512, "x" * 513, T0_TEXT, "2026-03-02T10:00:00.5Z",
+                     "2026-03-02T10:00:00+01:00", *KINDS, "Post"]),
+    st.lists(st.sampled_from(["", "m", 1]), max_size=3), st.just({"a": 1}),
+)
+_EVENTS = st.fixed_dictionaries(
+    {"id": st.sampled_from(["e", "", "x" * 513, 5]), "kind": st.sampled_from([*KINDS, "x"])},
+    optional={name: _FIELD_VALUES for name in (
+        "ts", "actor", "target", "mentions", "features", "subject", "platform", "extra")},
+).map(lambda obj: {"ts": T0, "actor": "a", **obj})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_EVENTS, st.lists(_EVENTS, max_size=3)), min_size=1, max_size=4),
+       st.booleans())
+def test_values_agree_with_the_decoder_on_generated_events(docs: list[Any],
+                                                          ascii_only: bool) -> None:
+    _same_values([json.dumps(doc, ensure_ascii=ascii_only).encode() for doc in docs])
 
 
 def test_utc_seconds_are_the_seconds_of_fromtimestamp() -> None:
