@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
-from pipeline.reciprocity import Omission, omissions
+from pipeline.reciprocity import Omission, omissions, post_omissions
 from schemas.event import (
     MENTIONING_KINDS,
     REASON_INVALID_EVENT,
@@ -524,11 +524,11 @@ class Ingest:
         return out
 
     def _omissions(self, columns: EventColumns, parts: list[int], out: IngestOutcome) -> None:
-        registry = self.registry
-        for i, (kind, features) in enumerate(zip(columns.kind, columns.features,
-                                                 strict=True)):
-            if features and kind == "post":
-                found = omissions(columns.event(i), registry)
+        registry, kinds, features = self.registry, columns.kind, columns.features
+        for i in itertools.compress(range(len(kinds)), features):  # features, not empty
+            if kinds[i] == "post":
+                found = post_omissions(columns.id[i], columns.ts[i], columns.actor[i],
+                                       columns.mentions[i], features[i], registry)
                 if found:
                     out.partition_counts[parts[i]].omissions += len(found)
                     out.omissions.extend(found)

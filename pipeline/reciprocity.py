@@ -82,17 +82,24 @@ def omissions(event: Event, registry: Registry) -> list[Omission]:
     """
     if event.kind != "post" or not event.features:
         return []
-    by = registry.org_of_account.get(event.actor)
+    return post_omissions(event.id, event.ts, event.actor, event.mentions, event.features,
+                          registry)
+
+
+def post_omissions(post_id: str, ts: float, actor: str, mentions: Sequence[str] | None,
+                   features: Sequence[str] | None, registry: Registry) -> list[Omission]:
+    """:func:`omissions` of a post given by its fields (stage 1's columns)."""
+    by = registry.org_of_account.get(actor)
     if by is None:
         return []
     featured: dict[str, set[str]] = {}
-    for entity in event.features:
+    for entity in features or ():
         org = registry.org_of_entity.get(entity)
         if org is not None and org != by:
             featured.setdefault(org, set()).add(entity)
-    named = {registry.org_of_account.get(account) for account in event.mentions}
+    named = {registry.org_of_account.get(account) for account in mentions or ()}
     return [
-        Omission(event.id, org, by, tuple(sorted(entities)), event.ts)
+        Omission(post_id, org, by, tuple(sorted(entities)), ts)
         for org, entities in sorted(featured.items())
         if org not in named
     ]
