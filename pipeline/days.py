@@ -9,7 +9,7 @@ dormant (no drop is possible from a zero baseline) until its next engagement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,26 @@ class DaySeries:
             counts[day] = counts.get(day, 0) + 1
         low = min(engaged[1:])
         if low < self.start:
+            self.start = low
+            if self.next is not None:
+                self.next = min(self.next, low + days * DAY)
+
+    def add_counts(self, first: int, counts: Mapping[int, int], days: int) -> None:
+        """:meth:`add_many` of engagements given by their first day and the
+        count of each day (``first`` counted in it), the days in the order they
+        first come: the same series, without a Python step per engagement."""
+        self.add(first, days)
+        held = self.counts
+        low: int | None = None
+        for day, n in counts.items():
+            if day == first:
+                n -= 1
+                if not n:
+                    continue
+            held[day] = held.get(day, 0) + n
+            if low is None or day < low:
+                low = day
+        if low is not None and low < self.start:
             self.start = low
             if self.next is not None:
                 self.next = min(self.next, low + days * DAY)

@@ -4,6 +4,7 @@ format, the inbound stage and alert records (all pure)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -566,6 +567,52 @@ def test_inbound_batches_apply_what_records_one_by_one_would(seed: int) -> None:
         assert totals[0] == sum(map(len, days.values()))
         results.append((decoded, totals, sorted(a.id for a in alerts)))
     assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_inbound_messages_in_bulk_apply_what_record_by_record_does(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-(org, day) path gives the same states (bytes), counts and
+    alerts as the per-record path, and takes the plain messages."""
+    sources = 1 + seed % 3
+    messages = _inbound_scenario(seed, sources)
+    plain = []
+    original = InboundStage._apply_plain
+
+    def counted(self: InboundStage, *args: Any) -> bool:
+        taken: bool = original(self, *args)
+        plain.append(taken)
+        return taken
+
+    results = []
+    for bulk in (True, False):
+        if bulk:
+            monkeypatch.setattr(InboundStage, "_apply_plain", counted)
+        else:
+            monkeypatch.setattr(InboundStage, "_apply_plain", lambda *args: False)
+        stage = InboundStage(INBOUND_PARAMS, sources)
+        stage.load(0, None, [])
+        outs = [stage.process(0, messages[i:i + 3]) for i in range(0, len(messages), 3)]
+        results.append([(o.states, o.tracker, o.alerts, o.counts, o.last_offset)
+                        for o in outs])
+    assert results[0] == results[1]
+    assert any(plain)
+
+
+def test_series_add_counts_is_add_many() -> None:
+    rng = random.Random(8)
+    for _ in range(500):
+        start = rng.randrange(20) * DAY
+        many, counted = DaySeries.begin(start, 3), DaySeries.begin(start, 3)
+        for _ in range(rng.randrange(1, 6)):
+            days = [rng.randrange(30) * DAY for _ in range(rng.randrange(1, 6))]
+            many.add_many(days, 3)
+            counted.add_counts(days[0], Counter(days), 3)
+            assert counted == many
+            assert list(counted.counts) == list(many.counts)
+            if rng.random() < 0.5:
+                at = float(rng.randrange(40) * DAY)
+                assert counted.evaluate(at, 3, 0.5, 1.0) == many.evaluate(at, 3, 0.5, 1.0)
 
 
 # --------------------------------------------------------------------------- alerts
