@@ -392,12 +392,6 @@ def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: f
     return count
 
 
-def _absent(values: np.ndarray) -> np.ndarray:
-    """Where an object array holds None (elementwise, in C)."""
-    absent: np.ndarray = values == None  # noqa: E711 - numpy compares elementwise
-    return absent
-
-
 #: an item as :func:`split_message` returns it: a single event's original
 #: bytes, or a packed element as decoded (:func:`item_bytes` gives its bytes)
 RawItem = bytes | dict[str, Any]
@@ -444,6 +438,10 @@ class Ingest:
     def __init__(self, registry: Registry, lateness_s: float) -> None:
         self.registry = registry
         self.lateness_s = lateness_s
+        #: the registry's orgs by integer code, and each account's org's code
+        self._org_names = np.array(list(registry.orgs), dtype=object)
+        code = {org: i for i, org in enumerate(registry.orgs)}
+        self._org_code = {account: code[org] for account, org in registry.org_of_account.items()}
 
     def process(
         self,
@@ -514,7 +512,7 @@ class Ingest:
                 [0] * len(where))
             for p, where in groups.items()})
         self._omissions(columns, parts, out)
-        self._engagements(columns, parts, offset, out)
+        self._engagements(columns, partition, id_of, offset_of, out)
         for p, where in groups.items():
             counts = out.partition_counts[p]
             counts.events += len(where)
@@ -533,22 +531,24 @@ class Ingest:
                     out.partition_counts[parts[i]].omissions += len(found)
                     out.omissions.extend(found)
 
-    def _engagements(self, columns: EventColumns, parts: list[int], offset: list[int],
-                     out: IngestOutcome) -> None:
+    def _engagements(self, columns: EventColumns, partition: np.ndarray, ids: np.ndarray,
+                     offsets: np.ndarray, out: IngestOutcome) -> None:
         """Every event's engagements resolved to org pairs, per source
         partition in event order (a target's before its mentions'): the rules
         of :func:`pipeline.engagements.raw_engagements` and ``resolve``, for
-        the whole batch at once."""
-        org_of = self.registry.org_of_account.get
-        kinds = columns.kind
-        kind_index = np.array(list(map(KIND_INDEX.get, kinds)), dtype=object)
-        targets = np.array(columns.target, dtype=object)
+        the whole batch at once, kinds and orgs as integer codes
+        (``partition``, ``ids`` and ``offsets`` per event)."""
+        code_of, n, absent = self._org_code.get, len(columns.kind), itertools.repeat(-1)
+        kinds, targets = columns.kind, columns.target
+        kind_code = np.fromiter(map(KIND_INDEX.get, kinds, absent), dtype=np.int64, count=n)
+        targeted = np.fromiter(map(operator.is_not, targets, itertools.repeat(None)),
+                               dtype=bool, count=n)
         #: per engagement: its event, the engaged account, its kind index
-        event = np.flatnonzero(~_absent(kind_index) & ~_absent(targets))
-        account = targets[event]
-        kind = kind_index[event]
+        event = np.flatnonzero((kind_code >= 0) & targeted)
+        account: list[Any] = list(map(targets.__getitem__, event.tolist()))
+        kind = kind_code[event]
         mentions = columns.mentions
-        mentioned = [i for i in itertools.compress(range(len(kinds)), mentions)
+        mentioned = [i for i in itertools.compress(range(n), mentions)
                      if kinds[i] in MENTIONING_KINDS]
         if mentioned:  # each account once per event, in the order named
             m_event, m_account = zip(*((i, account) for i in mentioned
@@ -557,18 +557,17 @@ class Ingest:
             event = np.concatenate([event, np.array(m_event, dtype=np.int64)])
             order = np.argsort(event, kind="stable")  # stable: a target before the mentions
             event = event[order]
-            account = np.concatenate([account, np.array(m_account, dtype=object)])[order]
-            kind = np.concatenate([kind, np.full(len(m_event), MENTION, dtype=object)])[order]
+            account = list(map([*account, *m_account].__getitem__, order.tolist()))
+            kind = np.concatenate([kind, np.full(len(m_event), MENTION, dtype=np.int64)])[order]
         if not len(event):
             return
-        src = np.array(list(map(org_of, columns.actor)), dtype=object)[event]
-        dst = np.array(list(map(org_of, account.tolist())), dtype=object)
-        unmapped = _absent(src) | _absent(dst)
-        same = ~unmapped & np.equal(src, dst)
+        src = np.fromiter(map(code_of, columns.actor, absent), dtype=np.int64, count=n)[event]
+        dst = np.fromiter(map(code_of, account, absent), dtype=np.int64, count=len(account))
+        unmapped = (src < 0) | (dst < 0)
+        same = ~unmapped & (src == dst)
         engaged = ~(unmapped | same)
-        part = np.array(parts, dtype=np.int64)[event]
-        ids, times = np.array(columns.id, dtype=object), np.array(columns.ts, dtype=np.float64)
-        offsets = np.array(offset, dtype=np.int64)
+        part = partition[event]
+        times, names = np.array(columns.ts, dtype=np.float64), self._org_names
         counts = out.partition_counts
         for p in dict.fromkeys(part.tolist()):
             of_p = part == p
@@ -580,8 +579,8 @@ class Ingest:
             counts[p].engagements += len(chosen)
             at = event[chosen]
             out.engagements[p] = EngagementColumns(
-                ids[at].tolist(), kind[chosen].tolist(), src[chosen].tolist(),
-                dst[chosen].tolist(), times[at].tolist(), offsets[at].tolist())
+                ids[at].tolist(), kind[chosen].tolist(), names[src[chosen]].tolist(),
+                names[dst[chosen]].tolist(), times[at].tolist(), offsets[at].tolist())
 
     def _events(
         self,
