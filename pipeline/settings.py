@@ -183,6 +183,13 @@ class Settings(BaseSettings):
         description=("RECIPROCITY_MALLOC_TRIM_S: how often the worker hands the C heap's free "
                      "pages back to the system (glibc malloc_trim); 0 never."),
     )
+    switch_interval_s: float = Field(
+        0.001, gt=0, le=1,
+        description=("RECIPROCITY_SWITCH_INTERVAL_S: how long a worker thread may hold the GIL "
+                     "while another waits for it (sys.setswitchinterval; Python's default "
+                     "0.005): the store's and Kafka's threads get in sooner while the event "
+                     "loop is busy."),
+    )
     stats_interval_s: float = Field(
         10.0, gt=0, description="RECIPROCITY_STATS_INTERVAL_S: period of the progress log line."
     )

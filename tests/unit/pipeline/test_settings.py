@@ -231,3 +231,23 @@ def test_secrets_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     settings = Settings(_secrets_dir=tmp_path)  # what RECIPROCITY_SECRETS_DIR sets
     assert settings.kafka_sasl_password.get_secret_value() == "from-a-file"
     assert settings.masked()["clickhouse_url"] == "clickhouse://u:***@ch:9000/db"
+
+
+def test_switch_interval_is_set_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from pipeline.runner import tune_threads
+
+    assert Settings().switch_interval_s == 0.001
+    monkeypatch.setenv("RECIPROCITY_SWITCH_INTERVAL_S", "0.002")
+    settings = Settings()
+    before = sys.getswitchinterval()
+    try:
+        tune_threads(settings.switch_interval_s)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
+    for bad in ("0", "-1", "2"):
+        monkeypatch.setenv("RECIPROCITY_SWITCH_INTERVAL_S", bad)
+        with pytest.raises(ValidationError):
+            Settings()
