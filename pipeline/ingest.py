@@ -512,7 +512,7 @@ class Ingest:
                 [0] * len(where))
             for p, where in groups.items()})
         self._omissions(columns, parts, out)
-        self._engagements(columns, partition, id_of, offset_of, out)
+        self._engagements(columns, partition, id_of, ts, offset_of, out)
         for p, where in groups.items():
             counts = out.partition_counts[p]
             counts.events += len(where)
@@ -532,12 +532,12 @@ class Ingest:
                     out.omissions.extend(found)
 
     def _engagements(self, columns: EventColumns, partition: np.ndarray, ids: np.ndarray,
-                     offsets: np.ndarray, out: IngestOutcome) -> None:
+                     times: np.ndarray, offsets: np.ndarray, out: IngestOutcome) -> None:
         """Every event's engagements resolved to org pairs, per source
         partition in event order (a target's before its mentions'): the rules
         of :func:`pipeline.engagements.raw_engagements` and ``resolve``, for
         the whole batch at once, kinds and orgs as integer codes
-        (``partition``, ``ids`` and ``offsets`` per event)."""
+        (``partition``, ``ids``, ``times`` and ``offsets`` per event)."""
         code_of, n, absent = self._org_code.get, len(columns.kind), itertools.repeat(-1)
         kinds, targets = columns.kind, columns.target
         kind_code = np.fromiter(map(KIND_INDEX.get, kinds, absent), dtype=np.int64, count=n)
@@ -567,7 +567,7 @@ class Ingest:
         same = ~unmapped & (src == dst)
         engaged = ~(unmapped | same)
         part = partition[event]
-        times, names = np.array(columns.ts, dtype=np.float64), self._org_names
+        names = self._org_names
         counts = out.partition_counts
         for p in dict.fromkeys(part.tolist()):
             of_p = part == p

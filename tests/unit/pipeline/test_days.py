@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 
 from pipeline.days import DAY, DaySeries
 from pipeline.reciprocity import is_drop
@@ -42,18 +43,22 @@ def test_each_evaluated_day_has_the_mean_of_the_days_before_as_its_baseline() ->
     assert checked > 100  # days with a drop were compared, not only empty lists
 
 
-def test_add_many_is_add_of_each_in_order() -> None:
+def test_add_many_and_add_counts_are_add_of_each_in_order() -> None:
     D = DAY
     rng = random.Random(3)
     for _ in range(500):
         start = rng.randrange(20) * D
-        one, many = DaySeries.begin(start, 3), DaySeries.begin(start, 3)
+        one, many, counted = (DaySeries.begin(start, 3), DaySeries.begin(start, 3),
+                              DaySeries.begin(start, 3))
         for _ in range(rng.randrange(1, 6)):
             days = [rng.randrange(30) * D for _ in range(rng.randrange(1, 6))]
             for day in days:
                 one.add(day, 3)
             many.add_many(days, 3)
-            assert many == one
+            counted.add_counts(days[0], Counter(days), 3)
+            assert many == one == counted
+            assert list(counted.counts) == list(one.counts)  # the same order
             if rng.random() < 0.5:  # a watermark step: may put the series to sleep
                 at = float(rng.randrange(40) * D)
-                assert many.evaluate(at, 3, 0.5, 1.0) == one.evaluate(at, 3, 0.5, 1.0)
+                assert (many.evaluate(at, 3, 0.5, 1.0) == one.evaluate(at, 3, 0.5, 1.0)
+                        == counted.evaluate(at, 3, 0.5, 1.0))

@@ -4,7 +4,6 @@ format, the inbound stage and alert records (all pure)."""
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -597,22 +596,6 @@ def test_inbound_messages_in_bulk_apply_what_record_by_record_does(
                         for o in outs])
     assert results[0] == results[1]
     assert any(plain)
-
-
-def test_series_add_counts_is_add_many() -> None:
-    rng = random.Random(8)
-    for _ in range(500):
-        start = rng.randrange(20) * DAY
-        many, counted = DaySeries.begin(start, 3), DaySeries.begin(start, 3)
-        for _ in range(rng.randrange(1, 6)):
-            days = [rng.randrange(30) * DAY for _ in range(rng.randrange(1, 6))]
-            many.add_many(days, 3)
-            counted.add_counts(days[0], Counter(days), 3)
-            assert counted == many
-            assert list(counted.counts) == list(many.counts)
-            if rng.random() < 0.5:
-                at = float(rng.randrange(40) * DAY)
-                assert counted.evaluate(at, 3, 0.5, 1.0) == many.evaluate(at, 3, 0.5, 1.0)
 
 
 # --------------------------------------------------------------------------- alerts
