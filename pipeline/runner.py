@@ -84,6 +84,7 @@ def tune_threads(switch_interval_s: float) -> None:
     alone, 7.7 ms at 1 ms (docs/benchmarks.md)."""
     sys.setswitchinterval(switch_interval_s)
 
+
 async def run_worker(
     settings: Settings,
     registry: Registry,

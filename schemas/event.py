@@ -294,6 +294,15 @@ def events_from_objs(objs: Sequence[Any]) -> EventColumns | None:
             and _strings(_present(targets)) and _strings(_present(subjects))
             and _strings(_present(platforms)) and _id_lists(mentions) and _id_lists(features)):
         return None
+    return _checked_columns(ids, stamps, kinds, actors, targets, mentions, features)
+
+
+def _checked_columns(ids: list[str], stamps: list[Any], kinds: list[str], actors: list[str],
+                     targets: list[Any], mentions: list[Any],
+                     features: list[Any]) -> EventColumns | None:
+    """The columns of events whose fields are checked, once the two rules
+    across fields hold: only a post may have no target, and every ``ts``
+    is a time :func:`_utc_times` takes; otherwise None."""
     if not set(itertools.compress(kinds, map(operator.is_, targets,
                                              itertools.repeat(None)))) <= {"post"}:
         return None  # only a post may have no target
@@ -396,15 +405,7 @@ def events_from_values(values: Sequence[bytes]) -> DecodedValues | None:
 def _plain_columns(objs: list[_Plain]) -> EventColumns | None:
     """The columns of events msgspec validated: what is left to check is
     the target (only a post may lack one) and the times."""
-    ids, stamps, kinds, actors, targets, mentions, features = (
-        list(map(get, objs)) for get in _PLAIN_FIELDS)
-    if not set(itertools.compress(kinds, map(operator.is_, targets,
-                                             itertools.repeat(None)))) <= {"post"}:
-        return None
-    times = _utc_times(stamps)
-    if times is None:
-        return None
-    return EventColumns(ids, times, kinds, actors, targets, mentions, features)
+    return _checked_columns(*(list(map(get, objs)) for get in _PLAIN_FIELDS))
 
 
 def _present(values: list[Any]) -> list[Any]:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from pipeline.ingest import split_message
 from schemas import event as event_module
 from schemas.event import (
     ENGAGEMENT_KINDS,
@@ -512,19 +513,15 @@ def test_columns_times_equal_the_decoders_on_many_random_times() -> None:
 
 
 def _one_by_one(values: list[bytes]) -> list[Event] | None:
-    """Each value decoded by orjson and each event validated on its own, as
-    the worker's per-event path does: the events (without subject and
+    """Each value taken on its own by the worker's per-event path
+    (:func:`pipeline.ingest.split_message`): the events (without subject and
     platform, which the columns do not keep), or None if any is invalid."""
     events: list[Event] = []
     for value in values:
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError:
+        items = split_message(value)
+        if isinstance(items, Invalid):
             return None
-        if isinstance(doc, list) and (not doc or not all(isinstance(i, dict) for i in doc)):
-            return None
-        for obj in doc if isinstance(doc, list) else [doc]:
-            event = event_from_obj(obj)
+        for event, _raw in items:
             if not isinstance(event, Event):
                 return None
             events.append(dataclasses.replace(event, subject=None, platform=None))
