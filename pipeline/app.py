@@ -727,8 +727,9 @@ class Pipeline:
                 continue
             high = self._max_ts.get(source)
             by_pair, by_dst = self.router.split(records)
-            for topic, by_target, fields in ((self.pairs_topic, by_pair, PAIR_FIELDS),
-                                             (self.inbound_topic, by_dst, INBOUND_FIELDS)):
+            for topic, by_target, fields in ((self.settings.pairs_topic, by_pair, PAIR_FIELDS),
+                                             (self.settings.inbound_topic, by_dst,
+                                              INBOUND_FIELDS)):
                 for target in range(n):
                     routed = by_target.get(target, _NO_ENGAGEMENTS)
                     if not (routed or moved or woke):
@@ -736,11 +737,10 @@ class Pipeline:
                     # records in chunks under the request size; the partition's
                     # new largest time only with the last, after every record
                     chunks = chunk_by_offset(routed, CHUNK_RECORDS)
-                    for chunk in chunks[:-1]:
-                        pending.append(await topic.send(
-                            value=encode(source, None, False, chunk, fields), partition=target))
-                    pending.append(await topic.send(
-                        value=encode(source, high, False, chunks[-1], fields), partition=target))
+                    values = [encode(source, None, False, chunk, fields)
+                              for chunk in chunks[:-1]]
+                    values.append(encode(source, high, False, chunks[-1], fields))
+                    pending += await self.bulk.send_each(topic, target, values)
         self._note_sent(await self._delivered(pending))
 
     def _align(self) -> None:
@@ -805,13 +805,12 @@ class Pipeline:
             if not fresh:
                 return
             pending = []
-            for topic, fields in ((self.pairs_topic, PAIR_FIELDS),
-                                  (self.inbound_topic, INBOUND_FIELDS)):
+            for topic, fields in ((self.settings.pairs_topic, PAIR_FIELDS),
+                                  (self.settings.inbound_topic, INBOUND_FIELDS)):
                 for source in fresh:
                     for target in range(self.settings.partitions):
-                        pending.append(await topic.send(
-                            value=encode(source, self._max_ts.get(source), True, (), fields),
-                            partition=target))
+                        pending += await self.bulk.send_each(topic, target, [
+                            encode(source, self._max_ts.get(source), True, (), fields)])
             self._note_sent(await self._delivered(pending))
             self._idle.update(fresh)
             self._align()  # an idle partition holds no other back
