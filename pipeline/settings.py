@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         100, ge=1,
         description=("RECIPROCITY_FETCH_MAX_WAIT_MS: longest a consumer fetch waits at the "
                      "broker for new messages (Faust hard-codes 1500). Kafka answers as "
-                     "soon as there are some; the Tansu broker only when the wait is over."),
+                     "soon as there are some; the Tansu broker within about half the wait."),
     )
     dedup_retention_s: float = Field(
         7 * 86400, gt=0,
