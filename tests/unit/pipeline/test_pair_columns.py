@@ -127,6 +127,29 @@ def test_columns_find_what_objects_find(seed: int, monkeypatch: pytest.MonkeyPat
     assert findings
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_applied_times_for_the_latency_hook_are_those_of_the_objects(seed: int) -> None:
+    params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0)
+    old, new = PairStage(REGISTRY, params, 2), ColumnarPairStage(REGISTRY, params, 2)
+    old.load(2, None, [])
+    new.load(2, None)
+    old.keep_applied_ts = new.keep_applied_ts = True
+    applied = 0
+    for batch in _scenario(seed, 2, 3 * H):
+        expected = old.process(2, batch, "s", NOW)
+        got = new.process(2, batch, "s", NOW)
+        times = np.concatenate(got.applied_ts or [np.empty(0)])
+        assert times.dtype == np.float64
+        assert sorted(times.tolist()) == sorted(expected.applied_ts)
+        assert len(times) == got.counts.applied
+        applied += len(times)
+    assert applied
+    quiet = ColumnarPairStage(REGISTRY, params, 2)  # off unless a hook asks for them
+    quiet.load(2, None)
+    assert all(not quiet.process(2, batch, "s", NOW).applied_ts
+               for batch in _scenario(seed, 2, 3 * H))
+
+
 class Table:
     """The pair table as the worker keeps it: each batch's states in order, then
     the tracker."""
