@@ -223,7 +223,7 @@ class Pipeline:
         self.pair_stage = ColumnarPairStage(registry, params, settings.partitions)
         #: called after each pair-stage sink write with the event times of the
         #: engagements it made queryable (``reciprocity bench`` measures latency)
-        self._on_written: Callable[[np.ndarray], None] | None = None
+        self._on_written: Callable[[list[float]], None] | None = None
         self.inbound_stage = InboundStage(params, settings.partitions)
         self.router = Router(settings.partitions)
         self.app = faust_app(settings, **app_overrides)
@@ -932,9 +932,7 @@ class Pipeline:
         async def write() -> None:
             await self.sink.write(batch)
             if self.on_written is not None:
-                self.on_written(np.concatenate(
-                    [ts for _, outcome in outcomes for ts in outcome.applied_ts]
-                    or [np.empty(0, dtype=np.float64)]))
+                self.on_written([ts for _, outcome in outcomes for ts in outcome.applied_ts])
 
         async def send() -> None:
             await self._send_dead_letters(topic, dead)
@@ -954,11 +952,11 @@ class Pipeline:
         self._done(topic, applied)
 
     @property
-    def on_written(self) -> Callable[[np.ndarray], None] | None:
+    def on_written(self) -> Callable[[list[float]], None] | None:
         return self._on_written
 
     @on_written.setter
-    def on_written(self, callback: Callable[[np.ndarray], None] | None) -> None:
+    def on_written(self, callback: Callable[[list[float]], None] | None) -> None:
         self._on_written = callback
         self.pair_stage.keep_applied_ts = callback is not None
 

@@ -306,9 +306,7 @@ class ColumnarOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: PairCounts = field(default_factory=PairCounts)
     last_offset: int = -1
-    #: the applied engagements' event times (epoch s), one array per internal
-    #: partition's share of the batch; kept only for a latency measurement
-    applied_ts: list[np.ndarray] = field(default_factory=list)
+    applied_ts: list[float] = field(default_factory=list)
 
     @property
     def pair_windows(self) -> list[PairWindowRow]:
@@ -625,7 +623,7 @@ class ColumnarPairStage:
                                 dirty)
         counts.applied += len(applied_ts)
         if self.keep_applied_ts:
-            out.applied_ts.append(np.array(applied_ts, dtype=np.float64))
+            out.applied_ts.extend(applied_ts.tolist())
         return {"src": srcs, "dst": dsts, "ts": ts, "kind": kind, "id": event_ids.tolist(),
                 "source": source, "offset": offset, "late": late}
 

@@ -20,8 +20,8 @@ Latency (:func:`run_latency_worker` with :func:`run_live_producer` in another
 process): a producer sends single-event messages at the offered rate with
 ``ts`` = wall clock at sending; the running worker reports, through
 ``Pipeline.on_written`` (called after each successful stage-2 store write with
-the engagement times of that batch, one float64 array), and the bench records
-``now - ts`` for each. Without that hook the phase reports null.
+the engagement times of that batch), and the bench records ``now - ts`` for
+each. Without that hook the phase reports null.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import orjson
 
 from pipeline.bench.data import Dataset, Sender, load_reference, read_lines
@@ -253,15 +252,14 @@ async def _latency_worker(spec: PhaseSpec) -> PhaseResult:
     registry = load_registry(dataset.registry_path)
     ensure_pipeline_topics(settings)
     backend = open_backend(settings.clickhouse_url.get_secret_value())
-    #: each written batch's latencies, as arrays: the hook runs on the worker's
-    #: event loop, so it does no Python step per engagement
-    latencies: list[np.ndarray] = []
+    latencies: list[float] = []
     assigned: set[int] = set()
     state: dict[str, Any] = {"hooked": None, "ready": False, "check": None}
     targets = _Targets()
 
-    def written(timestamps: np.ndarray) -> None:
-        latencies.append(time.time() - timestamps)
+    def written(timestamps: list[float]) -> None:
+        now = time.time()
+        latencies.extend(now - ts for ts in timestamps)
 
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         for tp in (args[0] if args else kwargs.get("assigned", ())):
@@ -302,13 +300,13 @@ async def _latency_worker(spec: PhaseSpec) -> PhaseResult:
     if health.failure is not None:
         result.note = f"FAILED: {health.failure}"
         return result
-    ordered = np.sort(np.concatenate(latencies)).tolist() if latencies else []
+    latencies.sort()
     result.events = stats.counts.events
     result.extra.update({
-        "latency_p50_s": quantile(ordered, 0.50),
-        "latency_p99_s": quantile(ordered, 0.99),
-        "latency_max_s": ordered[-1] if ordered else None,
-        "latency_samples": len(ordered),
+        "latency_p50_s": quantile(latencies, 0.50),
+        "latency_p99_s": quantile(latencies, 0.99),
+        "latency_max_s": latencies[-1] if latencies else None,
+        "latency_samples": len(latencies),
         "pipeline_counts": stats.counts.as_dict(),
     })
     return result
