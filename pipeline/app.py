@@ -332,11 +332,13 @@ class Pipeline:
         await asyncio.get_running_loop().run_in_executor(None, free_heap)
 
     async def _run_batches(self, stream: faust.StreamT[bytes], topic: str,
-                           handle: Callable[[Sequence[Any]], Any]) -> None:
+                           handle: Callable[[Sequence[Any]], Any],
+                           within: float | None = None) -> None:
         # Iterating the agent's channel subscribes the worker to the topic (Faust
         # adds it to the conductor); its messages come through the lane.
         aiter(stream.channel)
-        batches = self.fetch.lanes[topic].batches(self.settings.batch_within_s)
+        batches = self.fetch.lanes[topic].batches(
+            self.settings.batch_within_s if within is None else within)
         async for messages in batches:
             self._busy += 1
             self._no_batch.clear()
@@ -963,7 +965,8 @@ class Pipeline:
     # -- stage 3: inbound --------------------------------------------------------------
 
     async def _inbound_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self._run_batches(stream, self.settings.inbound_topic, self.process_inbound)
+        await self._run_batches(stream, self.settings.inbound_topic, self.process_inbound,
+                                self.settings.inbound_batch_within_s)
 
     async def process_inbound(self, messages: Sequence[Any]) -> None:
         settings = self.settings

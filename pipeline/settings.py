@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         description=("RECIPROCITY_BATCH_WITHIN_S: longest a batch waits to fill, counted from "
                      "the arrival of its first message."),
     )
+    inbound_batch_within_s: float = Field(
+        1.0, gt=0,
+        description=("RECIPROCITY_INBOUND_BATCH_WITHIN_S: the same for the inbound stage "
+                     "(engagement received per org and day, drop alerts): it writes every "
+                     "org a batch touched to its table, so fewer, larger batches cost the "
+                     "worker less, and a drop is a day's count."),
+    )
     kafka_security_protocol: str = Field(
         "PLAINTEXT",
         description=(

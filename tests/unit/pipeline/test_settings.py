@@ -38,6 +38,7 @@ def test_env_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECIPROCITY_TOPIC", "events-b")
     monkeypatch.setenv("RECIPROCITY_PARTITIONS", "12")
     monkeypatch.setenv("RECIPROCITY_BATCH_WITHIN_S", "0.25")
+    monkeypatch.setenv("RECIPROCITY_INBOUND_BATCH_WITHIN_S", "2.5")
     monkeypatch.setenv("RECIPROCITY_WEB_ENABLED", "true")
     monkeypatch.setenv("RECIPROCITY_BROKER", "kafka://k1:9092;k2:9093")
     monkeypatch.setenv("RECIPROCITY_CLICKHOUSE_URL", CH_URL)
@@ -46,6 +47,7 @@ def test_env_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.effective_stream_id == "events-b"
     assert settings.partitions == 12
     assert settings.batch_within_s == 0.25
+    assert settings.inbound_batch_within_s == 2.5
     assert settings.web_enabled is True
     assert settings.bootstrap_servers == ["k1:9092", "k2:9093"]
     assert settings.clickhouse_url.get_secret_value() == CH_URL
