@@ -99,8 +99,9 @@ class BulkProducer:
         ``Topic.send`` passes through the event loop three times per record
         (its check that the producer is started), and every pass lets the
         other stages' work run first: stage 1's 32 internal messages a batch
-        took about 100 ms to hand over at 10,000 events/s instead of well
-        under one (docs/benchmarks.md)."""
+        took about 100 ms to hand over at 10,000 events/s, now about 10
+        (docs/benchmarks.md). The app's producer must be started (it is
+        before any agent runs)."""
         producer = self._producer()
         return [await producer.send(topic, value, partition=partition) for value in values]
 
