@@ -18,6 +18,10 @@ batch's omissions, alerts and batch records): the store keeps parts under
 (ClickHouse's ``min_bytes_for_full_part_storage``), so such an INSERT costs
 fewer file operations (a 2-row INSERT 9.5 -> 7.5 ms in a probe; the latency
 phase of ``reciprocity bench`` at 10k events/s p50 1.69 s -> 1.46-1.53 s).
+
+Opening the store also loads what the Arrow path imports on first use
+(:meth:`ChdbBackend._load_arrow_path`), so that a running stream's first
+large block does not.
 """
 
 from __future__ import annotations
@@ -140,6 +144,18 @@ class ChdbBackend(Backend):
                 f"cannot open the store {self.path}: {exc} (only one process at a time "
                 "may open an embedded store; is a reciprocity run still using it?)"
             ) from exc
+        self._load_arrow_path()
+
+    def _load_arrow_path(self) -> None:
+        """Import now what the Arrow path (:meth:`_insert`) imports on first
+        use: pyarrow imports pandas on its first array, chdb's ``Python()``
+        table function pyarrow's dataset modules; about 400 modules, 0.5 s on
+        an idle machine, holding the GIL throughout. Left to the first block of
+        :data:`JSON_ROWS` rows, that import stalled the worker's event loop for
+        1-1.5 s in the middle of a stream (the latency phase of ``reciprocity
+        bench``: the whole p99, docs/benchmarks.md)."""
+        data = pa.table({"x": pa.array([0], type=pa.uint64())})  # noqa: F841 - read by Python()
+        self._session.query("SELECT count() FROM Python(data)")
 
     def ensure_schema(self, cluster: str | None = None) -> None:
         """The migrations, then small parts packed (see the module doc), also in

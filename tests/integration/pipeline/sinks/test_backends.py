@@ -5,6 +5,8 @@ No mocks: the same contract tests run on each backend.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -165,3 +167,43 @@ def test_small_blocks_as_json_text_store_what_arrow_stores(tmp_path: Path) -> No
         assert json_columns(table, nan) is None
     finally:
         store.close()
+
+
+def test_a_large_block_imports_nothing_once_the_store_is_open(tmp_path: Path) -> None:
+    """chdb: opening the store loads what the Arrow path imports on first use
+    (pandas, through pyarrow, and pyarrow's dataset modules: 0.5-1.5 s holding
+    the GIL), so a stream's first block of JSON_ROWS rows does not stall the
+    worker. In a fresh interpreter: this test's process has imported them."""
+    script = f"""
+import sys
+from pipeline.sinks import open_backend
+from pipeline.sinks.base import ColumnBlock
+from pipeline.sinks.embedded import JSON_ROWS
+from pipeline.sinks.schema import TABLES
+
+store = open_backend("chdb://{tmp_path}/warm")
+store.ensure_schema()
+table = next(t for t in TABLES if t.name == "pair_windows")
+n = JSON_ROWS
+columns = []
+for name, kind in table.columns:
+    if kind == "String":
+        columns.append([f"{{name}}-{{i % 50}}" for i in range(n)])
+    elif kind == "Nullable(Float64)":
+        columns.append([None if i % 2 else 0.5 for i in range(n)])
+    elif kind == "Float64":
+        columns.append([float(i) for i in range(n)])
+    else:
+        columns.append(list(range(1_772_445_600, 1_772_445_600 + n)))
+before = set(sys.modules)
+store.insert_columns(table, ColumnBlock(columns))
+print(sorted(set(sys.modules) - before))
+print(store.query("SELECT count() FROM reciprocity.pair_windows")[0][0])
+store.close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    from pipeline.sinks.embedded import JSON_ROWS
+
+    imported, stored = done.stdout.splitlines()[-2:]
+    assert (imported, int(stored)) == ("[]", JSON_ROWS)
