@@ -164,15 +164,17 @@ class Settings(BaseSettings):
         2.8, gt=0, description="RECIPROCITY_COMMIT_INTERVAL_S: how often consumed offsets commit."
     )
     producer_max_batch_bytes: int = Field(
-        512 * 1024, ge=1,
+        1_000_000, ge=1,
         description=("RECIPROCITY_PRODUCER_MAX_BATCH_BYTES: largest record batch the worker's "
                      "Kafka producer builds (keep it under the broker's message.max.bytes, "
                      "1 MiB by default). The producer sends one batch per partition per "
                      "request and waits for each reply, so a batch's changelog writes take "
                      "one round trip per this many bytes of a partition (Faust's default, "
                      "16 KiB, took a 10k/s latency run's pair-state writes from 30 to "
-                     "210 ms). 1 sends one record per batch (needed on the Tansu broker "
-                     "for table recovery, its ListOffsets is wrong for multi-record batches)."),
+                     "210 ms; 512 KiB held one 256 KiB part of a pair-state snapshot a "
+                     "batch, 1,000,000 bytes hold three). 1 sends one record per batch "
+                     "(needed on the Tansu broker for table recovery, its ListOffsets is "
+                     "wrong for multi-record batches)."),
     )
     fetch_max_wait_ms: int = Field(
         100, ge=1,

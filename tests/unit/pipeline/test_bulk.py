@@ -92,3 +92,23 @@ def test_partitions_of_many_keys_are_the_partitioners() -> None:
     assert bulk.partitions_of("alerts", keys) == [one(key) for key in keys]
     assert bulk.partitions_of("unknown", keys[:3]) == [9, 9, 9]
     assert bulk.partitions_of("alerts", []) == []
+
+
+def test_a_default_record_batch_holds_three_parts_of_a_pair_state_snapshot() -> None:
+    """A partition's changelog writes take one round trip per record batch
+    (aiokafka queues one batch per partition): a snapshot's 256 KiB parts go
+    three to a batch of the default size, and a batch stays under Kafka's
+    default message.max.bytes (1,048,588)."""
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
+    from pipeline.pair_columns import PART_BYTES
+    from pipeline.settings import Settings
+
+    size = Settings().producer_max_batch_bytes
+    builder = BatchBuilder(size, 0, is_transactional=False)  # 0: no compression
+    key, value = b'"cols:0:s0:0"', bytes(PART_BYTES)
+    fitted = 0
+    while builder.append(key=key, value=value, timestamp=None) is not None:
+        fitted += 1
+    assert fitted == 3
+    assert size <= 1_048_588
