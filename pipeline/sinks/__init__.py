@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.sinks.base import (
     AlertRow,
@@ -51,11 +51,20 @@ def open_backend(url: str) -> Backend:
 
 @dataclass
 class _Group:
-    """Batches written together: those that came while the thread was busy."""
+    """Batches written together: those that came while the thread was busy,
+    each with the tables it has rows for and its own completion."""
 
     batch: SinkBatch
-    done: asyncio.Future[None]
-    members: int = 0
+    members: list[tuple[frozenset[str], asyncio.Future[None]]] = field(default_factory=list)
+    #: the tables the current attempt has written
+    written: set[str] = field(default_factory=set)
+
+    def progress(self, table: str) -> None:
+        """``table``'s rows are in: the members with nothing else to write are done."""
+        self.written.add(table)
+        for tables, done in self.members:
+            if not done.done() and tables <= self.written:
+                done.set_result(None)
 
 
 class AsyncSink:
@@ -67,7 +76,10 @@ class AsyncSink:
     Batches that arrive while a write is in progress (the three agents each
     write every batch) wait for it together and go in one write, one INSERT
     per table for all of them: an insert has a fixed cost (a new part in the
-    store), about 6 ms on the embedded engine however few its rows.
+    store), about 6 ms on the embedded engine however few its rows. Each of
+    them is done once the INSERTs of its own tables are (in
+    :data:`pipeline.sinks.base.WRITE_ORDER`: a pair-stage batch before the
+    omissions and batch records of a stage-1 batch written with it).
     """
 
     def __init__(
@@ -99,34 +111,45 @@ class AsyncSink:
         its rows are stored, raises if they could not be."""
         if not batch:
             return
+        loop = asyncio.get_running_loop()
         group = self._forming
         if group is None:
-            group = self._forming = _Group(SinkBatch(),
-                                           asyncio.get_running_loop().create_future())
+            group = self._forming = _Group(SinkBatch())
             flush = asyncio.ensure_future(self._flush(group))
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
         group.batch.extend(batch)
-        group.members += 1
-        await asyncio.shield(group.done)
+        done: asyncio.Future[None] = loop.create_future()
+        group.members.append((batch.tables(), done))
+        await asyncio.shield(done)
 
     async def _flush(self, group: _Group) -> None:
         async with self._writing:
             if self._forming is group:
                 self._forming = None  # later batches form the next group
             try:
-                await self._write(group.batch)
+                await self._write(group)
             except Exception as exc:
-                group.done.set_exception(exc)
+                for _tables, done in group.members:
+                    if not done.done():
+                        done.set_exception(exc)
             else:
-                self.batches += group.members
-                group.done.set_result(None)
+                self.batches += len(group.members)
+                for _tables, done in group.members:
+                    if not done.done():
+                        done.set_result(None)
 
-    async def _write(self, batch: SinkBatch) -> None:
+    async def _write(self, group: _Group) -> None:
+        loop = asyncio.get_running_loop()
+
+        def written(table: str) -> None:  # on the sink's thread
+            loop.call_soon_threadsafe(group.progress, table)
+
         started = time.monotonic()
         for attempt, delay in enumerate((*self.retry_delays, None)):
+            group.written.clear()
             try:
-                await self.run(self.backend.write, batch)
+                await self.run(self.backend.write, group.batch, written)
             except Exception as exc:
                 self.failures += 1
                 if delay is None:

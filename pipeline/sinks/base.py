@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 
-from pipeline.sinks.schema import TABLES, Table
+from pipeline.sinks.schema import BY_NAME, TABLES, Table
 
 log = logging.getLogger(__name__)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -208,6 +208,11 @@ class SinkBatch:
         for name, blocks in other.blocks.items():
             self.blocks.setdefault(name, []).extend(blocks)
 
+    def tables(self) -> frozenset[str]:
+        """The names of the tables this batch has rows for."""
+        return frozenset(t.name for t in TABLES if getattr(self, t.name)) | frozenset(
+            name for name, blocks in self.blocks.items() if any(len(b) for b in blocks))
+
     def __bool__(self) -> bool:
         return any(getattr(self, t.name) for t in TABLES) or any(
             len(b) for blocks in self.blocks.values() for b in blocks)
@@ -220,6 +225,15 @@ def _rows_block(table: Table, rows: Sequence[tuple[Any, ...]]) -> ColumnBlock:
         if kind.startswith("DateTime"):
             columns[i] = [int(v.timestamp()) for v in columns[i]]
     return ColumnBlock(columns)
+
+
+#: the order of a write's INSERTs: the pair stage's tables (its windows, snubs
+#: and alerts) before stage 1's omissions and batch records, so a pair-stage
+#: batch written together with a stage-1 batch is stored, and its windows
+#: queryable, without waiting for those (:class:`pipeline.sinks.AsyncSink`)
+WRITE_ORDER: Final = tuple(BY_NAME[name] for name in (
+    "pair_windows", "snubs", "alerts", "dead_letters", "omissions", "pipeline_batches",
+    "org_lineage", "registries"))
 
 
 class StoreError(RuntimeError):
@@ -247,11 +261,14 @@ class Backend(ABC):
 
         migrate(self, cluster or None, log=log.info)
 
-    def write(self, batch: SinkBatch) -> None:
-        """Write one batch, one INSERT per table. Idempotent: writing the same
-        rows again leaves the same query results. Raises on failure; the caller
-        retries and never acks the source offsets of a failed batch."""
-        for table in TABLES:
+    def write(self, batch: SinkBatch,
+              written: Callable[[str], None] | None = None) -> None:
+        """Write one batch, one INSERT per table, in :data:`WRITE_ORDER`;
+        ``written`` (when given) is called with each table's name once its rows
+        are in. Idempotent: writing the same rows again leaves the same query
+        results. Raises on failure; the caller retries and never acks the
+        source offsets of a failed batch."""
+        for table in WRITE_ORDER:
             rows = getattr(batch, table.name)
             blocks = batch.blocks.get(table.name)
             if blocks:
@@ -260,6 +277,10 @@ class Backend(ABC):
                 self.insert_columns(table, ColumnBlock.concat(blocks))
             elif rows:
                 self.insert(table, rows)
+            else:
+                continue
+            if written is not None:
+                written(table.name)
 
     def insert_columns(self, table: Table, block: ColumnBlock) -> None:
         """Insert a block of rows in one batch (as tuples unless a backend

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ class FlakyBackend(Backend):
     def ensure_schema(self) -> None:
         pass
 
-    def write(self, batch: SinkBatch) -> None:
+    def write(self, batch: SinkBatch, written: Callable[[str], None] | None = None) -> None:
         self.threads.add(threading.current_thread().name)
         if self.failures:
             self.failures -= 1
@@ -93,7 +93,7 @@ class GatedBackend(FlakyBackend):
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def write(self, batch: SinkBatch) -> None:
+    def write(self, batch: SinkBatch, written: Callable[[str], None] | None = None) -> None:
         self.entered.set()
         self.gate.wait(5)
         super().write(batch)
@@ -139,3 +139,93 @@ def test_a_failed_group_write_fails_every_batch_in_it() -> None:
     outcomes = asyncio.run(go())
     assert all(isinstance(o, ConnectionError) for o in outcomes)
     assert backend.written == [] and sink.batches == 0
+
+
+class TableBackend(Backend):
+    """Inserts table by table, as the real backends do; the INSERT of
+    ``held`` waits until released."""
+
+    database = "test"
+
+    def __init__(self, held: str, fail_held: bool = False) -> None:
+        self.held = held
+        self.fail_held = fail_held
+        self.release = threading.Event()
+        self.inserted: list[str] = []
+
+    def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
+        if table.name == self.held:
+            self.release.wait(5)
+            if self.fail_held:
+                raise ConnectionError("store unreachable")
+        self.inserted.append(table.name)
+
+    def execute(self, statement: str) -> None:
+        pass
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _batch_row_values() -> tuple[Any, ...]:
+    return ("s", 0, 0, 9, 10, 10, 0, 0, 0, 1.0, 2.0, NOW)
+
+
+def test_a_batch_is_done_once_its_own_tables_are_written() -> None:
+    """A pair-stage batch (windows) written in one group with a stage-1 batch
+    (omissions, batch records) is done before the stage-1 tables go in; the
+    stage-1 batch only once they have."""
+    from pipeline.sinks import OmissionRow, PairWindowRow, PipelineBatchRow
+
+    backend = TableBackend(held="pipeline_batches")
+    sink = AsyncSink(backend, retry_delays=())
+    window = PairWindowRow("1h", NOW, "a", "b", "s", 0, 1, 0, 0, 0, 0, 0, 1.0, 0, 0, None,
+                           1, NOW)
+    pairs = SinkBatch(pair_windows=[window])
+    stage1 = SinkBatch(omissions=[OmissionRow("p", "a", "b", ["x"], 1.0, NOW, "s", NOW)],
+                       pipeline_batches=[PipelineBatchRow(*_batch_row_values())])
+
+    async def go() -> None:
+        both = [asyncio.ensure_future(sink.write(b)) for b in (stage1, pairs)]
+        await asyncio.wait_for(both[1], 5)  # while pipeline_batches is held
+        assert not both[0].done()
+        assert "pipeline_batches" not in backend.inserted
+        backend.release.set()
+        await asyncio.wait_for(both[0], 5)
+        await sink.close()
+
+    asyncio.run(go())
+    assert backend.inserted == ["pair_windows", "omissions", "pipeline_batches"]
+    assert sink.batches == 2
+
+
+def test_a_batch_already_written_stays_done_when_its_group_fails() -> None:
+    from pipeline.sinks import PairWindowRow, PipelineBatchRow
+
+    backend = TableBackend(held="pipeline_batches", fail_held=True)
+    backend.release.set()
+    sink = AsyncSink(backend, retry_delays=(0.01,))
+    window = PairWindowRow("1h", NOW, "a", "b", "s", 0, 1, 0, 0, 0, 0, 0, 1.0, 0, 0, None,
+                           1, NOW)
+
+    async def go() -> list[Any]:
+        writes = [sink.write(SinkBatch(pipeline_batches=[PipelineBatchRow(*_batch_row_values())])),
+                  sink.write(SinkBatch(pair_windows=[window]))]
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        await sink.close()
+        return outcomes
+
+    failed, stored = asyncio.run(go())
+    assert isinstance(failed, ConnectionError) and stored is None
+    assert sink.batches == 0 and sink.failures == 2
+
+
+def test_the_write_order_names_every_table_once() -> None:
+    from pipeline.sinks.base import WRITE_ORDER
+    from pipeline.sinks.schema import TABLES
+
+    assert sorted(t.name for t in WRITE_ORDER) == sorted(t.name for t in TABLES)
+    assert len(WRITE_ORDER) == len(TABLES)

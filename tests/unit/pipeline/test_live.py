@@ -186,7 +186,7 @@ class FakeBackend(Backend):
     def execute(self, statement: str) -> None:  # pragma: no cover
         raise AssertionError("the live page runs no DDL")
 
-    def write(self, batch: SinkBatch) -> None:  # pragma: no cover
+    def write(self, batch: SinkBatch, written: Any = None) -> None:  # pragma: no cover
         raise AssertionError("the live page never writes")
 
     def close(self) -> None:  # pragma: no cover
