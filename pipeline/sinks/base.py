@@ -214,8 +214,7 @@ class SinkBatch:
             name for name, blocks in self.blocks.items() if any(len(b) for b in blocks))
 
     def __bool__(self) -> bool:
-        return any(getattr(self, t.name) for t in TABLES) or any(
-            len(b) for blocks in self.blocks.values() for b in blocks)
+        return bool(self.tables())
 
 
 def _rows_block(table: Table, rows: Sequence[tuple[Any, ...]]) -> ColumnBlock:

@@ -19,9 +19,10 @@ batch's omissions, alerts and batch records): the store keeps parts under
 fewer file operations (a 2-row INSERT 9.5 -> 7.5 ms in a probe; the latency
 phase of ``reciprocity bench`` at 10k events/s p50 1.69 s -> 1.46-1.53 s).
 
-Opening the store also loads what the Arrow path imports on first use
+:meth:`ChdbBackend.ensure_schema`, which a worker calls before its first
+batch, also loads what the Arrow path imports on first use
 (:meth:`ChdbBackend._load_arrow_path`), so that a running stream's first
-large block does not.
+large block does not; commands that only read the store do not pay for it.
 """
 
 from __future__ import annotations
@@ -144,7 +145,6 @@ class ChdbBackend(Backend):
                 f"cannot open the store {self.path}: {exc} (only one process at a time "
                 "may open an embedded store; is a reciprocity run still using it?)"
             ) from exc
-        self._load_arrow_path()
 
     def _load_arrow_path(self) -> None:
         """Import now what the Arrow path (:meth:`_insert`) imports on first
@@ -159,11 +159,13 @@ class ChdbBackend(Backend):
 
     def ensure_schema(self, cluster: str | None = None) -> None:
         """The migrations, then small parts packed (see the module doc), also in
-        a store made before (the setting changes no data, only new parts)."""
+        a store made before (the setting changes no data, only new parts); then
+        the Arrow path loaded for the writes to come."""
         super().ensure_schema(cluster)
         for table in TABLES:
             self.execute(f"ALTER TABLE {self.database}.{table.name} MODIFY SETTING "
                          f"min_bytes_for_full_part_storage = {PACKED_PART_BYTES}")
+        self._load_arrow_path()
 
     def execute(self, statement: str) -> None:
         self._session.query(statement)

@@ -14,23 +14,10 @@ from pipeline.sinks import AsyncSink, Backend, DeadLetterRow, SinkBatch
 from pipeline.sinks.schema import Table
 
 
-class FlakyBackend(Backend):
+class NoStore(Backend):
+    """A backend with nothing behind it: what each test's backend does not override."""
+
     database = "test"
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.written: list[SinkBatch] = []
-        self.threads: set[str] = set()
-
-    def ensure_schema(self) -> None:
-        pass
-
-    def write(self, batch: SinkBatch, written: Callable[[str], None] | None = None) -> None:
-        self.threads.add(threading.current_thread().name)
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("store unreachable")
-        self.written.append(batch)
 
     def insert(self, table: Table, rows: Sequence[tuple[Any, ...]]) -> None:
         raise AssertionError("write() is the only path the sink uses")
@@ -43,6 +30,23 @@ class FlakyBackend(Backend):
 
     def close(self) -> None:
         pass
+
+
+class FlakyBackend(NoStore):
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.written: list[SinkBatch] = []
+        self.threads: set[str] = set()
+
+    def ensure_schema(self, cluster: str | None = None) -> None:
+        pass
+
+    def write(self, batch: SinkBatch, written: Callable[[str], None] | None = None) -> None:
+        self.threads.add(threading.current_thread().name)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store unreachable")
+        self.written.append(batch)
 
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
@@ -141,11 +145,9 @@ def test_a_failed_group_write_fails_every_batch_in_it() -> None:
     assert backend.written == [] and sink.batches == 0
 
 
-class TableBackend(Backend):
+class TableBackend(NoStore):
     """Inserts table by table, as the real backends do; the INSERT of
     ``held`` waits until released."""
-
-    database = "test"
 
     def __init__(self, held: str, fail_held: bool = False) -> None:
         self.held = held
@@ -159,15 +161,6 @@ class TableBackend(Backend):
             if self.fail_held:
                 raise ConnectionError("store unreachable")
         self.inserted.append(table.name)
-
-    def execute(self, statement: str) -> None:
-        pass
-
-    def query(self, sql: str) -> list[tuple[Any, ...]]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def _batch_row_values() -> tuple[Any, ...]:

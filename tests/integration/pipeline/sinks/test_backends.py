@@ -169,11 +169,12 @@ def test_small_blocks_as_json_text_store_what_arrow_stores(tmp_path: Path) -> No
         store.close()
 
 
-def test_a_large_block_imports_nothing_once_the_store_is_open(tmp_path: Path) -> None:
-    """chdb: opening the store loads what the Arrow path imports on first use
-    (pandas, through pyarrow, and pyarrow's dataset modules: 0.5-1.5 s holding
-    the GIL), so a stream's first block of JSON_ROWS rows does not stall the
-    worker. In a fresh interpreter: this test's process has imported them."""
+def test_a_large_block_imports_nothing_once_the_schema_is_ensured(tmp_path: Path) -> None:
+    """chdb: ensure_schema (a worker's step before its first batch) loads what
+    the Arrow path imports on first use (pandas, through pyarrow, and
+    pyarrow's dataset modules: 0.5-1.5 s holding the GIL), so a stream's first
+    block of JSON_ROWS rows does not stall the worker. In a fresh interpreter:
+    this test's process has imported them."""
     script = f"""
 import sys
 from pipeline.sinks import open_backend
