@@ -18,7 +18,9 @@ touched table key once (one changelog record per key per batch), sends what
 goes to Kafka (routed engagements, dead letters, alerts) and writes its rows
 to ClickHouse off the loop at the same time, waits for both, and only then
 lets Faust ack the batch: committed offsets never run ahead of what is
-delivered and stored. The pair and inbound states go to their changelogs
+delivered and stored. Stage 1 takes its next batch while its store write
+finishes (:meth:`Pipeline.ingest_batch`); its batches are still acked in
+order, each once its write is done. The pair and inbound states go to their changelogs
 only after their batch's results are delivered and stored. Everything
 written is idempotent, so at-least-once re-delivery after a crash gives the
 same results (docs/pipeline.md).
@@ -35,10 +37,10 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import faust
 import numpy as np
@@ -47,7 +49,7 @@ from faust.types import TP
 
 from pipeline import fetch
 from pipeline.alerts import Alert, SnubAlerts, omission_alert
-from pipeline.batches import Lane
+from pipeline.batches import Lane, Taken
 from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
@@ -85,6 +87,8 @@ from schemas.registry import Registry
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+#: what is left of a batch once its agent may take the next (:meth:`Pipeline.ingest_batch`)
+Tail = Coroutine[Any, Any, None]
 #: key prefix of a partition's watermark record in a stage table
 _TRACKER = "wm:"
 #: Seconds a partition may stay behind what the fetcher read, with no batch in
@@ -332,34 +336,66 @@ class Pipeline:
         await asyncio.get_running_loop().run_in_executor(None, free_heap)
 
     async def _run_batches(self, stream: faust.StreamT[bytes], topic: str,
-                           handle: Callable[[Sequence[Any]], Any],
+                           handle: Callable[[Sequence[Any]], Awaitable[Tail | None]],
                            within: float | None = None) -> None:
+        """Feed ``topic``'s batches to ``handle``. A handle that returns a tail
+        (what is left of its batch: stage 1's store write) gets its next batch
+        while the tail finishes; the next handle's own tail then waits for it,
+        so batches are done and acked in order, and at most one tail is left
+        behind a running batch."""
         # Iterating the agent's channel subscribes the worker to the topic (Faust
         # adds it to the conductor); its messages come through the lane.
         aiter(stream.channel)
         batches = self.fetch.lanes[topic].batches(
             self.settings.batch_within_s if within is None else within)
-        async for messages in batches:
+        finishing: asyncio.Future[bool] | None = None  # the batch before, its tail
+        async for taken in batches:
             self._busy += 1
             self._no_batch.clear()
-            in_flight = True
             try:
-                await handle(messages)
+                tail = await handle(taken.records)
             except Exception as exc:
-                # The failed batch stays unacked for good (the lane acks a batch
-                # once we ask for the next one, which we never do), so no commit
-                # ever passes it; park until the runner stops the worker. A
-                # restart resumes from the last commit and, all writes being
-                # idempotent, loses nothing.
-                log.exception("batch failed; stopping the worker")
-                self.stats.fatal = exc
-                self.stats.progress.set()
-                in_flight = False  # never resumed: no longer in flight
+                tail = None
+                await self._fail(exc)
+            if finishing is not None and not await finishing:
+                if tail is not None:
+                    tail.close()  # the batch before failed: never finish this one
+                await self._fail(None)
+            if tail is None:
+                finishing = None
+                taken.ack()
                 self._landed()
-                await asyncio.Event().wait()
-            finally:
-                if in_flight:
-                    self._landed()
+            else:
+                finishing = asyncio.ensure_future(self._finish(tail, taken))
+
+    async def _finish(self, tail: Tail, taken: Taken) -> bool:
+        """Finish a batch's tail and ack the batch; False if the tail failed
+        (it then stays unacked, and the worker stops)."""
+        try:
+            await tail
+        except Exception as exc:
+            log.exception("batch failed; stopping the worker")
+            self.stats.fatal = exc
+            self.stats.progress.set()
+            return False
+        else:
+            taken.ack()
+            return True
+        finally:
+            self._landed()
+
+    async def _fail(self, exc: Exception | None) -> NoReturn:
+        """A batch failed (``exc``, or its tail, already reported): it stays
+        unacked for good (no commit ever passes it) and the agent parks until
+        the runner stops the worker. A restart resumes from the last commit and,
+        all writes being idempotent, loses nothing."""
+        if exc is not None:
+            log.exception("batch failed; stopping the worker", exc_info=exc)
+            self.stats.fatal = exc
+            self.stats.progress.set()
+        self._landed()  # never resumed: no longer in flight
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     def _landed(self) -> None:
         """A batch is no longer in flight."""
@@ -582,12 +618,20 @@ class Pipeline:
     # -- stage 1: ingest ---------------------------------------------------------------
 
     async def _ingest_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self._run_batches(stream, self.settings.topic, self.process)
+        await self._run_batches(stream, self.settings.topic, self.ingest_batch)
 
     async def process(self, messages: Sequence[Any]) -> None:
         """Process one batch of input messages (aiokafka's records as fetched,
         or anything with their ``partition``, ``offset``, ``key`` and
         ``value``) end to end (see module docstring)."""
+        await (await self.ingest_batch(messages))
+
+    async def ingest_batch(self, messages: Sequence[Any]) -> Tail:
+        """:meth:`process` up to its store write: returns the tail that waits
+        for the write and then counts the batch as done. Stage 1's agent takes
+        its next batch meanwhile: its rows (omissions, alerts, batch records)
+        are a few INSERTs that queue behind the pair windows' on the sink's
+        thread, and nothing downstream waits for them."""
         settings = self.settings
         applied = await self._in_sequence(settings.topic, messages)
         last = {m.partition: m for m in applied}
@@ -608,20 +652,30 @@ class Pipeline:
             pipeline_batches=batch_rows(outcome, stream, now),
         )
 
-        async def send() -> None:
+        async def route() -> None:
             async with self._route_lock:
                 await self._route(outcome, set(last))
-            await self._send_dead_letters(settings.topic, outcome.dead_letters)
-            await self._publish_alerts(alerts)
 
-        # the store write (on the sink's thread) while Kafka delivers: both
-        # are done before the batch is acked
-        await asyncio.gather(self.sink.write(batch), send())
-        await self._delivered(seen)
-        await self._expire_seen(last)
+        # the store write (on the sink's thread) while Kafka delivers, every
+        # send at once (they share the producer's requests); the batch is
+        # acked only once all are done
+        written = asyncio.ensure_future(self.sink.write(batch))
+        try:
+            await asyncio.gather(route(), self._send_dead_letters(settings.topic,
+                                                                  outcome.dead_letters),
+                                 self._publish_alerts(alerts), self._delivered(seen))
+            await self._expire_seen(last)
+        except BaseException:
+            written.add_done_callback(_retrieve)  # the batch failed anyway
+            raise
         self._align()
         self.stats.counts.add(outcome.counts)
-        self._done(settings.topic, applied)
+
+        async def tail() -> None:
+            await written
+            self._done(settings.topic, applied)
+
+        return tail()
 
     async def _persist_seen(self, outcome: IngestOutcome,
                             last: Mapping[int, Any]) -> list[Any]:
@@ -987,6 +1041,12 @@ class Pipeline:
                              self._publish_alerts(alerts))
         await self._persist_stage(stage, self.inbound_table, outcomes, _key_of_org)
         self._done(topic, applied)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Take a future's outcome so an error nobody awaits is not logged as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _highwater(consumer: Any, tp: TP) -> int | float:

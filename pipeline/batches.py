@@ -23,7 +23,7 @@ waited ``within`` seconds, counted from that message's arrival: messages that
 arrived while the agent worked on the previous batch do not wait again.
 
 What Faust's stream does that matters is kept: a message counts for commits
-only once the agent is done with its batch; messages fetched before a
+only once the agent is done with its batch (:meth:`Taken.ack`); messages fetched before a
 rebalance (an older consumer generation) are dropped, not processed and not
 acked (the rebalance's seek reads them again); nothing is taken while the
 app's flow is suspended. A batch holds aiokafka's records as fetched (with
@@ -103,11 +103,13 @@ class Lane:
     def __len__(self) -> int:
         return len(self._records)
 
-    async def batches(self, within: float) -> AsyncGenerator[list[Any], None]:
+    async def batches(self, within: float) -> AsyncGenerator[Taken, None]:
         """The agent's batches (records in the order fetched): what the next
         batch holds once it is full or its first record arrived ``within``
-        seconds ago. A batch is acked when the agent asks for the next one (not
-        when it fails: a failed batch is never resumed)."""
+        seconds ago. The agent acks each batch once it is done with it
+        (:meth:`Taken.ack`; never a failed one), in the order taken: it may
+        take the next batch before that (stage 1 works on the next while its
+        store write finishes)."""
         flow = self.app.flow_control
         while True:
             await self._some.wait()
@@ -129,9 +131,25 @@ class Lane:
                 batch, runs = _of_generation(batch, runs, generation)
                 if not batch:
                     continue
-            yield batch
-            ack(self.app.consumer, ((tp, batch[start].offset, batch[start + n - 1].offset)
-                                    for tp, _, start, n in runs))
+            yield Taken(self.app, batch, runs)
+
+
+class Taken:
+    """A batch an agent took: its ``records`` (in the order fetched), acked
+    once the agent is done with them."""
+
+    __slots__ = ("_app", "_runs", "records")
+
+    def __init__(self, app: Any, records: list[Any], runs: list[Run]) -> None:
+        self._app = app
+        self._runs = runs
+        self.records = records
+
+    def ack(self) -> None:
+        """Let the next commit cover these records (:func:`ack`)."""
+        records = self.records
+        ack(self._app.consumer, ((tp, records[start].offset, records[start + n - 1].offset)
+                                 for tp, _, start, n in self._runs))
 
 
 def _size(record: Any) -> int:

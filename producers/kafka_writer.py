@@ -53,7 +53,7 @@ class KafkaEventWriter:
         options: dict[str, Any] = {
             "acks": "all",
             "compression_type": "gzip",
-            "linger_ms": 20,
+            "linger_ms": 50,
             "batch_size": 512 * 1024,
             "max_request_size": 8 * 1024 * 1024,
             "retries": 5,

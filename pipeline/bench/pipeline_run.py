@@ -50,10 +50,11 @@ _KIND_COLUMNS = "follows, likes, shares, replies, mentions, thanks"
 _LIVE_POOL = 50_000
 #: the live producer's linger, as the project's producers send
 #: (``producers.kafka_writer``). The Tansu broker's fetches cost more with
-#: every record batch a partition holds: at 5 ms (about 800 batches a second
-#: at 10k events/s) its CPU grew from 0.2 to a whole core within 30 s of one
-#: consumer reading, and each fetch took about 120 ms (docs/benchmarks.md).
-LIVE_LINGER_MS = 20
+#: every record batch a partition holds (each fetch lists them all): at 5 ms
+#: (about 800 batches a second at 10k events/s) its CPU grew from 0.2 to a
+#: whole core within 30 s of one consumer reading, at 20 ms to half a core
+#: within the phase; at 50 ms it stays under a fifth (docs/benchmarks.md).
+LIVE_LINGER_MS = 50
 
 
 def bench_settings(spec: PhaseSpec, dataset: Dataset) -> Settings:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -247,7 +246,7 @@ def test_batches_are_bounded_by_bytes_as_they_are_taken(
     small, every batch of every agent stops at the first message that reaches
     the bound (a backlog of packed messages is never taken whole), and every
     event is still processed once."""
-    from pipeline.batches import Lane
+    from pipeline.batches import Lane, Taken
 
     events, registry_path, _ = write_case(tmp_path, n_events=1200, seed=3)
     registry = load_registry(registry_path)
@@ -257,9 +256,9 @@ def test_batches_are_bounded_by_bytes_as_they_are_taken(
     taken: list[list[int]] = []
     batches = Lane.batches
 
-    async def recording(lane: Lane, within: float) -> AsyncIterator[Sequence[Any]]:
+    async def recording(lane: Lane, within: float) -> AsyncIterator[Taken]:
         async for batch in batches(lane, within):
-            taken.append([len(e.value or b"") for e in batch])
+            taken.append([len(e.value or b"") for e in batch.records])
             yield batch
 
     monkeypatch.setattr(Lane, "batches", recording)

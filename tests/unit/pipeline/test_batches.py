@@ -1,4 +1,4 @@
-"""pipeline.batches.Lane: batches bounded by count and bytes, acked when done,
+"""pipeline.batches.Lane: batches bounded by count and bytes, acked when the agent says,
 messages of an earlier consumer generation dropped; ``ack`` against Faust's own
 ``Consumer.ack``. The real worker runs it in the integration tests
 (test_worker.py, test_crash_recovery.py)."""
@@ -118,7 +118,7 @@ def test_one_message_larger_than_max_bytes_is_a_batch_of_its_own() -> None:
     assert offer(lane, Message(1, b"x")) is False
 
 
-def test_batches_come_in_order_and_are_acked_when_the_next_is_asked_for() -> None:
+def test_batches_come_in_order_and_are_acked_once_the_agent_acks_them() -> None:
     lane, app = make_lane(max_count=2)
     sent = messages(5)
 
@@ -126,23 +126,29 @@ def test_batches_come_in_order_and_are_acked_when_the_next_is_asked_for() -> Non
         taken: list[list[int]] = []
         batches = lane.batches(within=0.01)
         pending = list(sent)
+        before = None
         while pending:
             while pending and offer(lane, pending[0]):
                 pending.pop(0)
             batch = await anext(batches)
-            assert batch[0] is sent[sum(map(len, taken))]  # Faust's messages themselves
-            # not before we are done
-            assert set(app.consumer._acked_index[IN]).isdisjoint(m.offset for m in batch)
-            taken.append([m.offset for m in batch])
+            assert batch.records[0] is sent[sum(map(len, taken))]  # Faust's messages themselves
+            # not before the agent is done with it, even once the next is taken
+            assert set(app.consumer._acked_index[IN]).isdisjoint(m.offset for m in batch.records)
+            if before is not None:
+                assert set(app.consumer._acked_index[IN]).isdisjoint(
+                    m.offset for m in before.records)
+                before.ack()
+            taken.append([m.offset for m in batch.records])
+            before = batch
         if len(lane):
-            taken.append([m.offset for m in await anext(batches)])
+            taken.append([m.offset for m in (await anext(batches)).records])
         await batches.aclose()
         return taken
 
     taken = asyncio.run(go())
     assert [o for batch in taken for o in batch] == [0, 1, 2, 3, 4]
     assert all(len(batch) <= 2 for batch in taken)
-    # every batch but the last one
+    # every batch the agent acked: all but the last
     assert app.consumer.acked() == {IN: list(range(5 - len(taken[-1])))}
 
 
@@ -170,10 +176,9 @@ def test_messages_of_an_earlier_generation_are_dropped_unacked() -> None:
         app.consumer_generation_id = 2  # a rebalance: the fetch loop reads again
         batches = lane.batches(within=0.01)
         batch = await anext(batches)
-        offer(lane, Message(2, b"z", generation_id=2))
-        await anext(batches)  # the first batch is acked now
+        batch.ack()
         await batches.aclose()
-        return [m.offset for m in batch]
+        return [m.offset for m in batch.records]
 
     assert asyncio.run(go()) == [1]
     assert app.consumer.acked() == {IN: [1]}

@@ -8,6 +8,7 @@ holds it up for at most its share of the session timeout."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
@@ -27,10 +28,11 @@ class _Lane:
 
     def __init__(self, batches: list[list[Any]]) -> None:
         self._batches = batches
+        self.acked: list[list[Any]] = []
 
-    async def batches(self, within: float) -> AsyncIterator[list[Any]]:
+    async def batches(self, within: float) -> AsyncIterator[Any]:
         for batch in self._batches:
-            yield batch
+            yield SimpleNamespace(records=batch, ack=functools.partial(self.acked.append, batch))
         await asyncio.Event().wait()
 
 
@@ -141,3 +143,54 @@ def test_a_stuck_batch_holds_a_revocation_up_for_a_bounded_time(
     with caplog.at_level(logging.WARNING, logger="pipeline.app"):
         asyncio.run(main())
     assert "still in flight" in caplog.text
+
+
+def test_a_tail_finishes_while_the_next_batch_runs_and_batches_are_acked_in_order() -> None:
+    async def main() -> None:
+        gate, seen = asyncio.Event(), []
+
+        async def tail(batch: list[Any]) -> None:
+            await gate.wait()
+            seen.append(("tail", batch))
+
+        async def handle(batch: list[Any]) -> Any:
+            seen.append(("head", batch))
+            return tail(batch) if batch == ["m1"] else None
+
+        worker = _worker([["m1"], ["m2"], ["m3"]])
+        lane = worker.fetch.lanes[TOPIC]
+        agent = await _run(worker, handle)
+        # m2's head ran while m1's tail waits; neither is acked, m3 not taken yet
+        assert seen == [("head", ["m1"]), ("head", ["m2"])]
+        assert lane.acked == [] and worker._busy == 2
+        revoking = asyncio.ensure_future(worker._on_partitions_revoked(None, {TP(TOPIC, 0)}))
+        await asyncio.sleep(0.05)
+        assert not revoking.done()  # m1's tail is still in flight
+        gate.set()
+        await asyncio.wait_for(revoking, 1)
+        await asyncio.sleep(0.01)
+        assert seen == [("head", ["m1"]), ("head", ["m2"]), ("tail", ["m1"]), ("head", ["m3"])]
+        assert lane.acked == [["m1"], ["m2"], ["m3"]] and worker._busy == 0
+        agent.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_failed_tail_leaves_its_batch_and_every_later_one_unacked() -> None:
+    async def main() -> None:
+        async def tail() -> None:
+            raise RuntimeError("the store is gone")
+
+        async def handle(batch: list[Any]) -> Any:
+            return tail() if batch == ["m1"] else None
+
+        worker = _worker([["m1"], ["m2"], ["m3"]])
+        lane = worker.fetch.lanes[TOPIC]
+        agent = await _run(worker, handle)
+        assert isinstance(worker.stats.fatal, RuntimeError)
+        assert lane.acked == [] and worker._busy == 0  # m2 ran, but is never acked
+        assert not agent.done()  # parked: m3 is never taken
+        await asyncio.wait_for(worker._on_partitions_revoked(None, {TP(TOPIC, 0)}), 0.5)
+        agent.cancel()
+
+    asyncio.run(main())
