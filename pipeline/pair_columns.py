@@ -76,6 +76,11 @@ _ORG_BITS = 31
 MAX_DELTAS = 256
 #: deltas may reach the snapshot's bytes, and at least this many, before the next snapshot
 MIN_SNAPSHOT_BYTES = 1 << 20
+#: partition p's deltas may reach ``1 + (p % SNAPSHOT_STAGGER) / SNAPSHOT_STAGGER``
+#: times that: partitions fed alike would otherwise all write their snapshots
+#: in the same batch (four 5 MB snapshots at once held the pair stage about
+#: half a second; docs/benchmarks.md)
+SNAPSHOT_STAGGER = 4
 #: the largest value of one table record: a snapshot or delta is split in parts
 PART_BYTES = 256 << 10
 #: the arrays of a partition's state other than the per-pair ones
@@ -1020,14 +1025,16 @@ class ColumnarPairStage:
         """What goes to the table for a batch that changed the partition: a
         delta (its kept records and the watermark it decided at, redone by
         :meth:`_replay`), or, once the deltas would pass the snapshot's bytes
-        (at least :data:`MIN_SNAPSHOT_BYTES`) or :data:`MAX_DELTAS`, a
+        (at least :data:`MIN_SNAPSHOT_BYTES`; staggered by partition,
+        :data:`SNAPSHOT_STAGGER`) or :data:`MAX_DELTAS`, a
         snapshot of the whole state in the other slot, then the head naming
         it, then the old slot deleted. A crash at any point leaves the last
         head's snapshot and deltas whole."""
         prefix = partition_prefix(partition)
         payload = orjson.dumps(delta, option=orjson.OPT_SERIALIZE_NUMPY)
-        if part.deltas < MAX_DELTAS and (
-                part.delta_bytes + len(payload) <= max(part.snapshot_bytes, MIN_SNAPSHOT_BYTES)):
+        stagger = 1 + (partition % SNAPSHOT_STAGGER) / SNAPSHOT_STAGGER
+        if part.deltas < MAX_DELTAS and part.delta_bytes + len(payload) <= stagger * max(
+                part.snapshot_bytes, MIN_SNAPSHOT_BYTES):
             part.deltas += 1
             part.delta_bytes += len(payload)
             for key, value in _blob_parts(f"{prefix}d{part.slot}:{part.deltas}", part.gen,

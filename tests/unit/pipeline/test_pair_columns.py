@@ -507,3 +507,26 @@ def test_a_day_series_begun_after_every_other_went_dormant_is_evaluated() -> Non
         _same(expected, got)
         drops += got.counts.drops
     assert drops == 1
+
+
+def test_partitions_fed_alike_write_their_snapshots_in_different_batches(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four partitions given the same batches: each writes snapshots, but not
+    all in the same batch (their thresholds are staggered by partition)."""
+    monkeypatch.setattr(pair_columns, "MIN_SNAPSHOT_BYTES", 0)
+    params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
+                    drop_min_baseline=1.0)
+    partitions = range(4)
+    stages = {p: ColumnarPairStage(REGISTRY, params, 2) for p in partitions}
+    snapshots: dict[int, set[int]] = {p: set() for p in partitions}
+    batches = [batch for seed in range(3) for batch in _scenario(seed, 2, 3 * H)]
+    for p, stage in stages.items():
+        stage.load(p, None)
+        head = partition_prefix(p) + "head"
+        for i, batch in enumerate(batches):
+            if head in stage.process(p, batch, "s", NOW).states:
+                snapshots[p].add(i)
+    assert all(len(found) >= 3 for found in snapshots.values())
+    assert len({frozenset(found) for found in snapshots.values()}) == len(partitions)
+    shared = set.intersection(*snapshots.values())
+    assert len(shared) <= min(map(len, snapshots.values())) // 2
