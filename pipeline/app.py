@@ -20,8 +20,8 @@ to ClickHouse off the loop at the same time, waits for both, and only then
 lets Faust ack the batch: committed offsets never run ahead of what is
 delivered and stored. Stage 1 takes its next batch while its store write
 finishes (:meth:`Pipeline.ingest_batch`); its batches are still acked in
-order, each once its write is done. The pair and inbound states go to their changelogs
-only after their batch's results are delivered and stored. Everything
+order, each once its write is done. The pair and inbound states go to their
+changelogs only after their batch's results are delivered and stored. Everything
 written is idempotent, so at-least-once re-delivery after a crash gives the
 same results (docs/pipeline.md).
 
@@ -355,7 +355,6 @@ class Pipeline:
             try:
                 tail = await handle(taken.records)
             except Exception as exc:
-                tail = None
                 await self._fail(exc)
             if finishing is not None and not await finishing:
                 if tail is not None:
@@ -374,9 +373,7 @@ class Pipeline:
         try:
             await tail
         except Exception as exc:
-            log.exception("batch failed; stopping the worker")
-            self.stats.fatal = exc
-            self.stats.progress.set()
+            self._report(exc)
             return False
         else:
             taken.ack()
@@ -390,12 +387,16 @@ class Pipeline:
         the runner stops the worker. A restart resumes from the last commit and,
         all writes being idempotent, loses nothing."""
         if exc is not None:
-            log.exception("batch failed; stopping the worker", exc_info=exc)
-            self.stats.fatal = exc
-            self.stats.progress.set()
+            self._report(exc)
         self._landed()  # never resumed: no longer in flight
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+    def _report(self, exc: Exception) -> None:
+        """A batch failed: the runner stops the worker."""
+        log.error("batch failed; stopping the worker", exc_info=exc)
+        self.stats.fatal = exc
+        self.stats.progress.set()
 
     def _landed(self) -> None:
         """A batch is no longer in flight."""

@@ -23,10 +23,10 @@ waited ``within`` seconds, counted from that message's arrival: messages that
 arrived while the agent worked on the previous batch do not wait again.
 
 What Faust's stream does that matters is kept: a message counts for commits
-only once the agent is done with its batch (:meth:`Taken.ack`); messages fetched before a
-rebalance (an older consumer generation) are dropped, not processed and not
-acked (the rebalance's seek reads them again); nothing is taken while the
-app's flow is suspended. A batch holds aiokafka's records as fetched (with
+only once the agent is done with its batch (:meth:`Taken.ack`); messages
+fetched before a rebalance (an older consumer generation) are dropped, not
+processed and not acked (the rebalance's seek reads them again); nothing is
+taken while the app's flow is suspended. A batch holds aiokafka's records as fetched (with
 ``partition``, ``offset``, ``key``, ``value`` and ``headers``), not a Faust
 ``Message`` and ``Event`` each, and is acked in one step per partition
 (:func:`ack`): Faust's ``Event.ack`` per message, through the message's
