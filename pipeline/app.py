@@ -621,18 +621,14 @@ class Pipeline:
     async def _ingest_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._run_batches(stream, self.settings.topic, self.ingest_batch)
 
-    async def process(self, messages: Sequence[Any]) -> None:
+    async def ingest_batch(self, messages: Sequence[Any]) -> Tail:
         """Process one batch of input messages (aiokafka's records as fetched,
         or anything with their ``partition``, ``offset``, ``key`` and
-        ``value``) end to end (see module docstring)."""
-        await (await self.ingest_batch(messages))
-
-    async def ingest_batch(self, messages: Sequence[Any]) -> Tail:
-        """:meth:`process` up to its store write: returns the tail that waits
-        for the write and then counts the batch as done. Stage 1's agent takes
-        its next batch meanwhile: its rows (omissions, alerts, batch records)
-        are a few INSERTs that queue behind the pair windows' on the sink's
-        thread, and nothing downstream waits for them."""
+        ``value``) up to its store write (see module docstring): returns the
+        tail that waits for the write and then counts the batch as done.
+        Stage 1's agent takes its next batch meanwhile: its rows (omissions,
+        alerts, batch records) are a few INSERTs that queue behind the pair
+        windows' on the sink's thread, and nothing downstream waits for them."""
         settings = self.settings
         applied = await self._in_sequence(settings.topic, messages)
         last = {m.partition: m for m in applied}
