@@ -349,23 +349,32 @@ class Pipeline:
         batches = self.fetch.lanes[topic].batches(
             self.settings.batch_within_s if within is None else within)
         finishing: asyncio.Future[bool] | None = None  # the batch before, its tail
-        async for taken in batches:
-            self._busy += 1
-            self._no_batch.clear()
-            try:
-                tail = await handle(taken.records)
-            except Exception as exc:
-                await self._fail(exc)
-            if finishing is not None and not await finishing:
-                if tail is not None:
-                    tail.close()  # the batch before failed: never finish this one
-                await self._fail(None)
-            if tail is None:
-                finishing = None
-                taken.ack()
-                self._landed()
-            else:
-                finishing = asyncio.ensure_future(self._finish(tail, taken))
+        try:
+            async for taken in batches:
+                self._busy += 1
+                self._no_batch.clear()
+                try:
+                    tail = await handle(taken.records)
+                except Exception as exc:
+                    await self._fail(exc)
+                if finishing is not None and not await finishing:
+                    if tail is not None:
+                        tail.close()  # the batch before failed: never finish this one
+                    await self._fail(None)
+                if tail is None:
+                    finishing = None
+                    taken.ack()
+                    self._landed()
+                else:
+                    finishing = asyncio.ensure_future(self._finish(tail, taken))
+        except Exception as exc:
+            # taking the next batch failed (the lane, not a batch): a restarted
+            # agent would take batches past the ones in flight, so stop the
+            # worker as a failed batch does, once the batch before is done
+            if finishing is not None:
+                await finishing
+            self._report(exc)
+            await self._park()
 
     async def _finish(self, tail: Tail, taken: Taken) -> bool:
         """Finish a batch's tail and ack the batch; False if the tail failed
@@ -389,6 +398,11 @@ class Pipeline:
         if exc is not None:
             self._report(exc)
         self._landed()  # never resumed: no longer in flight
+        await self._park()
+
+    @staticmethod
+    async def _park() -> NoReturn:
+        """Wait until the runner stops the worker (it cancels the agent)."""
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -657,14 +671,13 @@ class Pipeline:
         # send at once (they share the producer's requests); the batch is
         # acked only once all are done
         written = asyncio.ensure_future(self.sink.write(batch))
-        try:
-            await asyncio.gather(route(), self._send_dead_letters(settings.topic,
-                                                                  outcome.dead_letters),
-                                 self._publish_alerts(alerts), self._delivered(seen))
-            await self._expire_seen(last)
-        except BaseException:
-            written.add_done_callback(_retrieve)  # the batch failed anyway
-            raise
+        # its error is the tail's; a tail never awaited (this batch or the one
+        # before failed) must not leave it logged as lost
+        written.add_done_callback(_retrieve)
+        await asyncio.gather(route(), self._send_dead_letters(settings.topic,
+                                                              outcome.dead_letters),
+                             self._publish_alerts(alerts), self._delivered(seen))
+        await self._expire_seen(last)
         self._align()
         self.stats.counts.add(outcome.counts)
 

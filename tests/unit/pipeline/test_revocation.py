@@ -194,3 +194,36 @@ def test_a_failed_tail_leaves_its_batch_and_every_later_one_unacked() -> None:
         agent.cancel()
 
     asyncio.run(main())
+
+
+class _BrokenLane(_Lane):
+    """Hands out the given batches, then fails to take the next one."""
+
+    async def batches(self, within: float) -> AsyncIterator[Any]:
+        for batch in self._batches:
+            yield SimpleNamespace(records=batch, ack=functools.partial(self.acked.append, batch))
+        raise OSError("the fetch loop is gone")
+
+
+def test_a_lane_that_fails_stops_the_worker_once_the_batch_before_is_done() -> None:
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def tail() -> None:
+            await gate.wait()
+
+        async def handle(batch: list[Any]) -> Any:
+            return tail()
+
+        worker = _worker([])
+        lane = worker.fetch.lanes[TOPIC] = _BrokenLane([["m1"]])
+        agent = await _run(worker, handle)
+        assert worker.stats.fatal is None and lane.acked == []  # m1's tail still runs
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert isinstance(worker.stats.fatal, OSError) and worker.stats.progress.is_set()
+        assert lane.acked == [["m1"]] and worker._busy == 0
+        assert not agent.done()  # parked until the runner stops the worker, not restarted
+        agent.cancel()
+
+    asyncio.run(main())
