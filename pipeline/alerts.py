@@ -127,15 +127,17 @@ class SnubColumns:
         the kind; its time is the snub's (the engagement's plus the horizon)."""
         times = format_many(self.ts)
         due = format_many(self.snub_ts)
-        hours = f"{horizon_s / 3600:g}"
-        kinds = [ENGAGEMENT_KINDS[k] for k in self.kind]
-        columns = zip(self.id, self.src, self.dst, kinds, times, due, strict=True)
-        ids, messages, details = [], [], []
-        for event_id, src, dst, kind, ts, snub_ts in columns:
-            ids.append(f"snub:{event_id}:{src}:{dst}:{kind}")
-            messages.append(f"{dst} did not return {src}'s {kind} of {ts} within {hours} h")
-            details.append({"id": event_id, "src": src, "dst": dst, "kind": kind, "ts": ts,
-                            "snub_ts": snub_ts})
+        within = f" within {horizon_s / 3600:g} h"
+        kinds = list(map(ENGAGEMENT_KINDS.__getitem__, self.kind))
+        columns = (self.id, self.src, self.dst, kinds)
+        ids = [f"snub:{event_id}:{src}:{dst}:{kind}"
+               for event_id, src, dst, kind in zip(*columns, strict=True)]
+        messages = [f"{dst} did not return {src}'s {kind} of {ts}{within}"
+                    for src, dst, kind, ts in zip(self.src, self.dst, kinds, times, strict=True)]
+        details = [{"id": event_id, "src": src, "dst": dst, "kind": kind, "ts": ts,
+                    "snub_ts": snub_ts}
+                   for event_id, src, dst, kind, ts, snub_ts in zip(*columns, times, due,
+                                                                    strict=True)]
         return SnubAlerts(self, ids, messages, details, due)
 
 

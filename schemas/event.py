@@ -134,16 +134,65 @@ def utc_seconds(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def format_many(values: Sequence[float] | np.ndarray) -> list[str]:
     """:func:`format_ts` of many times at once (numpy; the same texts: the
-    microseconds rounded half to even as ``datetime.fromtimestamp`` does)."""
+    microseconds rounded half to even as ``datetime.fromtimestamp`` does).
+    Times of years 1970..9999 are written digit by digit in one array, about
+    four times faster than ``numpy.datetime_as_string`` (a backlog formats two
+    per snub alert)."""
     ts = np.asarray(values, dtype=np.float64)
     if not len(ts):
         return []
     if not ((ts >= 0) & np.isfinite(ts)).all():
         return [format_ts(t) for t in ts.tolist()]
     seconds, micros = _split_micros(ts)
+    if seconds.max() < _YEAR_10000:
+        return _rfc3339(seconds.astype(np.int64), micros.astype(np.int64))
     texts = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s").tolist()
     return [f"{text}Z" if not us else f"{text}.{us:06d}Z"
             for text, us in zip(texts, micros.astype(np.int64).tolist(), strict=True)]
+
+
+#: 10000-01-01T00:00:00Z: the times before it have four-digit years
+_YEAR_10000: Final = 253402300800
+#: the two digits of 0..99, tens and ones, as ASCII codes
+_TENS: Final = np.repeat(np.arange(48, 58, dtype=np.uint8), 10)
+_ONES: Final = np.tile(np.arange(48, 58, dtype=np.uint8), 10)
+
+
+def _rfc3339(seconds: np.ndarray, micros: np.ndarray) -> list[str]:
+    """``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` of whole epoch seconds (0 up to year
+    10000) and their microseconds: the civil date by Hinnant's
+    ``civil_from_days``, every two digits looked up and written into one byte
+    array."""
+    days, of_day = np.divmod(seconds, 86400)
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    day = doy - (153 * mp + 2) // 5 + 1
+    hour, of_hour = np.divmod(of_day, 3600)
+    minute, second = np.divmod(of_hour, 60)
+    century, year_of = np.divmod(year, 100)
+    high, low = np.divmod(micros, 10000)
+    mid, low = np.divmod(low, 100)
+    pairs = ((0, century), (2, year_of), (5, month), (8, day), (11, hour), (14, minute),
+             (17, second), (20, high), (22, mid), (24, low))
+    text = b"0000-00-00T00:00:00.000000Z"
+    chars = np.repeat(np.frombuffer(text, dtype=np.uint8)[None, :], len(seconds), axis=0)
+    for at, number in pairs:
+        chars[:, at] = _TENS[number]
+        chars[:, at + 1] = _ONES[number]
+    texts = [value.decode() for value in chars.view(f"S{len(text)}").ravel().tolist()]
+    whole = np.flatnonzero(micros == 0)
+    if len(whole):  # no fraction: ``...:SSZ``
+        short = chars[whole, :20]
+        short[:, 19] = ord("Z")
+        for index, value in zip(whole.tolist(), short.view("S20").ravel().tolist(), strict=True):
+            texts[index] = value.decode()
+    return texts
 
 
 def parse_ts(value: object) -> float:

@@ -686,6 +686,11 @@ def test_format_many_writes_what_format_ts_writes() -> None:
     rng = random.Random(9)
     values = [T0, T0 + 0.5, T0 + 0.000001, T0 + 0.9999995, T0 + 0.0000005, T0 + 0.0000015,
               0.0, 1e-7, 7258118399.999999, 1772445600.123456789]
+    # leap days and the days around them, century years, the last four-digit year
+    values += [float(datetime(y, m, d, 23, 59, 59, tzinfo=UTC).timestamp()) + frac
+               for y in (1972, 2000, 2024, 2100, 2400, 9999) for m, d in ((2, 28), (3, 1), (12, 31))
+               for frac in (0.0, 0.25)]
+    values += [float(datetime(y, 2, 29, tzinfo=UTC).timestamp()) for y in (1972, 2000, 2400)]
     values += [rng.uniform(0, 7258118400) for _ in range(20000)]
     values += [float(rng.randrange(0, 7258118400)) + rng.randrange(10**6) / 1e6
                for _ in range(20000)]
