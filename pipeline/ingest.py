@@ -345,10 +345,10 @@ class SeenIndex(MutableMapping[str, Seen]):
         that are still first seen where the record saw them: in ``partition``
         at that offset (a replay may have stored an id twice)."""
         packed = self._packed
+        where = partition << _OFFSET_BITS  # a position's bits above its item
         for event_id, offset in zip(ids, offsets, strict=True):
             position = packed.get(event_id)
-            if (position is not None and position >> _PARTITION_SHIFT == partition
-                    and (position >> _OFFSET_SHIFT) & (_OFFSETS - 1) == offset):
+            if position is not None and position >> _OFFSET_SHIFT == where | offset:
                 del packed[event_id]
 
     def drop_partition(self, partition: int) -> None:
@@ -358,11 +358,12 @@ class SeenIndex(MutableMapping[str, Seen]):
 
 
 #: offsets and items a packed position holds (2**48 offsets, 2**24 events per message)
-_OFFSETS: Final = 1 << 48
+_OFFSET_BITS: Final = 48
+_OFFSETS: Final = 1 << _OFFSET_BITS
 _ITEMS: Final = 1 << 24
 #: bit positions in a packed position: late is bit 0, the item starts at bit 1
 _OFFSET_SHIFT: Final = 1 + 24
-_PARTITION_SHIFT: Final = _OFFSET_SHIFT + 48
+_PARTITION_SHIFT: Final = _OFFSET_SHIFT + _OFFSET_BITS
 
 
 def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: float,
