@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import struct
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +39,10 @@ from faust.types import TP
 
 #: (key, value) of one Kafka record, serialized
 Record = tuple[bytes | None, bytes | None]
+#: a Kafka record's headers: (name, value) pairs (aiokafka's record batch
+#: takes a list)
+Headers = list[tuple[str, bytes]]
+_NO_HEADERS: Headers = []  # never changed: aiokafka only reads it
 
 
 class BulkProducer:
@@ -76,6 +81,10 @@ class BulkProducer:
             return functools.partial(self._producer_partition, topic)
         return lambda key: int(ordered[default_partition(key, len(ordered))])
 
+    async def partitions_for(self, topic: str) -> list[int]:
+        """``topic``'s partitions, in order (the first call waits for its metadata)."""
+        return sorted(await self._producer().partitions_for(topic))
+
     def partitions_of(self, topic: str, keys: Sequence[bytes]) -> list[int]:
         """:meth:`partitioner` of many keys at once (:func:`murmur2_many`)."""
         ordered = self._default_partitions(topic)
@@ -85,11 +94,12 @@ class BulkProducer:
             (murmur2_many(keys) & 0x7FFFFFFF) % len(ordered)].tolist()
         return picked
 
-    async def send(self, topic: str, partition: int,
-                   records: Iterable[Record]) -> list[asyncio.Future[Any]]:
-        """Queue ``records`` for one partition, in order; returns the futures of
-        their record batches (await them to know they are delivered)."""
-        return [future for future, _ in await self._send(topic, partition, records)]
+    async def send(self, topic: str, partition: int, records: Iterable[Record],
+                   headers: Iterable[Headers] | None = None) -> list[asyncio.Future[Any]]:
+        """Queue ``records`` for one partition, in order, each with its
+        ``headers`` when given; returns the futures of their record batches
+        (await them to know they are delivered)."""
+        return [future for future, _ in await self._send(topic, partition, records, headers)]
 
     async def send_each(self, topic: str, partition: int,
                         values: Iterable[bytes]) -> list[asyncio.Future[Any]]:
@@ -105,21 +115,25 @@ class BulkProducer:
         producer = self._producer()
         return [await producer.send(topic, value, partition=partition) for value in values]
 
-    async def _send(self, topic: str, partition: int,
-                    records: Iterable[Record]) -> list[tuple[asyncio.Future[Any], int]]:
+    async def _send(self, topic: str, partition: int, records: Iterable[Record],
+                    headers: Iterable[Headers] | None = None,
+                    ) -> list[tuple[asyncio.Future[Any], int]]:
         """The batches' futures, each with its number of records."""
         producer = self._producer()
         sent: list[tuple[asyncio.Future[Any], int]] = []
         batch, count = None, 0
-        for key, value in records:
-            if batch is not None and batch.append(key=key, value=value,
-                                                  timestamp=None) is not None:
+        with_headers = (zip(records, itertools.repeat(_NO_HEADERS)) if headers is None
+                        else zip(records, headers, strict=True))
+        for (key, value), extra in with_headers:
+            if batch is not None and batch.append(key=key, value=value, timestamp=None,
+                                                  headers=extra) is not None:
                 count += 1
                 continue
             if batch is not None:  # full: send it, start the next
                 sent.append((await producer.send_batch(batch, topic, partition=partition), count))
             batch, count = producer.create_batch(), 1
-            batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+            # a first record always fits
+            batch.append(key=key, value=value, timestamp=None, headers=extra)
         if batch is not None:
             sent.append((await producer.send_batch(batch, topic, partition=partition), count))
         return sent

@@ -20,6 +20,7 @@ from kafka import KafkaConsumer
 from pydantic import SecretStr
 
 from pipeline.broker import EmbeddedBroker
+from pipeline.bulk import default_partition
 from pipeline.report import pair_rows
 from pipeline.runner import EMBEDDED_TIMINGS, PipelineFailed, run_lines
 from pipeline.settings import Settings
@@ -77,6 +78,13 @@ def test_dlq_topic_and_replay_from_zero(broker: EmbeddedBroker, tmp_path: Path) 
             assert headers["dlq.reason"] in (b"invalid_json", b"invalid_event")
             assert headers["dlq.error"]
             assert headers["dlq.topic"] == topic.encode()
+            # records go out in batches: a keyed one where the key hashes to,
+            # one without a key to its input partition's number
+            if record.key is None:
+                assert record.partition == int(headers["dlq.partition"]) % settings.partitions
+            else:
+                assert record.partition == default_partition(record.key, settings.partitions)
+        assert {r.key is None for r in dlq} == {True, False}  # both kinds checked
 
         # the same file produced again: every event is now a duplicate. This run
         # recovers the tables from their changelogs, where Faust's own fetch loop
