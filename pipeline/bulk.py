@@ -1,4 +1,4 @@
-"""Many Kafka records at once: table changelogs and alerts through the
+"""Many Kafka records at once: table changelogs, alerts and dead letters through the
 producer's batch API, and stage 1's internal messages straight to aiokafka.
 
 Faust sends each table write and each ``topic.send`` on its own: a pending
