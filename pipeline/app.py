@@ -368,9 +368,9 @@ class Pipeline:
                 else:
                     finishing = asyncio.ensure_future(self._finish(tail, taken))
         except Exception as exc:
-            # taking the next batch failed (the lane, not a batch): a restarted
-            # agent would take batches past the ones in flight, so stop the
-            # worker as a failed batch does, once the batch before is done
+            # the lane failed (taking or acking a batch), not a batch: a
+            # restarted agent would take batches past the ones in flight, so
+            # stop the worker as a failed batch does, once the batch before is done
             if finishing is not None:
                 await finishing
             self._report(exc)

@@ -135,9 +135,9 @@ def utc_seconds(values: Sequence[float] | np.ndarray) -> np.ndarray:
 def format_many(values: Sequence[float] | np.ndarray) -> list[str]:
     """:func:`format_ts` of many times at once (numpy; the same texts: the
     microseconds rounded half to even as ``datetime.fromtimestamp`` does).
-    Times of years 1970..9999 are written digit by digit in one array, about
-    four times faster than ``numpy.datetime_as_string`` (a backlog formats two
-    per snub alert)."""
+    Times of years 1970..9999 are written two digits at a time into one byte
+    array, about twice as fast as ``numpy.datetime_as_string`` (a backlog
+    formats two per snub alert)."""
     ts = np.asarray(values, dtype=np.float64)
     if not len(ts):
         return []
