@@ -50,7 +50,7 @@ from faust.types import TP
 from pipeline import fetch
 from pipeline.alerts import Alert, SnubAlerts, omission_alert
 from pipeline.batches import Lane, Taken
-from pipeline.bulk import BulkProducer, Headers, Record
+from pipeline.bulk import BulkProducer
 from pipeline.inbound import InboundCounts, InboundStage
 from pipeline.ingest import (
     MESSAGE_OFFSET,
@@ -597,17 +597,8 @@ class Pipeline:
         for found in snub_alerts:
             keys += found.keys()
             values += found.values()
-        per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value, partition in zip(keys, values, self.bulk.partitions_of(topic, keys),
-                                         strict=True):
-            records = per_partition.get(partition)
-            if records is None:
-                records = per_partition[partition] = []
-            records.append((key, value))
-        pending = []
-        for partition, records in per_partition.items():
-            pending += await self.bulk.send(topic, partition, records)
-        await self._delivered(pending)
+        await self._delivered(await self.bulk.send_spread(
+            topic, self.bulk.partitions_of(topic, keys), zip(keys, values, strict=True)))
         self.stats.alerts += count
         if self.notify is not None:
             for alert in itertools.chain(alerts, *(found.alerts() for found in snub_alerts)):
@@ -623,26 +614,20 @@ class Pipeline:
         dlq = self.settings.dlq_topic
         spread = await self.bulk.partitions_for(dlq)
         by_key = iter(self.bulk.partitions_of(dlq, [d.key for d in dead if d.key is not None]))
-        per_partition: dict[int, tuple[list[Record], list[Headers]]] = {}
+        partitions = [next(by_key) if d.key is not None else spread[d.partition % len(spread)]
+                      for d in dead]
         source = topic.encode()
-        for d in dead:
-            partition = (next(by_key) if d.key is not None
-                         else spread[d.partition % len(spread)])
-            records, headers = per_partition.setdefault(partition, ([], []))
-            records.append((d.key, d.raw))
-            headers.append([
-                ("dlq.reason", d.reason.encode()),
-                ("dlq.error", d.error.encode()),
-                ("dlq.topic", source),
-                ("dlq.partition", str(d.partition).encode()),
-                ("dlq.offset", str(d.offset).encode()),
-                ("dlq.item", str(d.item).encode()),
-            ])
-        pending = []
-        for partition, (records, headers) in per_partition.items():
-            pending += await self.bulk.send(dlq, partition, records, headers)
+        headers = [[
+            ("dlq.reason", d.reason.encode()),
+            ("dlq.error", d.error.encode()),
+            ("dlq.topic", source),
+            ("dlq.partition", str(d.partition).encode()),
+            ("dlq.offset", str(d.offset).encode()),
+            ("dlq.item", str(d.item).encode()),
+        ] for d in dead]
         # delivery confirmed before the batch is acked: nothing lost
-        await self._delivered(pending)
+        await self._delivered(await self.bulk.send_spread(
+            dlq, partitions, [(d.key, d.raw) for d in dead], headers))
 
     # -- stage 1: ingest ---------------------------------------------------------------
 

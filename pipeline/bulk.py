@@ -101,6 +101,25 @@ class BulkProducer:
         (await them to know they are delivered)."""
         return [future for future, _ in await self._send(topic, partition, records, headers)]
 
+    async def send_spread(self, topic: str, partitions: Iterable[int],
+                          records: Iterable[Record], headers: Iterable[Headers] | None = None,
+                          ) -> list[asyncio.Future[Any]]:
+        """:meth:`send` of each record (with its headers, when given) to its
+        partition in ``partitions``, in order within a partition."""
+        grouped: dict[int, tuple[list[Record], list[Headers]]] = {}
+        with_headers = (zip(partitions, records, itertools.repeat(_NO_HEADERS)) if headers is None
+                        else zip(partitions, records, headers, strict=True))
+        for partition, record, extra in with_headers:
+            group = grouped.get(partition)
+            if group is None:
+                group = grouped[partition] = ([], [])
+            group[0].append(record)
+            group[1].append(extra)
+        pending = []
+        for partition, (in_partition, their_headers) in grouped.items():
+            pending += await self.send(topic, partition, in_partition, their_headers)
+        return pending
+
     async def send_each(self, topic: str, partition: int,
                         values: Iterable[bytes]) -> list[asyncio.Future[Any]]:
         """Queue keyless records for one partition, in order, each appended to
