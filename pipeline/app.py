@@ -246,10 +246,8 @@ class Pipeline:
                                   value_serializer="raw")
 
         self.topic = raw_topic(settings.topic)
-        self.dlq = raw_topic(settings.dlq_topic)
         self.pairs_topic = raw_topic(settings.pairs_topic)
         self.inbound_topic = raw_topic(settings.inbound_topic)
-        self.alerts_topic = raw_topic(settings.alerts_topic)
         # str keys (JSON); values are JSON we encode ourselves (orjson, raw bytes):
         # the tables hold compact bytes, not a second copy of each state as objects
         # New event ids are stored one record per partition per batch (key
