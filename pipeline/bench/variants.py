@@ -148,7 +148,13 @@ class _Progress:
         self.late = 0
         self.done = threading.Event()
 
+    def arrived(self) -> None:
+        """A record reached the variant's code: the timed part starts at the first."""
+        if self.first is None:
+            self.first = time.monotonic()
+
     def seen(self) -> None:
+        """A record is processed (its arrival counted as well, if not marked)."""
         now = time.monotonic()
         if self.first is None:
             self.first = now
@@ -187,6 +193,7 @@ async def _baseline(spec: PhaseSpec) -> PhaseResult:
 
     async def count(stream: Any) -> None:
         async for value in stream:
+            progress.arrived()
             for _, src, dst in engagements(orjson.loads(value), org_of):
                 table[f"{src}>{dst}"] += 1
             progress.seen()
