@@ -124,6 +124,9 @@ class PipelineStats:
     inbound: InboundCounts = field(default_factory=InboundCounts)
     alerts: int = 0
     batches: int = 0
+    #: (window, pair) keys the pair stage holds, after its last batch, and their peak
+    live_windows: int = 0
+    live_windows_peak: int = 0
     #: highest offset fully processed and flushed, per (topic, partition)
     flushed: dict[tuple[str, int], int] = field(default_factory=dict)
     fatal: BaseException | None = None
@@ -989,6 +992,8 @@ class Pipeline:
             alerts.extend(outcome.drop_alerts)
             dead.extend(outcome.dead_letters)
             _add_counts(self.stats.pairs, outcome.counts)
+        self.stats.live_windows = live = stage.live_windows()
+        self.stats.live_windows_peak = max(self.stats.live_windows_peak, live)
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
 

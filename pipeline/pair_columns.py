@@ -527,6 +527,12 @@ class ColumnarPairStage:
         part = self._partitions.get(partition)
         return None if part is None else part.tracker.closed
 
+    def live_windows(self) -> int:
+        """The (window, pair) keys held now, every window size: the windows of
+        the partitions this worker owns that can still change (each retires
+        once the watermark passes its end plus the horizon)."""
+        return sum(len(part.w_key) for part in self._partitions.values())
+
     # -- processing -------------------------------------------------------------
 
     def process(self, partition: int, messages: Sequence[Message], stream: str,

@@ -55,6 +55,8 @@ _LIVE_POOL = 50_000
 #: whole core within 30 s of one consumer reading, at 20 ms to half a core
 #: within the phase; at 50 ms it stays under a fifth (docs/benchmarks.md).
 LIVE_LINGER_MS = 50
+#: seconds per entry of the latency phase's ``latency_max_by_10s``
+TIMELINE_S = 10.0
 
 
 def bench_settings(spec: PhaseSpec, dataset: Dataset) -> Settings:
@@ -195,6 +197,7 @@ async def _pipeline(spec: PhaseSpec) -> PhaseResult:
             result.seconds = ended[0] - first
             result.extra["startup_s"] = round(first - began, 3)
         result.extra["pipeline_counts"] = counts.as_dict()
+        result.extra["live_windows_peak"] = stats.live_windows_peak
         result.extra["pair_row_versions"] = rows[0] if rows else None
         stored = stored_windows(backend)
         result.extra["pair_rows"] = len(stored)
@@ -254,6 +257,8 @@ async def _latency_worker(spec: PhaseSpec) -> PhaseResult:
     ensure_pipeline_topics(settings)
     backend = open_backend(settings.clickhouse_url.get_secret_value())
     latencies: list[float] = []
+    #: the oldest engagement of any batch written in each TIMELINE_S of the phase
+    timeline: list[float] = []
     assigned: set[int] = set()
     state: dict[str, Any] = {"hooked": None, "ready": False, "check": None}
     targets = _Targets()
@@ -261,6 +266,12 @@ async def _latency_worker(spec: PhaseSpec) -> PhaseResult:
     def written(timestamps: list[float]) -> None:
         now = time.time()
         latencies.extend(now - ts for ts in timestamps)
+        if timestamps:
+            began = state.setdefault("began", now)
+            slot = int((now - began) // TIMELINE_S)
+            oldest = now - min(timestamps)
+            timeline.extend([0.0] * (slot + 1 - len(timeline)))
+            timeline[slot] = max(timeline[slot], oldest)
 
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         for tp in (args[0] if args else kwargs.get("assigned", ())):
@@ -308,6 +319,8 @@ async def _latency_worker(spec: PhaseSpec) -> PhaseResult:
         "latency_p99_s": quantile(latencies, 0.99),
         "latency_max_s": latencies[-1] if latencies else None,
         "latency_samples": len(latencies),
+        "latency_max_by_10s": [round(age, 3) for age in timeline],
+        "live_windows_peak": stats.live_windows_peak,
         "pipeline_counts": stats.counts.as_dict(),
     })
     return result

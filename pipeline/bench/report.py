@@ -77,6 +77,8 @@ def summarize(config: BenchConfig, dataset: Dataset,
     pipelines = [r for r in (packed, single) if r is not None]
     exacts = [r.extra.get("exact") is True for r in pipelines]
     rss = [r.rss_bytes for r in pipelines if r.rss_bytes is not None and r.eps is not None]
+    live = [r.extra["live_windows_peak"] for r in pipelines
+            if r.eps is not None and r.extra.get("live_windows_peak") is not None]
     doc: dict[str, Any] = {
         "events": dataset.events,
         "ceiling_eps": _eps(results.get("ceiling")),
@@ -107,6 +109,7 @@ def summarize(config: BenchConfig, dataset: Dataset,
         "variant_timeout_s": config.variant_timeout_s,
         "engagements": dataset.engagements,
         "window_pair_keys": dataset.window_pair_keys,
+        "live_window_pair_keys": max(live) if live else None,
         "reference_rows": dataset.reference_rows,
         "variants": {name: result.as_dict() for name, result in results.items()},
         "versions": {
@@ -186,7 +189,9 @@ def table(doc: dict[str, Any]) -> str:
     exact = doc["exact"]
     lines.append(f"{'exact':<18} {'n/a' if exact is None else str(exact).lower():>8} "
                  "(the pipeline runs stored exactly the pair windows the bench recomputed)")
-    lines.append(f"{'peak RSS':<18} {_mib(doc['rss_bytes']):>8} (pipeline worker, "
+    live = doc.get("live_window_pair_keys")
+    held = "" if live is None else f"at most {live:,} live (window, pair) keys held; "
+    lines.append(f"{'peak RSS':<18} {_mib(doc['rss_bytes']):>8} (pipeline worker, {held}"
                  f"{doc['window_pair_keys']:,} (1h window, pair) keys in the data)")
     return "\n".join(lines)
 

@@ -68,6 +68,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
         variant = doc["variants"][name]  # the store holds exactly the reference's windows
         assert variant["pair_rows"] == doc["reference_rows"], name
         assert variant["pair_row_versions"] >= variant["pair_rows"], name
+        assert 0 < variant["live_windows_peak"] <= variant["pair_rows"], name
+    assert doc["live_window_pair_keys"] == max(
+        doc["variants"][name]["live_windows_peak"] for name in ("pipeline_packed",
+                                                                "pipeline_single"))
+    latency = doc["variants"]["latency"]
+    if latency.get("latency_max_s") is not None:  # a stall shows in the timeline
+        assert max(latency["latency_max_by_10s"]) == pytest.approx(latency["latency_max_s"],
+                                                                   abs=0.001)
 
     saved = orjson.loads((tmp_path / "bench.json").read_bytes())
     assert saved["exact"] is True and saved["events"] == 2000

@@ -476,10 +476,18 @@ def test_a_new_window_that_retires_before_the_others_retires_in_time() -> None:
         [],  # the watermark past 11h, before 12h
     ]
     highs = [t + 300.0, t + 300.0, t + H + 900.0]
+    live = []
     for offset, (records, high) in enumerate(zip(batches, highs, strict=True)):
         stage.process(2, [Message(2, offset, encode(0, high, False, records))], "s", NOW)
+        live.append(stage.live_windows())
     assert part.tracker.closed == t + H + 300.0
     assert [int(k) for k in stage._retires_at(part.w_key)] == [t + 2 * H]
+    assert live == [1, 2, 1]  # (window, pair) keys held: the 9h window retired
+    stage.load(3, None)
+    stage.process(3, [Message(3, 0, encode(0, t, False, [
+        Engagement("c", 0, "uni", "lab", t, 0), Engagement("d", 0, "uni", "lab", t + 1, 1),
+        Engagement("e", 0, "lab", "uni", t + 2, 2)]))], "s", NOW)
+    assert stage.live_windows() == 1 + 2  # every partition's; one key per direction
 
 
 def test_a_day_series_begun_after_every_other_went_dormant_is_evaluated() -> None:

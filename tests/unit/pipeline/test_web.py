@@ -29,6 +29,7 @@ def test_metrics_from_live_counters() -> None:
     stats = PipelineStats()
     stats.counts.valid, stats.counts.late, stats.alerts = 10, 2, 3
     stats.flushed[("t", 0)] = 41
+    stats.live_windows = 1234
 
     class Consumer:
         def highwater(self, tp: Any) -> int:
@@ -48,6 +49,7 @@ def test_metrics_from_live_counters() -> None:
     assert "reciprocity_sink_failures_total 1.0" in text
     assert 'reciprocity_consumer_lag{partition="0",topic="t"} 8.0' in text
     assert 'reciprocity_watermark_seconds{partition="0"} 1.7724456e+09' in text
+    assert "reciprocity_live_windows 1234.0" in text
     assert "reciprocity_up 1.0" in text
     stats.fatal = RuntimeError("x")
     assert "reciprocity_up 0.0" in generate_latest(registry).decode()

@@ -27,8 +27,10 @@ def test_summary_has_the_contract_keys_and_ratios() -> None:
         "ceiling": result("ceiling", 1000, 0.01, ceiling_exact=True),
         "baseline": result("baseline", 1000, 1.0),
         "peer": PhaseResult("peer", note="not installed"),
-        "pipeline_packed": result("pipeline_packed", 1000, 0.1, exact=True),
-        "pipeline_single": result("pipeline_single", 1000, 0.5, exact=True),
+        "pipeline_packed": result("pipeline_packed", 1000, 0.1, exact=True,
+                                  live_windows_peak=600),
+        "pipeline_single": result("pipeline_single", 1000, 0.5, exact=True,
+                                  live_windows_peak=640),
         "latency": result("latency", 0, 0.0, latency_p50_s=0.2, latency_p99_s=0.9),
     }
     doc = summarize(BenchConfig(), DATASET, results)
@@ -40,8 +42,10 @@ def test_summary_has_the_contract_keys_and_ratios() -> None:
     assert doc["pipeline_vs_baseline"] == pytest.approx(10)
     assert doc["exact"] is True and doc["rss_bytes"] == 2**20
     assert (doc["latency_p50_s"], doc["latency_p99_s"]) == (0.2, 0.9)
+    assert doc["live_window_pair_keys"] == 640  # the larger run's peak
     text = table(doc)
     assert "not installed" in text and "pipeline/ceiling" in text and "p99 0.900 s" in text
+    assert "at most 640 live (window, pair) keys held" in text
 
 
 def test_a_differing_or_failed_pipeline_is_not_exact() -> None:
@@ -59,6 +63,7 @@ def test_nothing_of_the_pipeline_run_means_exact_is_null() -> None:
     doc = summarize(BenchConfig(only=("ceiling",)), DATASET,
                     {"ceiling": result("ceiling", 1000, 0.01)})
     assert doc["exact"] is None and doc["rss_bytes"] is None
+    assert doc["live_window_pair_keys"] is None
 
 
 @pytest.mark.parametrize("options", [
