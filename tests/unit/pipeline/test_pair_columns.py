@@ -173,6 +173,9 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
     a stage loaded from the table after any batch finds what the stage that
     never stopped finds."""
     monkeypatch.setattr(pair_columns, "PART_BYTES", 200)
+    # compressed, as before compression (a table of an older release), or both
+    compress = (0, 1 << 40, 600)[seed % 3]
+    monkeypatch.setattr(pair_columns, "COMPRESS_MIN_BYTES", compress)
     monkeypatch.setattr(pair_columns, "MIN_SNAPSHOT_BYTES", 1500 if seed % 2 else 0)
     monkeypatch.setattr(pair_columns, "MAX_DELTAS", 1 + seed % 4)
     monkeypatch.setattr(pair_columns, "MIN_UNSORTED_WINDOWS", (2, 4096, 5)[seed % 3])
@@ -187,7 +190,10 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
     restarted = ColumnarPairStage(REGISTRY, params, sources)
     restarted.load(2, None)
     loads = 0
-    for batch in _scenario(seed, sources, 3 * H):
+    batches = _scenario(seed, sources, 3 * H)
+    for n, batch in enumerate(batches):
+        if n == len(batches) // 2 and seed % 3 == 1:  # an upgrade: the rest compressed
+            monkeypatch.setattr(pair_columns, "COMPRESS_MIN_BYTES", 0)
         if rng.random() < 0.4:
             restarted = ColumnarPairStage(REGISTRY, params, sources)
             restarted.load(2, table.tracker, [(k, v) for k, v in table.values.items()
@@ -202,10 +208,22 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
         table.write(got)
     heads = [k for k in table.values if k.endswith(":head")]
     assert loads and heads
+    if compress == 0:  # every payload compressed, every part of it
+        assert all(b'"z":"zlib"' in v.partition(b"\n")[0]
+                   for k, v in table.values.items() if k.endswith(":0") and ":head" not in k)
     # the table holds one generation: the head's snapshot and its deltas
     gen = orjson.loads(table.values[heads[0]])["gen"]
     assert all(orjson.loads(v.partition(b"\n")[0])["gen"] == gen
                for k, v in table.values.items() if k.endswith(":0") and ":s" in k)
+
+
+def test_a_payload_of_unknown_compression_is_refused() -> None:
+    parts = dict(pair_columns._blob_parts("cols:0:s0", 3, b"x" * 10_000))
+    assert pair_columns._read_blob(parts, "cols:0:s0", 3) == b"x" * 10_000
+    assert len(parts["cols:0:s0:0"]) < 200  # stored compressed
+    first = parts["cols:0:s0:0"].replace(b'"zlib"', b'"zstd"')
+    with pytest.raises(ValueError, match="unknown compression 'zstd'"):
+        pair_columns._read_blob({**parts, "cols:0:s0:0": first}, "cols:0:s0", 3)
 
 
 def test_the_scenarios_hold_what_the_comparison_needs() -> None:
