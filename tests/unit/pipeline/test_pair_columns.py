@@ -217,6 +217,39 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
                for k, v in table.values.items() if k.endswith(":0") and ":s" in k)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_snapshot_of_int64_counts_loads_as_counts_of_today(seed: int) -> None:
+    """Snapshots written before the counts were int32 hold them as int64: a
+    stage loaded from one holds int32 counts and goes on as the stage that
+    wrote it."""
+    params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
+                    drop_min_baseline=1.0)
+    sources = 1 + seed % 2
+    old = ColumnarPairStage(REGISTRY, params, sources)
+    old.load(2, None)
+    batches = _scenario(seed, sources, 3 * H)
+    half = len(batches) // 2
+    for batch in batches[:half]:
+        old.process(2, batch, "s", NOW)
+    part = old._partitions[2]
+    for name in pair_columns._COUNT_ARRAYS:  # as an older release held them
+        setattr(part, name, getattr(part, name).astype(np.int64))
+    blob = old._snapshot(part)
+    dtypes = {name: dtype for name, dtype, _ in orjson.loads(blob.partition(b"\n")[0])["arrays"]}
+    assert {dtypes[name] for name in pair_columns._COUNT_ARRAYS} == {"<i8"}
+    prefix = partition_prefix(2)
+    items = [*pair_columns._blob_parts(f"{prefix}s0", 1, blob),
+             (f"{prefix}head", orjson.dumps({"gen": 1, "slot": 0}))]
+    new = ColumnarPairStage(REGISTRY, params, sources)
+    new.load(2, part.tracker.to_json(), items)
+    assert {getattr(new._partitions[2], name).dtype
+            for name in pair_columns._COUNT_ARRAYS} == {np.dtype(pair_columns.COUNT)}
+    for batch in batches[half:]:
+        expected, got = old.process(2, batch, "s", NOW), new.process(2, batch, "s", NOW)
+        assert sorted(map(tuple, got.pair_windows)) == sorted(map(tuple, expected.pair_windows))
+        assert got.counts == expected.counts
+
+
 def test_a_payload_of_unknown_compression_is_refused() -> None:
     parts = dict(pair_columns._blob_parts("cols:0:s0", 3, b"x" * 10_000))
     assert pair_columns._read_blob(parts, "cols:0:s0", 3) == b"x" * 10_000
@@ -554,5 +587,7 @@ def test_partitions_fed_alike_write_their_snapshots_in_different_batches(
                 snapshots[p].add(i)
     assert all(len(found) >= 3 for found in snapshots.values())
     assert len({frozenset(found) for found in snapshots.values()}) == len(partitions)
+    # every partition's first batch writes its first snapshot; beyond it, at
+    # most one batch has all four write one (without the stagger, every one)
     shared = set.intersection(*snapshots.values())
-    assert len(shared) <= min(map(len, snapshots.values())) // 2
+    assert 0 in shared and len(shared - {0}) <= 1
