@@ -94,9 +94,9 @@ PART_BYTES = 256 << 10
 #: to 6 MiB in 0.25 s, 1.16M live (window, pair) keys; docs/benchmarks.md)
 COMPRESS_MIN_BYTES = 4096
 ZLIB_LEVEL = 1
-#: the arrays of a partition's state other than the per-pair ones
 #: the arrays of a window's counts (:data:`COUNT`)
 _COUNT_ARRAYS = ("w_counts", "w_recip", "w_snub")
+#: the arrays of a partition's state other than the per-pair ones
 _ARRAYS = ("p_pd", "p_ts", "p_kind", "t_pd", "t_ts", "w_key", "w_counts", "w_recip", "w_snub",
            "d_key", "d_val", "day_key", "day_count")
 
