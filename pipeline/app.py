@@ -124,8 +124,7 @@ class PipelineStats:
     inbound: InboundCounts = field(default_factory=InboundCounts)
     alerts: int = 0
     batches: int = 0
-    #: (window, pair) keys the pair stage holds, after its last batch, and their peak
-    live_windows: int = 0
+    #: the most (window, pair) keys the pair stage held after any of its batches
     live_windows_peak: int = 0
     #: highest offset fully processed and flushed, per (topic, partition)
     flushed: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -992,8 +991,7 @@ class Pipeline:
             alerts.extend(outcome.drop_alerts)
             dead.extend(outcome.dead_letters)
             _add_counts(self.stats.pairs, outcome.counts)
-        self.stats.live_windows = live = stage.live_windows()
-        self.stats.live_windows_peak = max(self.stats.live_windows_peak, live)
+        self.stats.live_windows_peak = max(self.stats.live_windows_peak, stage.live_windows())
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
 

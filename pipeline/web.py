@@ -78,7 +78,7 @@ class PipelineCollector(Collector):
             yield CounterMetricFamily(name, help_text, value=total)
         yield GaugeMetricFamily("reciprocity_live_windows",
                                 "(window, pair) keys the pair stage holds (every window size)",
-                                value=stats.live_windows)
+                                value=pipeline.pair_stage.live_windows())
         yield GaugeMetricFamily("reciprocity_up", "1 while the worker runs, 0 once it failed",
                                 value=0 if stats.fatal is not None else 1)
         lag = GaugeMetricFamily("reciprocity_consumer_lag",

@@ -24,12 +24,14 @@ class _Stage:
     def watermark(self, partition: int) -> float | None:
         return 1772445600.0 if partition == 0 else None
 
+    def live_windows(self) -> int:
+        return 1234
+
 
 def test_metrics_from_live_counters() -> None:
     stats = PipelineStats()
     stats.counts.valid, stats.counts.late, stats.alerts = 10, 2, 3
     stats.flushed[("t", 0)] = 41
-    stats.live_windows = 1234
 
     class Consumer:
         def highwater(self, tp: Any) -> int:
