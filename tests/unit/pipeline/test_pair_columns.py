@@ -208,7 +208,7 @@ def test_a_stage_rebuilt_from_its_table_goes_on_as_if_never_stopped(
         table.write(got)
     heads = [k for k in table.values if k.endswith(":head")]
     assert loads and heads
-    if compress == 0:  # every payload compressed, every part of it
+    if compress == 0:  # every payload compressed: its first part says so
         assert all(b'"z":"zlib"' in v.partition(b"\n")[0]
                    for k, v in table.values.items() if k.endswith(":0") and ":head" not in k)
     # the table holds one generation: the head's snapshot and its deltas
