@@ -721,7 +721,7 @@ class Pipeline:
                      "hi": chunk_hi})))
                 held.append((chunk_hi, _last_offset(key, chunk_offsets), key))
             pending += await self.bulk.write_table(self.seen_table, last[partition], records)
-        self._seen_index.update(outcome.first_seen)
+        self._seen_index.add(outcome.first_seen.columns)
         self._max_ts.update(outcome.max_ts)
         return pending
 
@@ -766,11 +766,8 @@ class Pipeline:
                 if high is not None and high > self._max_ts.get(partition, float("-inf")):
                     self._max_ts[partition] = high
                 ids, offsets, items, lates = seen_columns(record)
-                for event_id, offset, item, late in zip(ids, offsets, items, lates, strict=True):
-                    position = (partition, offset, item, late)
-                    # the earliest position wins if a replayed batch stored it twice
-                    if event_id not in index or position[:3] < index[event_id][:3]:
-                        index[event_id] = position
+                # the earliest position wins if a replayed batch stored it twice
+                index.load(partition, ids, offsets, items, lates)
                 held[partition].append((record.get("hi"), _last_offset(key, offsets), key))
         for partition, records in held.items():
             self._seen_records[partition] = collections.deque(

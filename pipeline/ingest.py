@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, overload
 
@@ -35,6 +35,7 @@ import orjson
 
 from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
 from pipeline.reciprocity import Omission, omissions, post_omissions
+from pipeline.seen_index import Seen, SeenIndex
 from schemas.event import (
     MENTIONING_KINDS,
     REASON_INVALID_EVENT,
@@ -49,8 +50,8 @@ from schemas.registry import Registry
 
 REASON_LATE: Final = "late"
 
-#: (partition, offset, item index within a packed message, late: 0 or 1)
-Seen = tuple[int, int, int, int]
+#: where stage 1 looks ids up: the worker's index, or any mapping (tests)
+SeenLookup = Mapping[str, Sequence[int]] | SeenIndex
 #: a dedup record a worker holds for a partition: (largest event time of the
 #: batch that wrote it, None without ids; its last input offset; its table key)
 SeenRecord = tuple[float | None, int, str]
@@ -267,105 +268,6 @@ class IngestOutcome:
     batch_max_ts: dict[int, float] = field(default_factory=dict)
 
 
-class SeenIndex(MutableMapping[str, Seen]):
-    """The dedup index: event id -> :data:`Seen`, each position packed in one
-    int (``((partition << 48 | offset) << 24 | item) << 1 | late``), not a
-    tuple of four: a worker holds a week of ids, and a tuple with its offset
-    costs about 100 bytes more per id than one int."""
-
-    __slots__ = ("_packed",)
-
-    def __init__(self) -> None:
-        self._packed: dict[str, int] = {}
-
-    @staticmethod
-    def pack(seen: Sequence[int]) -> int:
-        partition, offset, item, late = seen
-        if not (0 <= offset < _OFFSETS and 0 <= item < _ITEMS and partition >= 0):
-            raise ValueError(f"position {tuple(seen)} out of range")
-        return (partition << _PARTITION_SHIFT | offset << _OFFSET_SHIFT | item << 1
-                | (1 if late else 0))
-
-    @staticmethod
-    def unpack(packed: int) -> Seen:
-        return (packed >> _PARTITION_SHIFT, (packed >> _OFFSET_SHIFT) & (_OFFSETS - 1),
-                (packed >> 1) & (_ITEMS - 1), packed & 1)
-
-    def __getitem__(self, event_id: str) -> Seen:
-        return self.unpack(self._packed[event_id])
-
-    def get(self, event_id: str, default: Any = None) -> Any:
-        packed = self._packed.get(event_id)
-        return default if packed is None else self.unpack(packed)
-
-    def __setitem__(self, event_id: str, seen: Seen) -> None:
-        self._packed[event_id] = self.pack(seen)
-
-    def __delitem__(self, event_id: str) -> None:
-        del self._packed[event_id]
-
-    def update(self, other: Any = (), /, **kwargs: Seen) -> None:
-        """Many positions at once (a batch's new ids), packed inline."""
-        if isinstance(other, NewIds) and not kwargs:
-            for partition, (ids, offsets, items, _lates) in other.columns.items():
-                if ids and not (partition >= 0 and min(offsets) >= 0 and max(offsets) < _OFFSETS
-                                and min(items) >= 0 and max(items) < _ITEMS):
-                    super().update(other)  # raises on the first out of range
-                    return
-            for partition, (ids, offsets, items, lates) in other.columns.items():
-                base = partition << _PARTITION_SHIFT
-                self._packed.update(zip(ids, [
-                    base | offset << _OFFSET_SHIFT | item << 1 | (1 if late else 0)
-                    for offset, item, late in zip(offsets, items, lates, strict=True)],
-                    strict=True))
-            return
-        if kwargs or not isinstance(other, Mapping):
-            super().update(other, **kwargs)
-            return
-        positions = other.values()
-        if not all(p >= 0 and 0 <= o < _OFFSETS and 0 <= i < _ITEMS
-                   for p, o, i, _ in positions):
-            super().update(other)  # raises on the first out of range
-            return
-        self._packed.update(
-            (event_id, p << _PARTITION_SHIFT | o << _OFFSET_SHIFT | i << 1 | (1 if late else 0))
-            for event_id, (p, o, i, late) in other.items())
-
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._packed
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._packed)
-
-    def __len__(self) -> int:
-        return len(self._packed)
-
-    def forget(self, partition: int, ids: Iterable[str], offsets: Iterable[int]) -> None:
-        """Forget the ids of a dedup record's entries (:func:`seen_columns`)
-        that are still first seen where the record saw them: in ``partition``
-        at that offset (a replay may have stored an id twice)."""
-        packed = self._packed
-        where = partition << _OFFSET_BITS  # a position's bits above its item
-        for event_id, offset in zip(ids, offsets, strict=True):
-            position = packed.get(event_id)
-            if position is not None and position >> _OFFSET_SHIFT == where | offset:
-                del packed[event_id]
-
-    def drop_partition(self, partition: int) -> None:
-        """Forget the ids first seen in ``partition`` (it was revoked)."""
-        self._packed = {k: v for k, v in self._packed.items()
-                        if v >> _PARTITION_SHIFT != partition}
-
-
-#: offsets and items a packed position holds (2**48 offsets, 2**24 events per message)
-_OFFSET_BITS: Final = 48
-_OFFSETS: Final = 1 << _OFFSET_BITS
-_ITEMS: Final = 1 << 24
-#: bit positions in a packed position: late is bit 0, the item starts at bit 1
-_OFFSET_SHIFT: Final = 1 + 24
-_PARTITION_SHIFT: Final = _OFFSET_SHIFT + _OFFSET_BITS
-
-
 def expired_seen(records: Sequence[SeenRecord], high: float | None, horizon_s: float,
                  committed: int | None) -> int:
     """How many of a partition's dedup records, oldest first, can be forgotten:
@@ -447,7 +349,7 @@ class Ingest:
     def process(
         self,
         messages: Iterable[Message],
-        first_seen: Mapping[str, Sequence[int]],
+        first_seen: SeenLookup,
         max_ts: Mapping[int, float],
     ) -> IngestOutcome:
         """One batch. Messages of a partition must come in offset order.
@@ -463,7 +365,7 @@ class Ingest:
     def _columns(
         self,
         messages: Sequence[Message],
-        first_seen: Mapping[str, Sequence[int]],
+        first_seen: SeenLookup,
         max_ts: Mapping[int, float],
     ) -> IngestOutcome | None:
         """A plain batch in columns: every event valid in the producers' form
@@ -477,8 +379,8 @@ class Ingest:
         columns, of_message, items = decoded.columns, decoded.message, decoded.item
         ids, n = columns.id, len(columns.id)
         unique = set(ids)
-        known = first_seen._packed if isinstance(first_seen, SeenIndex) else first_seen
-        if len(unique) != n or any(map(known.__contains__, unique)):
+        if len(unique) != n or (first_seen.contains_any(ids) if isinstance(first_seen, SeenIndex)
+                                else any(map(first_seen.__contains__, unique))):
             return None
         message_index = np.asarray(of_message, dtype=np.int64)
         partition_of = np.fromiter(map(MESSAGE_PARTITION, messages), dtype=np.int64,
@@ -586,7 +488,7 @@ class Ingest:
     def _events(
         self,
         messages: Iterable[Message],
-        first_seen: Mapping[str, Sequence[int]],
+        first_seen: SeenLookup,
         max_ts: Mapping[int, float],
     ) -> IngestOutcome:
         """One batch, event by event (any input: invalid events become dead letters)."""
@@ -646,7 +548,7 @@ class Ingest:
         partition: int,
         offset: int,
         item: int,
-        first_seen: Mapping[str, Sequence[int]],
+        first_seen: SeenLookup,
         max_ts: Mapping[int, float],
         out: IngestOutcome,
         counts: Counts,

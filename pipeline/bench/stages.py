@@ -153,7 +153,7 @@ def run_stages(dataset: Dataset, pack: int = 500, partitions: int = 4,
     for batch in input_batches(dataset, pack, partitions, settings.batch_max_bytes):
         began = time.perf_counter()
         outcome = ingest.process(batch, seen, max_ts)
-        seen.update(outcome.first_seen)
+        seen.add(outcome.first_seen.columns)
         max_ts.update(outcome.max_ts)
         routed = time.perf_counter()
         result.seconds["ingest"] += routed - began

@@ -836,46 +836,17 @@ def test_expired_seen_keeps_what_a_redelivery_can_reach() -> None:
     assert expired_seen([], 1e9, 300.0, committed=100) == 0
 
 
-def test_the_seen_index_packs_positions_losslessly() -> None:
-    index = SeenIndex()
-    positions = {"a": (0, 0, 0, 0), "b": (3, 2**48 - 1, 2**24 - 1, 1), "c": (17, 123456, 499, 0)}
-    for event_id, seen in positions.items():
-        index[event_id] = seen
-    assert dict(index) == positions
-    assert index.get("b") == (3, 2**48 - 1, 2**24 - 1, 1) and index.get("x") is None
-    assert "c" in index and len(index) == 3
-    del index["a"]
-    index.drop_partition(3)
-    assert dict(index) == {"c": (17, 123456, 499, 0)}
-    with pytest.raises(ValueError):
-        index["d"] = (0, 2**48, 0, 0)
-    many = SeenIndex()
-    many.update(positions)
-    assert dict(many) == positions
-    many.update(d=(1, 2, 3, 1))
-    many.update([("e", (4, 5, 6, 0))])
-    assert many["d"] == (1, 2, 3, 1) and many["e"] == (4, 5, 6, 0)
-    with pytest.raises(ValueError):
-        many.update({"f": (0, 0, 2**24, 0)})
-    assert "f" not in many
-    # a dedup record's entries: only ids still first seen there go
-    many.forget(3, ["b", "c", "x", "d"], [2**48 - 1, 123456, 1, 2])
-    assert "b" not in many and "c" in many and "d" in many
-    many.forget(17, ["c"], [123456])
-    assert "c" not in many
-
-
 def test_new_ids_hold_columns_per_partition_and_read_as_a_mapping() -> None:
     entries = {"a": (0, 5, 0, 0), "b": (1, 7, 2, 1), "c": (0, 6, 3, 0)}
     new = NewIds.of(entries)
     assert new.columns == {0: (["a", "c"], [5, 6], [0, 3], [0, 0]), 1: (["b"], [7], [2], [1])}
     assert new == entries and len(new) == 3 and new["b"] == (1, 7, 2, 1)
     index = SeenIndex()
-    index.update(new)
-    assert dict(index) == entries
+    index.add(new.columns)
+    assert {event_id: index[event_id] for event_id in entries} == entries and len(index) == 3
     with pytest.raises(ValueError):
-        index.update(NewIds({2: (["z"], [2**48], [0], [0])}))
-    assert "z" not in index
+        index.add(NewIds({2: (["z"], [2**48], [0], [0])}).columns)
+    assert "z" not in index and len(index) == 3
     assert NewIds() == {} and len(NewIds()) == 0
 
 
@@ -956,6 +927,21 @@ def test_columns_and_events_give_the_same_outcome(seed: int) -> None:
                 used += by_columns.counts.engagements
             store.apply(by_events)
         assert used or not plain
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_worker_index_gives_the_outcomes_a_dict_gives(seed: int) -> None:
+    """Stage 1 against the worker's :class:`SeenIndex` (its batch check and
+    its lookups) and against a plain dict of the same ids: the same outcome
+    for every batch, duplicates, replays and late events among them."""
+    ingest, store, index = Ingest(REGISTRY, LATENESS), Store(), SeenIndex()
+    for batch in _random_batches(seed):
+        expected = ingest.process(batch, store.first_seen, store.max_ts)
+        assert ingest.process(batch, index, store.max_ts) == expected
+        index.add(expected.first_seen.columns)
+        store.apply(expected)
+    assert len(index) == len(store.first_seen)
+    assert all(index[event_id] == seen for event_id, seen in store.first_seen.items())
 
 
 def test_the_random_batches_reach_every_verdict() -> None:
