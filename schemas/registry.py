@@ -72,7 +72,11 @@ class Registry:
             parent = self.orgs[parent].parent
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+#: libyaml's parser where PyYAML was built with it (the wheels are)
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):
     """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
 
 
@@ -80,28 +84,118 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"a key must be a plain value, got {type(key).__name__}",
-                key_node.start_mark,
-            ) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first at line {seen[key] + 1})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line
+        _check_key(key, seen, key_node.start_mark)
     return loader.construct_mapping(node)
+
+
+def _check_key(key: Any, seen: dict[Any, int], mark: Any) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a key must be a plain value, got {type(key).__name__}", mark,
+        ) from None
+    if key in seen:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", mark,
+        )
+    seen[key] = mark.line
 
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+
+_PLAIN_TAGS: Final = (None, "!", yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                      yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG)
+
+
+class _NotPlain(Exception):
+    """A document :func:`_load_streaming` leaves to the composing loader."""
+
+
+def _load_streaming(text: str, loader_class: Any = _UniqueKeyLoader) -> Any:
+    """``yaml.load(text, Loader=_UniqueKeyLoader)``, built from the parser's
+    events one value at a time instead of from a tree of nodes of the whole
+    document: a registry of 100,000 accounts made about 1.5 million nodes
+    and marks at once, which left 150-250 MiB of the worker's memory held by
+    the interpreter's small-object allocator for good (docs/benchmarks.md).
+    A document with tagged collections or merge keys (``<<``) raises
+    :class:`_NotPlain`, for the composing loader to take."""
+    loader = loader_class(text)
+    anchors: dict[str, Any] = {}
+    construct = loader.yaml_constructors
+
+    def value() -> Any:
+        event: Any = loader.get_event()
+        start: Any = event.start_mark  # libyaml's marks are not yaml.Mark to the type checker
+        if getattr(event, "anchor", None) is not None and not isinstance(event, yaml.AliasEvent) \
+                and event.anchor in anchors:
+            raise yaml.composer.ComposerError(
+                f"found duplicate anchor {event.anchor!r}", None, "second occurrence", start)
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor not in anchors:
+                raise yaml.composer.ComposerError(
+                    None, None, f"found undefined alias {event.anchor!r}", start)
+            return anchors[event.anchor]
+        if isinstance(event, yaml.ScalarEvent):
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            if tag in ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"):
+                raise _NotPlain  # keys the constructor rewrites across the mapping
+            end: Any = event.end_mark
+            node = yaml.ScalarNode(tag, event.value, start, end, event.style)
+            found = construct.get(tag, construct[None])(loader, node)
+        elif event.tag not in _PLAIN_TAGS:
+            raise _NotPlain
+        elif isinstance(event, yaml.SequenceStartEvent):
+            found = []
+            if event.anchor is not None:
+                anchors[event.anchor] = found
+            while not loader.check_event(yaml.SequenceEndEvent):
+                found.append(value())
+            loader.get_event()
+            return found
+        else:
+            found = {}
+            if event.anchor is not None:
+                anchors[event.anchor] = found
+            seen: dict[Any, int] = {}
+            while not loader.check_event(yaml.MappingEndEvent):
+                mark = loader.peek_event().start_mark
+                key = value()
+                _check_key(key, seen, mark)
+                found[key] = value()
+            loader.get_event()
+            return found
+        if event.anchor is not None:
+            anchors[event.anchor] = found
+        return found
+
+    try:
+        loader.get_event()  # the stream's start
+        if loader.check_event(yaml.StreamEndEvent):
+            return None
+        loader.get_event()  # the document's start
+        doc = value()
+        loader.get_event()  # the document's end
+        if not loader.check_event(yaml.StreamEndEvent):
+            event = loader.get_event()
+            raise yaml.composer.ComposerError(
+                "expected a single document in the stream", None,
+                "but found another document", event.start_mark)
+        return doc
+    finally:
+        loader.dispose()
+
+
+def _load_yaml(text: str) -> Any:
+    try:
+        return _load_streaming(text)
+    except _NotPlain:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_registry(path: str | Path) -> Registry:
@@ -117,7 +211,7 @@ def load_registry(path: str | Path) -> Registry:
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(source, [f"cannot read: {exc}"]) from exc
     try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise RegistryError(source, [f"not valid YAML: {exc}"]) from exc
     return parse_registry(doc, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -388,3 +389,51 @@ def test_unknown_parent_names_the_file_index(tmp_path: Path) -> None:
 def test_unhashable_yaml_key_is_a_registry_error(tmp_path: Path) -> None:
     path = write(tmp_path, "orgs: []\naccounts:\n  ? [a, b]\n  : uni\n")
     load_error(path)
+
+
+# --------------------------------------------------------------------------- YAML loading
+
+_DOCUMENTS = [
+    "",
+    "---\n",
+    "orgs: []\n",
+    "a: 1\nb: [1, 2.5, true, null, ~, '3', 0x1f, 1e3, .inf]\nc: {d: e}\n",
+    "when: 2026-11-28\nat: 2026-11-28T05:17:13Z\nraw: !!binary aGVsbG8=\nword: !!str 12\n",
+    "base: &b {x: 1, y: [1, 2]}\nother: *b\nlist: &l [a, b]\nagain: *l\nscalar: &s v\ns2: *s\n",
+    "set: !!set {a, b}\nomap: !!omap [{a: 1}, {b: 2}]\npairs: !!pairs [{a: 1}]\n",
+    "- id: uni\n  name: 'Uni ''x'''\n  parent: null\n"
+    "- id: \"fac\"\n  note: |\n    two\n    lines\n",
+    "key: ! plain\n",
+    "nested: {a: {b: {c: [[1], [2, [3]]]}}}\n",
+    "? complex\n: value\n'quoted key': 1\n1: int key\n",
+]
+
+
+@pytest.mark.parametrize("text", _DOCUMENTS)
+def test_the_registry_loader_reads_yaml_as_pyyaml_does(text: str) -> None:
+    """Built from events one value at a time (or, for tagged collections, by
+    the composing loader): the same values as ``yaml.safe_load``."""
+    from schemas.registry import _load_streaming, _load_yaml
+
+    assert _load_yaml(text) == yaml.safe_load(text)
+    if "!!set" not in text:  # without libyaml too
+        assert _load_streaming(text, yaml.SafeLoader) == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: 1\nb: 2\na: 3\n", "duplicate key 'a' (first at line 1)"),
+    ("x:\n  - {k: 1, k: 2}\n", "duplicate key 'k'"),
+    ("? [1, 2]\n: v\n", "a key must be a plain value, got list"),
+    ("a: *nowhere\n", "found undefined alias 'nowhere'"),
+    ("a: &x 1\nb: &x 2\n", "found duplicate anchor 'x'"),
+    ("a: 1\n---\nb: 2\n", "expected a single document in the stream"),
+    ("a: [1, 2\n", "expected ',' or ']'"),
+    ("a: !!python/object:os.system 'ls'\n", "could not determine a constructor"),
+    # merge keys were never taken: the duplicate-key check sees ``<<`` as a key
+    ("m: &m {x: 1}\nuse:\n  <<: *m\n", "constructor for the tag 'tag:yaml.org,2002:merge'"),
+])
+def test_the_registry_loader_refuses_what_it_should(text: str, message: str) -> None:
+    from schemas.registry import _load_yaml
+
+    with pytest.raises(yaml.YAMLError, match=re.escape(message)):
+        _load_yaml(text)
