@@ -235,7 +235,7 @@ def test_a_snapshot_of_int64_counts_loads_as_counts_of_today(seed: int) -> None:
     for name in pair_columns._COUNT_ARRAYS:  # as an older release held them
         setattr(part, name, getattr(part, name).astype(np.int64))
     blob = old._snapshot(part)
-    dtypes = {name: dtype for name, dtype, _ in orjson.loads(blob.partition(b"\n")[0])["arrays"]}
+    dtypes = {name: dtype for name, dtype, _ in orjson.loads(blob[0].partition(b"\n")[0])["arrays"]}
     assert {dtypes[name] for name in pair_columns._COUNT_ARRAYS} == {"<i8"}
     prefix = partition_prefix(2)
     items = [*pair_columns._blob_parts(f"{prefix}s0", 1, blob),
@@ -251,8 +251,10 @@ def test_a_snapshot_of_int64_counts_loads_as_counts_of_today(seed: int) -> None:
 
 
 def test_a_payload_of_unknown_compression_is_refused() -> None:
-    parts = dict(pair_columns._blob_parts("cols:0:s0", 3, b"x" * 10_000))
+    parts = dict(pair_columns._blob_parts("cols:0:s0", 3, [b"x" * 3_000, memoryview(b"x" * 7_000)]))
     assert pair_columns._read_blob(parts, "cols:0:s0", 3) == b"x" * 10_000
+    small = dict(pair_columns._blob_parts("cols:0:d0:1", 3, [b"ab", memoryview(b"cd")]))
+    assert small == {"cols:0:d0:1:0": b'{"gen":3,"parts":1}\nabcd'}  # too small to compress
     assert len(parts["cols:0:s0:0"]) < 200  # stored compressed
     first = parts["cols:0:s0:0"].replace(b'"zlib"', b'"zstd"')
     with pytest.raises(ValueError, match="unknown compression 'zstd'"):
