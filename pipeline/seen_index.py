@@ -2,17 +2,17 @@
 
 Stage 1 looks up every event id of a batch in it, so it holds about
 ``RECIPROCITY_DEDUP_RETENTION_S`` of event time of ids: a million ids or more
-in a busy worker. A dict of the id strings cost about 117 bytes an id (the
-string, the dict's slot and the packed position, an int of 80 bits); this
-holds each id as a 128-bit key and its position in numpy arrays, 32 bytes an
-id (docs/benchmarks.md, memory).
+in a busy worker. A dict of the id strings cost about 160 bytes an id of 27
+characters (the string, the dict's slot and the packed position, an int of
+80 bits); this holds each id as a 128-bit key and its position in numpy
+arrays, 32 bytes an id (docs/benchmarks.md, memory).
 
 **The key** is two 64-bit SipHash values of the id, Python's own string hash
 of the id and of the id with :data:`_SALT` appended. The hash function is keyed
 per process (``PYTHONHASHSEED``, random unless set), and the index is built
 again from the dedup records whenever a worker starts, so the keys never leave
 the process. Two different ids share a key with probability 2**-128: a
-million ids held and a billion events a day would take about 10**16 years to
+million ids held and a billion events a day would take about 10**21 years to
 make one new event look like a duplicate.
 
 **Layout:** the entries in two runs, each five arrays sorted by the key's
