@@ -332,8 +332,11 @@ class Pipeline:
                   {t: dict(g.expected) for t, g in self.guards.items()})
 
     async def _free_heap(self) -> None:
-        """Return freed C heap to the system (:mod:`pipeline.memory`), off the loop."""
+        """Return freed C heap to the system (:mod:`pipeline.memory`), off the
+        loop, and the store's free memory if it runs in this process (on the
+        sink's thread, between writes: ``Backend.release_memory``)."""
         await asyncio.get_running_loop().run_in_executor(None, free_heap)
+        await self.sink.run(self.sink.backend.release_memory)
 
     async def _run_batches(self, stream: faust.StreamT[bytes], topic: str,
                            handle: Callable[[Sequence[Any]], Awaitable[Tail | None]],

@@ -190,7 +190,8 @@ class Settings(BaseSettings):
     malloc_trim_s: float = Field(
         1.0, ge=0,
         description=("RECIPROCITY_MALLOC_TRIM_S: how often the worker hands the C heap's free "
-                     "pages back to the system (glibc malloc_trim); 0 never."),
+                     "pages back to the system (glibc malloc_trim), and the embedded "
+                     "store's (its jemalloc purged); 0 never."),
     )
     switch_interval_s: float = Field(
         0.001, gt=0, le=1,

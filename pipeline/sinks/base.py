@@ -301,3 +301,10 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections or files. Idempotent."""
+
+    def release_memory(self) -> None:
+        """Give memory the store holds in this process and no longer uses back
+        to the system; called from the sink's thread every
+        ``RECIPROCITY_MALLOC_TRIM_S``. Nothing to do for a store in another
+        process (a ClickHouse server)."""
+        return None

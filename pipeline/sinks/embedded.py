@@ -27,6 +27,7 @@ large block does not; commands that only read the store do not pay for it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ import pyarrow as pa
 
 from pipeline.sinks.base import Backend, ColumnBlock, StoreError, _rows_block, check_identifier
 from pipeline.sinks.schema import TABLES, Table
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "reciprocity"
 _TS = pa.timestamp("s", tz="UTC")
@@ -138,6 +141,7 @@ class ChdbBackend(Backend):
         self.path = store_path(url)
         self.path.mkdir(parents=True, exist_ok=True)
         self.database = check_identifier(DEFAULT_DATABASE)
+        self._purge = True
         try:
             self._session: Any = session.Session(str(self.path))
         except Exception as exc:
@@ -199,6 +203,20 @@ class ChdbBackend(Backend):
         if not text:
             return []
         return [tuple(row) for row in orjson.loads(text)["data"]]
+
+    def release_memory(self) -> None:
+        """Purge the engine's allocator (jemalloc, inside chdb): it keeps the
+        pages of freed blocks for seconds, and each pair-window INSERT of a
+        backlog frees tens of MiB (``SYSTEM JEMALLOC PURGE``, about 1 ms;
+        docs/benchmarks.md). A chdb built without jemalloc refuses it: then
+        nothing is done, and the refusal is logged once."""
+        if self._session is None or not self._purge:
+            return
+        try:
+            self._session.query("SYSTEM JEMALLOC PURGE")
+        except Exception as exc:  # an engine built without jemalloc refuses it
+            self._purge = False
+            log.info("the embedded store cannot purge its allocator: %s", exc)
 
     def close(self) -> None:
         session, self._session = self._session, None

@@ -208,3 +208,16 @@ store.close()
 
     imported, stored = done.stdout.splitlines()[-2:]
     assert (imported, int(stored)) == ("[]", JSON_ROWS)
+
+
+def test_releasing_memory_leaves_the_data_as_it_was(backend: Backend) -> None:
+    """The worker's every-second ``release_memory``: the embedded engine
+    purges its allocator (and takes the command: no refusal recorded); a
+    server's store has nothing to do. Either way the rows stay."""
+    backend.ensure_schema()
+    backend.write(SinkBatch([row(0, (1, 0, 0, 0, 0, 0), 1), row(1, (0, 2, 0, 0, 0, 0), 1)]))
+    before = pair_rows(backend, "1h")
+    backend.release_memory()
+    backend.release_memory()
+    assert pair_rows(backend, "1h") == before
+    assert getattr(backend, "_purge", True) is True
