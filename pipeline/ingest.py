@@ -491,11 +491,19 @@ class Ingest:
         first_seen: SeenLookup,
         max_ts: Mapping[int, float],
     ) -> IngestOutcome:
-        """One batch, event by event (any input: invalid events become dead letters)."""
+        """One batch, event by event (any input: invalid events become dead letters).
+        The worker's index is asked for the batch's ids at once
+        (:meth:`SeenIndex.get_many`): one id at a time costs it about 20 us."""
         out = IngestOutcome()
         routed: dict[int, list[Engagement]] = {}
         new_ids: dict[str, Seen] = {}
-        for message in messages:
+        messages = messages if isinstance(messages, Sequence) else list(messages)
+        split = [split_message(message.value) for message in messages]
+        if isinstance(first_seen, SeenIndex):
+            first_seen = first_seen.get_many([
+                event.id for items in split if not isinstance(items, Invalid)
+                for event, _ in items if not isinstance(event, Invalid)])
+        for message, items in zip(messages, split, strict=True):
             partition, offset = message.partition, message.offset
             counts = out.partition_counts.get(partition)
             if counts is None:
@@ -503,7 +511,6 @@ class Ingest:
                 out.first_offsets[partition] = offset
             counts.messages += 1
             out.last_offsets[partition] = offset
-            items = split_message(message.value)
             if isinstance(items, Invalid):
                 counts.events += 1
                 counts.dead_lettered += 1

@@ -236,6 +236,24 @@ class SeenIndex:
             main = main.take(main.part != _FORGOTTEN)
         self._main, self._young, self._forgotten = main, _Run.empty(), 0
 
+    def get_many(self, ids: Sequence[str]) -> dict[str, Seen]:
+        """The positions of those of ``ids`` the index holds, in one search
+        per run (:meth:`get` for each would cost about 20 us an id)."""
+        if not ids or not len(self):
+            return {}
+        k1, k2 = _first_halves(ids), _second_halves(ids)
+        held: dict[str, Seen] = {}
+        for run in (self._young, self._main):
+            found = run.find(k1, k2)
+            which = np.flatnonzero(found >= 0)
+            at = found[which]
+            slot = run.slot[at]
+            held.update(zip(map(ids.__getitem__, which.tolist()),
+                            zip(run.part[at].tolist(), run.offset[at].tolist(),
+                                (slot >> 1).tolist(), (slot & 1).tolist(), strict=True),
+                            strict=True))
+        return held
+
     def contains_any(self, ids: Sequence[str]) -> bool:
         """Whether any of ``ids`` is in the index: one search per run for the
         batch, the second halves worked out only for first-half matches."""

@@ -34,6 +34,7 @@ def _check(index: SeenIndex, model: dict[str, Seen], others: Sequence[str]) -> N
     for event_id in others:
         if event_id not in model:
             assert index.get(event_id) is None and event_id not in index
+    assert index.get_many([*model, *others, *model]) == model
     assert index.contains_any(list(model)[:3] + list(others)) == bool(model)
     assert not index.contains_any([i for i in others if i not in model])
 
