@@ -122,7 +122,8 @@ def _load_streaming(text: str, loader_class: Any = _UniqueKeyLoader) -> Any:
     and marks at once, which left 150-250 MiB of the worker's memory held by
     the interpreter's small-object allocator for good (docs/benchmarks.md).
     A document with tagged collections or merge keys (``<<``) raises
-    :class:`_NotPlain`, for the composing loader to take."""
+    :class:`_NotPlain`, for the composing loader to take (which refuses merge
+    keys, as it always did: its duplicate-key check takes ``<<`` for a key)."""
     loader = loader_class(text)
     anchors: dict[str, Any] = {}
     construct = loader.yaml_constructors
