@@ -174,12 +174,7 @@ class SeenIndex:
         return None
 
     def get(self, event_id: str, default: Seen | None = None) -> Seen | None:
-        where = self._where(event_id)
-        if where is None:
-            return default
-        run, at = where
-        slot = int(run.slot[at])
-        return int(run.part[at]), int(run.offset[at]), slot >> 1, slot & 1
+        return self.get_many([event_id]).get(event_id, default)
 
     def __getitem__(self, event_id: str) -> Seen:
         seen = self.get(event_id)
