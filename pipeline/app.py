@@ -736,20 +736,21 @@ class Pipeline:
         committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust internals
         topic = self.settings.topic
         pending = []
+        through: dict[int, int] = {}
         for partition, message in last.items():
             held = self._seen_records.get(partition, collections.deque())
             expired = expired_seen(held, self._max_ts.get(partition), self._dedup_horizon_s,
                                    committed.get(TP(topic, partition)))
             if not expired:
                 continue
-            keys = [held.popleft()[2] for _ in range(expired)]
-            store, index = self.seen_table.data, self._seen_index
-            for key in keys:
-                value = store.get(key)
-                if value is not None:
-                    ids, offsets, _items, _lates = seen_columns(orjson.loads(value))
-                    index.forget(partition, ids, offsets)
-            pending += await self.bulk.delete_table(self.seen_table, message, keys)
+            records = [held.popleft() for _ in range(expired)]
+            # oldest first: every id of the partition first seen up to the last
+            # expired record's last offset is in an expired record
+            through[partition] = max(last_offset for _hi, last_offset, _key in records)
+            pending += await self.bulk.delete_table(
+                self.seen_table, message, [key for _hi, _last, key in records])
+        if through:
+            self._seen_index.forget_through(through)
         await self._delivered(pending)
 
     def _index_partitions(self, partitions: set[int]) -> None:

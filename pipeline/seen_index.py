@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -150,7 +150,7 @@ class SeenIndex:
 
     ``get``, ``in``, ``[]`` and ``[] =`` as a dict's for one id; :meth:`add`
     for a batch's new ids, :meth:`contains_any` to check a batch, :meth:`load`
-    to build it from dedup records, :meth:`forget` and :meth:`drop_partition`
+    to build it from dedup records, :meth:`forget_through` and :meth:`drop_partition`
     to let ids go. It cannot list its ids: it does not hold them."""
 
     __slots__ = ("_forgotten", "_main", "_young")
@@ -290,21 +290,19 @@ class SeenIndex:
                     run.part[at], run.offset[at], run.slot[at] = part[i], offset[i], slot[i]
         self._add_run(_Run(k1[new], k2[new], part[new], offset[new], slot[new]))
 
-    def forget(self, partition: int, ids: Sequence[str], offsets: Iterable[int]) -> None:
-        """Forget the ids of a dedup record's entries that are still first seen
-        where the record saw them: in ``partition`` at that offset (a replay may
-        have stored an id twice, and the earliest position is the one held)."""
-        if not ids:
-            return
-        k1, k2 = _first_halves(ids), _second_halves(ids)
-        offset = np.fromiter(offsets, dtype=_I64, count=len(ids))
+    def forget_through(self, bounds: Mapping[int, int]) -> None:
+        """Forget the ids first seen in partition ``p`` at an offset up to
+        ``bounds[p]``: the span of a partition's expired dedup records, which
+        expire oldest first (``pipeline.ingest.expired_seen``). A scan of the
+        positions, no lookup of the ids: the records' ids need not be read."""
         for run in (self._young, self._main):
-            found = run.find(k1, k2)
-            hit = found >= 0
-            at = found[hit]
-            mine = np.unique(at[(run.part[at] == partition) & (run.offset[at] == offset[hit])])
+            if not len(run):
+                continue
+            mine = np.zeros(len(run), dtype=bool)
+            for partition, offset in bounds.items():
+                mine |= (run.part == partition) & (run.offset <= offset)
             run.part[mine] = _FORGOTTEN
-            self._forgotten += len(mine)
+            self._forgotten += int(np.count_nonzero(mine))
 
     def drop_partition(self, partition: int) -> None:
         """Forget the ids first seen in ``partition`` (it was revoked)."""
