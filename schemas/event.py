@@ -309,9 +309,17 @@ class EventColumns:
 
 
 #: positions of digits and separators in ``YYYY-MM-DDTHH:MM:SS``
-_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
-_SEPARATORS = {4: "-", 7: "-", 10: "T", 13: ":", 16: ":"}
+#: a time text's first 19 characters: where digits go, and the separators
+_TS_TEMPLATE = np.frombuffer(b"0000-00-00T00:00:00", dtype=np.uint8)
+_TS_DIGITS = np.flatnonzero(_TS_TEMPLATE == ord("0"))  # noqa: SIM300
+_TS_SEPARATORS = np.flatnonzero(_TS_TEMPLATE != ord("0"))  # noqa: SIM300
 _TS_WIDTH = 27  # YYYY-MM-DDTHH:MM:SS.ffffffZ
+#: where a fraction's digits may be
+_TS_FRACTION = np.arange(20, _TS_WIDTH - 1)
+#: days per month, by month number (index 0 for a month of 00, refused)
+_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+#: microseconds per digit of a six-digit fraction
+_FRACTION_SCALE = 10 ** np.arange(5, -1, -1, dtype=np.int64)
 
 
 def events_from_objs(objs: Sequence[Any]) -> EventColumns | None:
@@ -510,32 +518,45 @@ def _utc_times(stamps: Sequence[Any]) -> list[float] | None:
 
 def _utc_texts(stamps: Sequence[str]) -> list[float] | None:
     """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` texts (None if any is
-    not of that form, or not a real time of 1970..2200)."""
-    lengths = np.fromiter(map(len, stamps), dtype=np.int64, count=len(stamps))
+    not of that form, or not a real time of 1970..2200), from their digits:
+    the day by Hinnant's ``days_from_civil``, as :func:`format_many` writes it
+    back. Any doubt (a character outside ASCII, a month, day, hour, minute or
+    second out of range) gives None, and the per-event decoder says what is
+    wrong."""
+    n = len(stamps)
+    lengths = np.fromiter(map(len, stamps), dtype=np.int64, count=n)
     if not (((lengths == 20) | ((lengths >= 22) & (lengths <= _TS_WIDTH))).all()):
         return None
-    text = np.array(stamps, dtype=f"U{_TS_WIDTH}")
-    codes = text.view(np.uint32).reshape(len(stamps), _TS_WIDTH)
-    rows = np.arange(len(stamps))
-    digits = codes[:, _DIGITS]
-    ok = ((digits >= 48) & (digits <= 57)).all()
-    ok &= all((codes[:, at] == ord(char)).all() for at, char in _SEPARATORS.items())
-    ok &= (codes[rows, lengths - 1] == ord("Z")).all()
-    fractions = lengths > 20
-    if ok and fractions.any():
-        ok &= (codes[fractions, 19] == ord(".")).all()
-        where = np.arange(_TS_WIDTH)
-        inside = (where >= 20) & (where[None, :] < (lengths[fractions] - 1)[:, None])
-        part = codes[fractions]
-        ok &= (((part >= 48) & (part <= 57)) | ~inside).all()
-    if not ok:
-        return None
-    codes[rows, lengths - 1] = 0  # the Z: numpy reads the rest as UTC
     try:
-        micros = text.astype("datetime64[us]").astype(np.int64)
-    except ValueError:  # a day, hour, ... out of range: the per-event decoder says which
+        text = np.array(stamps, dtype=f"S{_TS_WIDTH}")
+    except UnicodeEncodeError:
         return None
-    seconds = micros / 1e6
+    # one row per character position, so each is read in one contiguous run
+    codes = np.ascontiguousarray(text.view(np.uint8).reshape(n, _TS_WIDTH).T)
+    digit = (codes - 48) <= 9  # a uint8 below 48 wraps around
+    fraction = _TS_FRACTION[:, None] < (lengths - 1)
+    if not (digit[_TS_DIGITS].all()
+            and (codes[_TS_SEPARATORS] == _TS_TEMPLATE[_TS_SEPARATORS, None]).all()
+            and (digit[20:_TS_WIDTH - 1] | ~fraction).all()
+            and (codes[lengths - 1, np.arange(n)] == ord("Z")).all()
+            and ((codes[19] == ord(".")) | (lengths == 20)).all()):
+        return None
+    value = codes[:_TS_WIDTH - 1].astype(np.int64) - 48
+    year = value[0] * 1000 + value[1] * 100 + value[2] * 10 + value[3]
+    month, day, hour, minute, second = (value[i] * 10 + value[i + 1] for i in (5, 8, 11, 14, 17))
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    in_month = _MONTH_DAYS[np.clip(month, 0, 12)] + (leap & (month == 2))
+    if not ((month >= 1) & (month <= 12) & (day >= 1) & (day <= in_month)
+            & (hour <= 23) & (minute <= 59) & (second <= 59)).all():
+        return None
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    # the fraction's digits, read as six with zeros after the last
+    micro = _FRACTION_SCALE @ np.where(fraction, value[20:], 0)
+    seconds = ((days * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro) / 1e6
     if not ((seconds >= _MIN_TS) & (seconds < _MAX_TS)).all():
         return None
     times: list[float] = seconds.tolist()
