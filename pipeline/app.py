@@ -19,11 +19,9 @@ goes to Kafka (routed engagements, dead letters, alerts) and writes its rows
 to ClickHouse off the loop at the same time, waits for both, and only then
 lets Faust ack the batch: committed offsets never run ahead of what is
 delivered and stored. Stage 1 takes its next batch while its store write
-finishes (:meth:`Pipeline.ingest_batch`), the pair stage while its results
-and state are written (:meth:`Pipeline.process_pairs`); their batches are
-still done and acked in order, each once its tail is done. The
-pair and inbound states go to their changelogs only after their batch's
-results are delivered and stored. Everything
+finishes (:meth:`Pipeline.ingest_batch`); its batches are still acked in
+order, each once its write is done. The pair and inbound states go to their
+changelogs only after their batch's results are delivered and stored. Everything
 written is idempotent, so at-least-once re-delivery after a crash gives the
 same results (docs/pipeline.md).
 
@@ -968,12 +966,7 @@ class Pipeline:
             pending += await self.bulk.write_table(table, last, items)
         await self._delivered(pending)
 
-    async def process_pairs(self, messages: Sequence[Any]) -> Tail:
-        """Apply one batch of the pairs topic up to its results: returns the
-        tail that writes them (the store, dead letters, alerts), then the pair
-        table, then counts the batch as done. The agent takes its next batch
-        while the tail finishes (:meth:`_run_batches`); that batch's tail starts
-        once this one is done, so results and states go out in batch order."""
+    async def process_pairs(self, messages: Sequence[Any]) -> None:
         settings = self.settings
         topic = settings.pairs_topic
         applied = await self._in_sequence(topic, messages)
@@ -1002,11 +995,6 @@ class Pipeline:
         self.stats.live_windows_peak = max(self.stats.live_windows_peak, stage.live_windows())
         batch.alerts.extend(alert_rows(alerts, stream, now))
         batch.dead_letters.extend(dead_letter_rows(dead, stream, now))
-        # legacy keys go only once this batch's snapshot is in the table: decided
-        # now, as the next batch may snapshot before this tail has run
-        snapshotted = [last for last, _outcome in outcomes
-                       if last.partition in self._legacy_keys and stage.owns(last.partition)
-                       and stage.snapshotted(last.partition)]
 
         async def write() -> None:
             await self.sink.write(batch)
@@ -1017,19 +1005,18 @@ class Pipeline:
             await self._send_dead_letters(topic, dead)
             await self._publish_alerts(alerts, snub_alerts)
 
-        async def tail() -> None:
-            await asyncio.gather(write(), send())  # the results, together
-            await self._persist_stage(stage, self.pair_table, outcomes, _same)  # then the state
+        await asyncio.gather(write(), send())  # the results, together
+        await self._persist_stage(stage, self.pair_table, outcomes, _same)  # then the state
+        if self._legacy_keys:
             pending = []
-            for last in snapshotted:
+            for last, _outcome in outcomes:
                 partition = last.partition
-                if partition in self._legacy_keys and stage.owns(partition):
+                if partition in self._legacy_keys and stage.owns(partition) and (
+                        stage.snapshotted(partition)):
                     pending += await self.bulk.delete_table(
                         self.legacy_pair_table, last, self._legacy_keys.pop(partition))
             await self._delivered(pending)
-            self._done(topic, applied)
-
-        return tail()
+        self._done(topic, applied)
 
     @property
     def on_written(self) -> Callable[[list[float]], None] | None:
