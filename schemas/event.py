@@ -308,8 +308,8 @@ class EventColumns:
                      tuple(self.mentions[i] or ()), tuple(self.features[i] or ()))
 
 
-#: positions of digits and separators in ``YYYY-MM-DDTHH:MM:SS``
-#: a time text's first 19 characters: where digits go, and the separators
+#: a time text's first 19 characters (``YYYY-MM-DDTHH:MM:SS``): where digits
+#: go, and the separators
 _TS_TEMPLATE = np.frombuffer(b"0000-00-00T00:00:00", dtype=np.uint8)
 _TS_DIGITS = np.flatnonzero(_TS_TEMPLATE == ord("0"))  # noqa: SIM300
 _TS_SEPARATORS = np.flatnonzero(_TS_TEMPLATE != ord("0"))  # noqa: SIM300
