@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -259,6 +260,22 @@ def test_a_payload_of_unknown_compression_is_refused() -> None:
     first = parts["cols:0:s0:0"].replace(b'"zlib"', b'"zstd"')
     with pytest.raises(ValueError, match="unknown compression 'zstd'"):
         pair_columns._read_blob({**parts, "cols:0:s0:0": first}, "cols:0:s0", 3)
+
+
+def test_compressed_payloads_are_standard_zlib_both_ways() -> None:
+    """The payloads ISA-L writes are zlib streams the standard library reads
+    (a rollback to a release that used :mod:`zlib` loads them), and payloads
+    that release wrote load here."""
+    rng = random.Random(7)
+    data = orjson.dumps({"src": [rng.choice(ORGS) for _ in range(5_000)],
+                         "ts": [DAY0 + rng.randrange(D) for _ in range(5_000)]})
+    ours = dict(pair_columns._blob_parts("cols:1:d0:1", 4, [data]))
+    first, _, rest = ours["cols:1:d0:1:0"].partition(b"\n")
+    assert orjson.loads(first)["z"] == "zlib"
+    assert zlib.decompress(b"".join([rest, *(ours[k] for k in sorted(ours)[1:])])) == data
+    older = zlib.compress(data, 1)  # as a release before ISA-L stored it
+    header = orjson.dumps({"gen": 4, "z": "zlib", "parts": 1}) + b"\n"
+    assert pair_columns._read_blob({"cols:1:d0:1:0": header + older}, "cols:1:d0:1", 4) == data
 
 
 def test_the_scenarios_hold_what_the_comparison_needs() -> None:
