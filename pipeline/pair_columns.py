@@ -62,10 +62,6 @@ F64 = np.float64
 #: nears 2**31 engagements, and half the bytes of the largest per-window
 #: arrays (1.16M live keys: 71 -> 36 MiB; snapshots of int64 counts load cast)
 COUNT = np.int32
-#: pending engagements' event ids: numpy's variable-width strings, not an array
-#: of ``str`` objects (1M ids of 10 characters: 15 MiB against 63 MiB; a 1M
-#: backlog with every window live holds hundreds of thousands of them)
-ID = np.dtypes.StringDType()
 DAY = 86400
 #: "no next day": the day series is dormant (or does not exist: see ``s_start``)
 NONE = np.iinfo(np.int64).min // 4
@@ -386,7 +382,7 @@ class _Partition:
         self.p_pd = _empty(I64)
         self.p_ts = _empty(F64)
         self.p_kind = _empty(I64)
-        self.p_id = _empty(ID)
+        self.p_id = _empty(object)
         #: engagement times that may still return a pending one: the first
         #: ``t_sorted`` sorted by (pd, ts), then those added since the last
         #: decision (:func:`_sort_times`)
@@ -535,7 +531,7 @@ class ColumnarPairStage:
         if pending:
             p_pd, p_ts, p_kind, p_id = zip(*pending, strict=True)
             part.p_pd, part.p_ts = np.array(p_pd, dtype=I64), np.array(p_ts, dtype=F64)
-            part.p_kind, part.p_id = np.array(p_kind, dtype=I64), np.array(p_id, dtype=ID)
+            part.p_kind, part.p_id = np.array(p_kind, dtype=I64), np.array(p_id, dtype=object)
         if times:
             t_pd, t_ts = zip(*times, strict=True)
             part.t_pd, part.t_ts = np.array(t_pd, dtype=I64), np.array(t_ts, dtype=F64)
@@ -666,12 +662,11 @@ class ColumnarPairStage:
                     int(source[i]), int(offset[i]), 0, REASON_LATE,
                     f"engagement time {float(ts[i])} is at or before the watermark {closed} "
                     f"(source partition {int(source[i])} was idle)", message.value, None))
-        event_ids = np.array(ids, dtype=ID)
+        event_ids = np.array(ids, dtype=object)
         if not kept.all():
             pid, backward, ts, kind = pid[kept], backward[kept], ts[kept], kind[kept]
             source, offset, late = source[kept], offset[kept], late[kept]
             event_ids = event_ids[kept]
-            ids = event_ids.tolist()
             srcs = np.array(srcs, dtype=object)[kept].tolist()
             dsts = np.array(dsts, dtype=object)[kept].tolist()
         applied_ts = self._take(part, pid, backward, ts, kind, event_ids, source, offset, late,
@@ -679,7 +674,7 @@ class ColumnarPairStage:
         counts.applied += len(applied_ts)
         if self.keep_applied_ts:
             out.applied_ts.extend(applied_ts.tolist())
-        return {"src": srcs, "dst": dsts, "ts": ts, "kind": kind, "id": ids,
+        return {"src": srcs, "dst": dsts, "ts": ts, "kind": kind, "id": event_ids.tolist(),
                 "source": source, "offset": offset, "late": late}
 
     def _pairs_of(self, part: _Partition, srcs: Sequence[str],
@@ -1115,7 +1110,7 @@ class ColumnarPairStage:
             pid, backward = self._pairs_of(part, records["src"], records["dst"])
             self._take(part, pid, backward, np.array(records["ts"], dtype=F64),
                        np.array(records["kind"], dtype=I64),
-                       np.array(records["id"], dtype=ID),
+                       np.array(records["id"], dtype=object),
                        np.array(records["source"], dtype=I64),
                        np.array(records["offset"], dtype=I64),
                        np.array(records["late"], dtype=bool), [])
@@ -1169,7 +1164,7 @@ class ColumnarPairStage:
             raise RuntimeError(f"pair state snapshot {part.gen}: {pairs} pairs expected, "
                                f"{len(part.pids)} found")
         part.applied = arrays.pop("applied")
-        part.p_id = np.array(header["ids"], dtype=ID)
+        part.p_id = np.array(header["ids"], dtype=object)
         part.p_first = None  # worked out again at the next decision
         for name in _COUNT_ARRAYS:  # int64 in snapshots before :data:`COUNT`
             arrays[name] = arrays[name].astype(COUNT, copy=False)

@@ -345,36 +345,6 @@ def test_a_partition_taken_over_from_pair_states_goes_on_as_they_would(seed: int
             assert any(key.endswith(":head") for key in got.states)
 
 
-def test_pending_event_ids_are_held_as_numpy_strings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pending engagements' event ids stay numpy strings (not ``str``
-    objects, several times the memory) through batches, a snapshot's load,
-    a delta's replay and an adoption from the stage on objects."""
-    monkeypatch.setattr(pair_columns, "MIN_SNAPSHOT_BYTES", 0)  # snapshots and deltas
-    params = Params(windows=(H, D), horizon_s=3 * H, lateness_s=60.0, drop_days=3,
-                    drop_min_baseline=1.0)
-    batches = _scenario(3, 2, 3 * H)
-    stage = ColumnarPairStage(REGISTRY, params, 2)
-    stage.load(2, None)
-    table = Table()
-    held = 0
-    for batch in batches:
-        table.write(stage.process(2, batch, "s", NOW))
-        assert stage._partitions[2].p_id.dtype == pair_columns.ID
-        held = max(held, len(stage._partitions[2].p_id))
-    assert held
-    loaded = ColumnarPairStage(REGISTRY, params, 2)
-    loaded.load(2, table.tracker, list(table.values.items()))
-    assert loaded._partitions[2].p_id.dtype == pair_columns.ID
-    assert loaded._partitions[2].p_id.tolist() == stage._partitions[2].p_id.tolist()
-    old = PairStage(REGISTRY, params, 2)
-    old.load(2, None, [])
-    for batch in batches[:len(batches) // 2]:
-        old.process(2, batch, "s", NOW)
-    adopted = ColumnarPairStage(REGISTRY, params, 2)
-    adopted.adopt(2, old._partitions[2].tracker.to_json(), old._partitions[2].states.values())
-    assert adopted._partitions[2].p_id.dtype == pair_columns.ID
-
-
 @pytest.mark.parametrize("seed", range(30))
 def test_first_returns_kept_between_batches_equal_those_worked_out_anew(seed: int) -> None:
     """The pending engagements' first returns are worked out again only where a
