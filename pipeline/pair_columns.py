@@ -94,7 +94,7 @@ PART_BYTES = 256 << 10
 #: six times (a 34 MiB snapshot to 6 MiB, 1.16M live (window, pair) keys;
 #: docs/benchmarks.md). Written and read by ISA-L (``isal.isal_zlib``), about
 #: four times as fast as the standard library's zlib at its level 1 for
-#: about 5 % more bytes; the streams are standard zlib either way, so
+#: about 4 % more bytes; the streams are standard zlib either way, so
 #: payloads of releases that used :mod:`zlib` load, and theirs load ours.
 COMPRESS_MIN_BYTES = 4096
 ZLIB_LEVEL = 1
