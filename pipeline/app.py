@@ -63,6 +63,8 @@ from pipeline.ingest import (
     SeenColumns,
     SeenIndex,
     SeenRecord,
+    decode_seen_record,
+    encode_seen_record,
     expired_seen,
     seen_columns,
 )
@@ -719,7 +721,7 @@ class Pipeline:
                 else:
                     key = f"{partition}:{offsets[start]}:{items[start]}"
                 chunk_hi = hi if ids else None  # a record without ids has no ids to expire
-                records.append((key, dumps(
+                records.append((key, encode_seen_record(
                     {"c": chunk, "max": after if i == len(starts) - 1 else before,
                      "hi": chunk_hi})))
                 held.append((chunk_hi, _last_offset(key, chunk_offsets), key))
@@ -764,7 +766,7 @@ class Pipeline:
         held: dict[int, list[SeenRecord]] = {partition: [] for partition in missing}
         for key, value in self.seen_table.items():
             if key.startswith(prefixes):
-                record = orjson.loads(value)
+                record = decode_seen_record(value)
                 partition = int(key.split(":", 1)[0])
                 high = record.get("max")
                 if high is not None and high > self._max_ts.get(partition, float("-inf")):

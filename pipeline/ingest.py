@@ -32,6 +32,7 @@ from typing import Any, Final, NamedTuple, overload
 
 import numpy as np
 import orjson
+from isal import isal_zlib
 
 from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
 from pipeline.reciprocity import Omission, omissions, post_omissions
@@ -231,6 +232,35 @@ class NewIds(Mapping[str, Seen]):
 
     def __repr__(self) -> str:
         return f"NewIds({self._as_dict()!r})"
+
+
+#: a dedup record whose JSON has at least this many bytes is stored as a zlib
+#: stream of it (deflate level :data:`SEEN_ZLIB_LEVEL`, by ISA-L as the pair
+#: state's payloads): the worker's table store holds every record in memory
+#: (a backlog's records are thousands of ids each), and the ids, offsets and
+#: positions of the bench's records shrink about five times, Bluesky-like
+#: ids about three (docs/benchmarks.md). Smaller records stay plain JSON.
+SEEN_COMPRESS_MIN_BYTES = 4096
+SEEN_ZLIB_LEVEL = 1
+
+
+def encode_seen_record(record: Mapping[str, Any]) -> bytes:
+    """A dedup record's table value: its JSON, or a zlib stream of it
+    (:data:`SEEN_COMPRESS_MIN_BYTES`). A zlib stream starts with ``x`` (its
+    header byte ``0x78``), which no JSON document does."""
+    raw = orjson.dumps(record)
+    if len(raw) < SEEN_COMPRESS_MIN_BYTES:
+        return bytes(memoryview(raw))  # right-sized (pipeline.memory.dumps)
+    return isal_zlib.compress(raw, SEEN_ZLIB_LEVEL)
+
+
+def decode_seen_record(value: bytes) -> dict[str, Any]:
+    """A dedup record from its table value, either form
+    (:func:`encode_seen_record`), or the plain JSON of earlier releases."""
+    if value[:1] == b"x":
+        value = isal_zlib.decompress(value)
+    record: dict[str, Any] = orjson.loads(value)
+    return record
 
 
 def seen_columns(record: Mapping[str, Any]) -> SeenColumns:

@@ -307,7 +307,7 @@ def parse_registry(doc: object, source: str = "<registry>") -> Registry:
         if account_org not in orgs:
             problems.append(f"{label}: account of unknown org {account_org!r}")
             continue
-        org_of_account[acc_id] = str(account_org)
+        org_of_account[acc_id] = orgs[account_org].id  # one string per org, not per account
         if not isinstance(identities, list):
             problems.append(f"{label}: identities must be a list")
             continue
@@ -331,7 +331,7 @@ def parse_registry(doc: object, source: str = "<registry>") -> Registry:
         if org_id not in orgs:
             problems.append(f"{label}: entity of unknown org {org_id!r}")
             continue
-        org_of_entity[ent_id] = str(org_id)
+        org_of_entity[ent_id] = orgs[org_id].id
 
     if problems:
         raise RegistryError(source, problems)

@@ -5,12 +5,18 @@ per id) build the same index, largest event time and expiry queue."""
 from __future__ import annotations
 
 import collections
+import zlib
 from typing import Any
 
 import orjson
 
 from pipeline.app import Pipeline
-from pipeline.ingest import SeenIndex
+from pipeline.ingest import (
+    SEEN_COMPRESS_MIN_BYTES,
+    SeenIndex,
+    decode_seen_record,
+    encode_seen_record,
+)
 
 
 def _worker(table: dict[str, bytes]) -> Any:
@@ -64,3 +70,33 @@ def test_records_in_columns_and_in_rows_index_alike() -> None:
         assert worker._indexed == {0}
         loaded.append((_held(worker._seen_index), list(worker._seen_records[0])))
     assert all(one == loaded[0] for one in loaded)
+
+
+def test_large_records_are_stored_compressed_and_index_as_plain_json_does() -> None:
+    """A record of SEEN_COMPRESS_MIN_BYTES or more is a zlib stream of its JSON
+    (the table store holds every record in the worker's memory); a smaller one
+    stays JSON, and records of earlier releases (plain JSON of any size) load
+    the same way."""
+    ids = [f"ev{i:08d}" for i in range(2000)]
+    entries = [[event_id, 100 + i // 500, i % 500, int(i % 7 == 0)]
+               for i, event_id in enumerate(ids)]
+    record = orjson.loads(_columns(entries, 90.0, 80.0))
+    small = orjson.loads(_columns([["a", 3, 0, 0], ["b", 3, 1, 1], ["c", 4, 0, 0]], 50.0, 40.0))
+    stored, stored_small = encode_seen_record(record), encode_seen_record(small)
+    plain = orjson.dumps(record)
+    assert len(plain) >= SEEN_COMPRESS_MIN_BYTES > len(orjson.dumps(small))
+    assert stored[:1] == b"x" and len(stored) * 3 < len(plain)
+    assert zlib.decompress(stored) == plain  # a standard zlib stream
+    assert stored_small == orjson.dumps(small)
+    assert decode_seen_record(stored) == record == decode_seen_record(plain)
+    assert decode_seen_record(stored_small) == small
+    held = []
+    for value in (stored, plain):
+        worker = _worker({"0:100": value, "1:1": stored_small})
+        worker._index_partitions({0, 1})
+        index = worker._seen_index
+        assert len(index) == len(ids) + 3
+        assert [index.get(i) for i in ("ev00000000", "ev00001999", "b")] == [
+            (0, 100, 0, 1), (0, 103, 499, 0), (1, 3, 1, 1)]
+        held.append((worker._max_ts, list(worker._seen_records[0])))
+    assert held[0] == held[1] == ({0: 90.0, 1: 50.0}, [(80.0, 103, "0:100")])

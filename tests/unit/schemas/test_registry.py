@@ -96,6 +96,9 @@ def test_valid_registry_mapping_form(tmp_path: Path) -> None:
     assert registry.account_of_identity == {
         "did:plc:abc": "med_news", "med@mastodon.social": "med_news",
     }
+    # one string per org, not one per account or entity (100,000 accounts: 7.5 MiB)
+    for mapping in (registry.org_of_account, registry.org_of_entity):
+        assert all(org is registry.orgs[org].id for org in mapping.values())
 
 
 def test_valid_registry_list_form(tmp_path: Path) -> None:
