@@ -35,6 +35,7 @@ import orjson
 from isal import isal_zlib
 
 from pipeline.engagements import KIND_INDEX, MENTION, Resolution, raw_engagements, resolve
+from pipeline.memory import dumps
 from pipeline.reciprocity import Omission, omissions, post_omissions
 from pipeline.seen_index import Seen, SeenIndex
 from schemas.event import (
@@ -248,9 +249,9 @@ def encode_seen_record(record: Mapping[str, Any]) -> bytes:
     """A dedup record's table value: its JSON, or a zlib stream of it
     (:data:`SEEN_COMPRESS_MIN_BYTES`). A zlib stream starts with ``x`` (its
     header byte ``0x78``), which no JSON document does."""
-    raw = orjson.dumps(record)
+    raw = dumps(record)
     if len(raw) < SEEN_COMPRESS_MIN_BYTES:
-        return bytes(memoryview(raw))  # right-sized (pipeline.memory.dumps)
+        return raw
     return isal_zlib.compress(raw, SEEN_ZLIB_LEVEL)
 
 
