@@ -89,6 +89,15 @@ def arrow_columns(table: Table, block: ColumnBlock) -> pa.Table:
 #: parts under this size are stored packed (merges make larger ones full again)
 PACKED_PART_BYTES = 10 * 1024 * 1024
 
+#: the most rows of one INSERT through Arrow; a larger table goes in as several,
+#: one after another. While an INSERT runs the worker's resident memory grows
+#: with its rows (the engine's copy of the block, sorted, and its compressed
+#: columns): a backlog's pair-window INSERT of 170,000 rows took 55-95 MiB
+#: above the RSS before it, and those spikes set the worker's peak; in
+#: INSERTs of 40,000 rows, 23-50 MiB (docs/benchmarks.md). Each is its own
+#: part, as any INSERT is; rows are versioned, so a batch written in part
+#: before a crash is written again whole on its replay.
+INSERT_ROWS = 40_000
 #: blocks of fewer rows go in as JSON text; ClickHouse parses JSON on one
 #: thread, so a large block is faster as Arrow (100k rows: 254 against 135 ms)
 JSON_ROWS = 10_000
@@ -187,9 +196,12 @@ class ChdbBackend(Backend):
             return
         self._session.query(f"{self._into(table)} FORMAT JSONColumns {text}")
 
-    def _insert(self, table: Table, data: pa.Table) -> None:  # data: read by name by Python()
+    def _insert(self, table: Table, rows: pa.Table) -> None:
+        """An Arrow table's rows, in INSERTs of at most :data:`INSERT_ROWS`."""
         cols = ", ".join(table.column_names)
-        self._session.query(f"{self._into(table)} SELECT {cols} FROM Python(data)")  # noqa: S608
+        for start in range(0, rows.num_rows, INSERT_ROWS):
+            data = rows.slice(start, INSERT_ROWS)  # noqa: F841 - read by name by Python()
+            self._session.query(f"{self._into(table)} SELECT {cols} FROM Python(data)")  # noqa: S608
 
     def _into(self, table: Table) -> str:
         """``INSERT INTO`` the table's columns (validated identifiers)."""

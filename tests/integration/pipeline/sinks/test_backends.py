@@ -169,6 +169,40 @@ def test_small_blocks_as_json_text_store_what_arrow_stores(tmp_path: Path) -> No
         store.close()
 
 
+def test_a_large_arrow_table_goes_in_as_several_inserts_of_every_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chdb: an Arrow table of more than INSERT_ROWS rows goes in as INSERTs
+    of at most that many (a part each, merges stopped here to count them),
+    and every row is stored exactly as one INSERT stores it."""
+    from pipeline.sinks import embedded, open_backend
+    from pipeline.sinks.base import _rows_block
+    from pipeline.sinks.schema import TABLES
+
+    table = {t.name: t for t in TABLES}["pair_windows"]
+    rows = [row(i, (i, 1, 0, 0, 0, 0), 10 + i, src=f"s{i}", stream=stream)
+            for stream in ("whole", "split") for i in range(20)]
+    store = open_backend(f"chdb://{tmp_path}/split")
+    assert isinstance(store, embedded.ChdbBackend)
+    try:
+        store.ensure_schema()
+        store.execute("SYSTEM STOP MERGES reciprocity.pair_windows")
+        store._insert(table, embedded.arrow_columns(
+            table, _rows_block(table, [r for r in rows if r.stream == "whole"])))
+        monkeypatch.setattr(embedded, "INSERT_ROWS", 7)
+        store._insert(table, embedded.arrow_columns(
+            table, _rows_block(table, [r for r in rows if r.stream == "split"])))
+        columns = ", ".join(c for c in table.column_names if c != "stream")
+        got = {s: store.query(f"SELECT {columns} FROM reciprocity.pair_windows "
+                              f"WHERE stream = '{s}' ORDER BY partition")
+               for s in ("whole", "split")}
+        assert got["whole"] == got["split"] and len(got["split"]) == 20
+        parts = store.query("SELECT count() FROM system.parts WHERE database = 'reciprocity' "
+                            "AND table = 'pair_windows' AND active")
+        assert parts == [(1 + 3,)]  # 20 rows in one, then in 7 + 7 + 6
+    finally:
+        store.close()
+
+
 def test_a_large_block_imports_nothing_once_the_schema_is_ensured(tmp_path: Path) -> None:
     """chdb: ensure_schema (a worker's step before its first batch) loads what
     the Arrow path imports on first use (pandas, through pyarrow, and
